@@ -1,0 +1,110 @@
+//! The canonical form of a document and its `content_hash`.
+//!
+//! **Canonical form**: the document's JSON encoding with `header.content_hash` and
+//! `header.signature` removed, serialized per RFC 8785 (JSON Canonicalization Scheme): object
+//! members sorted by the UTF-16 code units of their names, no insignificant whitespace, strings
+//! escaped minimally (`"` `\` and U+0000–U+001F only, the latter as `\b \t \n \f \r` or
+//! lowercase `\u00xx`), everything else as literal UTF-8. The exchange has no floats, so JCS's
+//! number rules reduce to plain integers.
+//!
+//! **content_hash**: `sha256:` followed by the lowercase hex SHA-256 of the canonical form.
+//! Both encodings decode to the same model, so the hash is the same whichever carried it; it is
+//! what signatures sign and what the archive stores beside each document.
+
+use sha2::{Digest, Sha256};
+
+use crate::Document;
+use crate::json::to_json_value;
+
+/// The canonical bytes of `doc` (see the module docs).
+pub fn canonical_bytes(doc: &Document) -> Vec<u8> {
+    let mut header = doc.header.clone();
+    header.content_hash = None;
+    header.signature = None;
+    let unsigned = Document { header, body: doc.body.clone() };
+    let mut out = Vec::with_capacity(512);
+    write_jcs(&to_json_value(&unsigned.to_value()), &mut out);
+    out
+}
+
+/// `sha256:<hex>` of the canonical form.
+pub fn content_hash(doc: &Document) -> String {
+    let digest = Sha256::digest(canonical_bytes(doc));
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Writes `value` in RFC 8785 form. Floats cannot occur in exchange documents; should one be
+/// given here it is written as serde_json writes it.
+pub fn write_jcs(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value as J;
+    match value {
+        J::Object(map) => {
+            let mut members: Vec<(&String, &J)> = map.iter().collect();
+            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            out.push(b'{');
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(k, out);
+                out.push(b':');
+                write_jcs(v, out);
+            }
+            out.push(b'}');
+        }
+        J::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_jcs(v, out);
+            }
+            out.push(b']');
+        }
+        J::String(s) => write_string(s, out),
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+/// serde_json escapes exactly what RFC 8785 requires (and in lowercase hex).
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(serde_json::Value::String(s.to_owned()).to_string().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jcs(v: serde_json::Value) -> String {
+        let mut out = Vec::new();
+        write_jcs(&v, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// RFC 8785 §3.2.3: sorting by UTF-16 code units, not by code points or UTF-8 bytes.
+    #[test]
+    fn rfc8785_sorting_vector() {
+        let input: serde_json::Value = serde_json::from_str(
+            r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            jcs(input),
+            "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\"ö\":\"Latin Small Letter O With Diaeresis\",\"€\":\"Euro Sign\",\"😀\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}"
+        );
+    }
+
+    /// RFC 8785 §3.2.2.2: string escaping.
+    #[test]
+    fn rfc8785_string_vector() {
+        let v = serde_json::json!({"s": "\u{1f}\u{1}\u{8}\t\n\u{c}\r\"\\/\u{7f}€"});
+        assert_eq!(jcs(v), "{\"s\":\"\\u001f\\u0001\\b\\t\\n\\f\\r\\\"\\\\/\u{7f}€\"}");
+    }
+}
