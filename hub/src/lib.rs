@@ -1,1 +1,33 @@
-//! x
+//! # exhub-hub — the exchange center
+//!
+//! The configuration of the whole exchange (routes.toml: [`config`]), its whole-graph check
+//! ([`check`]), route filters ([`filter`]) and secrets that cannot leak ([`secret`]). The `exhub`
+//! binary (src/main.rs) is the one place that dispatches commands. The AMQP pipeline, archive
+//! and admin API join in the next issues.
+
+pub mod check;
+pub mod config;
+pub mod filter;
+pub mod secret;
+
+use std::path::Path;
+
+use exhub_schemas::{Registry, SchemaError};
+
+/// The built-in schemas plus the config's extra schema directory, if any.
+pub fn registry_for(file: &config::ConfigFile) -> Result<Registry, SchemaError> {
+    let mut registry = Registry::builtin()?;
+    if let Some(dir) = file.config.as_ref().and_then(|c| c.hub.schemas.as_deref()) {
+        registry.load_dir(&file.base_dir().join(dir))?;
+    }
+    Ok(registry)
+}
+
+/// The built-in schemas plus an optional directory.
+pub fn registry_with(dir: Option<&Path>) -> Result<Registry, SchemaError> {
+    let mut registry = Registry::builtin()?;
+    if let Some(dir) = dir {
+        registry.load_dir(dir)?;
+    }
+    Ok(registry)
+}

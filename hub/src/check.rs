@@ -1,0 +1,283 @@
+//! `exhub check`: the whole-graph check of routes.toml. Every problem is collected — syntax,
+//! unknown keys, then references between orgs, sources, subscribers, routes and schemas — each
+//! with its line:column and a path like `route "tax-registrations" → to[1]`, before anything
+//! starts (vector's `validate` is the model).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use exhub_schemas::{Registry, Schema};
+
+use crate::config::{Config, ConfigFile, Problem, Seg, Severity, SourceConfig};
+use crate::filter::Filter;
+use crate::secret::SecretUrl;
+
+/// What a successful check counted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Organisations.
+    pub orgs: usize,
+    /// Sources.
+    pub sources: usize,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Routes.
+    pub routes: usize,
+    /// Distinct doc types routed or published.
+    pub doc_types: usize,
+}
+
+struct Checker<'a> {
+    file: &'a ConfigFile,
+    registry: &'a Registry,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Checker<'a> {
+    fn report(&mut self, severity: Severity, at: &[Seg], path: String, message: String) {
+        let position = self.file.position(at);
+        self.problems.push(Problem { severity, position, path, message });
+    }
+    fn error(&mut self, at: &[Seg], path: String, message: String) {
+        self.report(Severity::Error, at, path, message);
+    }
+    fn warn(&mut self, at: &[Seg], path: String, message: String) {
+        self.report(Severity::Warning, at, path, message);
+    }
+
+    fn schema(&mut self, doc_type: &str, version: Option<u32>, at: &[Seg], path: &str) -> Option<&'a Schema> {
+        let registry = self.registry;
+        let found = match version {
+            Some(v) => self.registry.get(doc_type, v),
+            None => self.registry.latest(doc_type),
+        };
+        if found.is_none() {
+            let v = version.map(|v| format!(" version {v}")).unwrap_or_default();
+            let known = self.registry.list().join(", ");
+            self.error(at, path.to_owned(), format!("doc type {doc_type:?}{v} has no schema (known: {known})"));
+        }
+        // Borrowed from the registry (not self) so the caller can keep reporting.
+        match version {
+            Some(v) => registry.get(doc_type, v),
+            None => registry.latest(doc_type),
+        }
+    }
+
+    fn url(&mut self, url: &SecretUrl, schemes: &[&str], at: &[Seg], path: String) {
+        match url.parse() {
+            Err(e) => self.error(at, path, format!("URL does not parse: {e}")),
+            Ok(u) if !schemes.contains(&u.scheme()) => {
+                self.error(at, path, format!("URL scheme {:?} is not one of {}", u.scheme(), schemes.join(", ")))
+            }
+            Ok(_) => {}
+        }
+    }
+
+    fn duplicates<'n>(&mut self, section: &str, names: impl Iterator<Item = &'n str>, key: &str) {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, name) in names.enumerate() {
+            if let Some(first) = seen.insert(name, i) {
+                self.error(
+                    &[section.into(), i.into(), key.into()],
+                    format!("{section}[{i}]"),
+                    format!("{key} {name:?} is already used by {section}[{first}]"),
+                );
+                seen.insert(name, first);
+            }
+        }
+    }
+}
+
+/// Checks a loaded config against the schemas. Returns every problem (errors and warnings);
+/// the summary is meaningful when there is no error.
+pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) {
+    let mut c = Checker { file, registry, problems: file.problems.clone() };
+    let Some(config) = &file.config else {
+        return (c.problems, Summary::default());
+    };
+    check_config(&mut c, config);
+    let doc_types: BTreeSet<&str> = config
+        .orgs
+        .iter()
+        .flat_map(|o| o.publishes.iter())
+        .chain(config.routes.iter().flat_map(|r| r.doc_types.iter()))
+        .map(String::as_str)
+        .collect();
+    let summary = Summary {
+        orgs: config.orgs.len(),
+        sources: config.sources.len(),
+        subscribers: config.subscribers.len(),
+        routes: config.routes.len(),
+        doc_types: doc_types.len(),
+    };
+    c.problems.sort_by_key(|p| (p.position.unwrap_or((usize::MAX, 0)), p.severity));
+    (c.problems, summary)
+}
+
+fn check_config(c: &mut Checker<'_>, config: &Config) {
+    c.url(&config.hub.amqp, &["amqp", "amqps"], &["hub".into(), "amqp".into()], "hub.amqp".into());
+    c.url(&config.hub.archive, &["sqlite", "postgres", "postgresql"], &["hub".into(), "archive".into()], "hub.archive".into());
+    if let Some(admin) = &config.hub.admin
+        && admin.parse::<std::net::SocketAddr>().is_err()
+    {
+        c.error(&["hub".into(), "admin".into()], "hub.admin".into(), format!("{admin:?} is not an address like 127.0.0.1:8480"));
+    }
+
+    c.duplicates("org", config.orgs.iter().map(|o| o.id.as_str()), "id");
+    c.duplicates("source", config.sources.iter().map(|s| s.common().name.as_str()), "name");
+    c.duplicates("subscriber", config.subscribers.iter().map(|s| s.name()), "name");
+    c.duplicates("route", config.routes.iter().map(|r| r.name.as_str()), "name");
+
+    let orgs: BTreeMap<&str, &crate::config::OrgConfig> = config.orgs.iter().map(|o| (o.id.as_str(), o)).collect();
+    for (i, org) in config.orgs.iter().enumerate() {
+        for (j, doc_type) in org.publishes.iter().enumerate() {
+            c.schema(doc_type, None, &["org".into(), i.into(), "publishes".into(), j.into()], &format!("org {:?} → publishes[{j}]", org.id));
+        }
+    }
+
+    for (i, source) in config.sources.iter().enumerate() {
+        let s = source.common();
+        let here = |rest: &[Seg]| [&["source".into(), i.into()][..], rest].concat();
+        let label = format!("source {:?}", s.name);
+        let schemes: &[&str] = match source {
+            SourceConfig::Mysql(_) => &["mysql", "mariadb"],
+            SourceConfig::Postgres(_) => &["postgres", "postgresql"],
+            SourceConfig::Mssql(_) => &["mssql", "sqlserver"],
+        };
+        c.url(&s.url, schemes, &here(&["url".into()]), format!("{label} → url"));
+        let org = orgs.get(s.org.as_str()).copied();
+        if org.is_none() {
+            c.error(&here(&["org".into()]), format!("{label} → org"), format!("org {:?} is not defined", s.org));
+        }
+        let mut tables = BTreeSet::new();
+        for (t, table) in s.tables.iter().enumerate() {
+            let at = |k: &str| here(&["table".into(), t.into(), k.into()]);
+            let tlabel = format!("{label} → table[{t}] ({})", table.table);
+            if !tables.insert(table.table.as_str()) {
+                c.error(&at("table"), tlabel.clone(), format!("table {:?} is mapped twice", table.table));
+            }
+            if let Some(org) = org
+                && !org.publishes.contains(&table.doc_type)
+            {
+                c.error(&at("doc_type"), tlabel.clone(), format!("org {:?} may not publish {:?} (add it to its publishes)", org.id, table.doc_type));
+            }
+            if table.key.is_empty() {
+                c.error(&at("key"), tlabel.clone(), "key needs at least one column".into());
+            }
+            let columns: BTreeSet<&str> = table.fields.values().map(String::as_str).collect();
+            for (k, col) in table.key.iter().enumerate() {
+                if !columns.contains(col.as_str()) {
+                    c.error(&here(&["table".into(), t.into(), "key".into(), k.into()]), format!("{tlabel} → key[{k}]"), format!("key column {col:?} is not mapped to any field"));
+                }
+            }
+            let Some(schema) = c.schema(&table.doc_type, table.schema_version, &at("doc_type"), &tlabel) else { continue };
+            let body = schema.body();
+            for field in table.fields.keys() {
+                if !body.properties.contains_key(field) {
+                    let p = here(&["table".into(), t.into(), "fields".into(), field.as_str().into()]);
+                    c.error(&p, format!("{tlabel} → fields.{field}"), format!("{} v{} has no field {field:?}", schema.doc_type(), schema.version()));
+                }
+            }
+            let missing: Vec<&str> = body.required.iter().filter(|r| !table.fields.contains_key(*r)).map(String::as_str).collect();
+            if !missing.is_empty() {
+                c.error(&at("fields"), format!("{tlabel} → fields"), format!("required field(s) of {} v{} not mapped: {}", schema.doc_type(), schema.version(), missing.join(", ")));
+            }
+        }
+    }
+
+    let subscribers: BTreeSet<&str> = config.subscribers.iter().map(|s| s.name()).collect();
+    let mut fed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let here = |rest: &[Seg]| [&["route".into(), i.into()][..], rest].concat();
+        let label = format!("route {:?}", route.name);
+        if route.doc_types.is_empty() {
+            c.error(&here(&["doc_types".into()]), label.clone(), "doc_types is empty".into());
+        }
+        if route.to.is_empty() {
+            c.error(&here(&["to".into()]), label.clone(), "to is empty".into());
+        }
+        let mut schemas = Vec::new();
+        for (j, doc_type) in route.doc_types.iter().enumerate() {
+            let at = here(&["doc_types".into(), j.into()]);
+            if let Some(s) = c.schema(doc_type, None, &at, &format!("{label} → doc_types[{j}]")) {
+                schemas.push(s);
+            }
+            if !config.orgs.iter().any(|o| o.publishes.contains(doc_type)) {
+                c.warn(&at, format!("{label} → doc_types[{j}]"), format!("no org publishes {doc_type:?}"));
+            }
+        }
+        if let Some(from) = &route.from {
+            for (j, org) in from.iter().enumerate() {
+                if !orgs.contains_key(org.as_str()) {
+                    c.error(&here(&["from".into(), j.into()]), format!("{label} → from[{j}]"), format!("org {org:?} is not defined"));
+                }
+            }
+        }
+        for (j, sub) in route.to.iter().enumerate() {
+            if subscribers.contains(sub.as_str()) {
+                fed.entry(sub.as_str()).or_default().extend(route.doc_types.iter().map(String::as_str));
+            } else {
+                c.error(&here(&["to".into(), j.into()]), format!("{label} → to[{j}]"), format!("subscriber {sub:?} is not defined"));
+            }
+        }
+        let has_field = |path: &[String]| {
+            schemas.iter().any(|s| {
+                let mut shape = s.body_shape();
+                path.iter().all(|name| match shape {
+                    exhub_schemas::shape::Shape::Map(o) => o.properties.get(name).map(|f| shape = &f.shape).is_some(),
+                    _ => false,
+                })
+            })
+        };
+        if let Some(src) = &route.filter {
+            match Filter::parse(src) {
+                Err(e) => c.error(&here(&["where".into()]), format!("{label} → where"), e.to_string()),
+                Ok(f) => {
+                    for path in f.fields() {
+                        if !schemas.is_empty() && !has_field(path) {
+                            c.error(&here(&["where".into()]), format!("{label} → where"), format!("body.{} is not a field of {}", path.join("."), route.doc_types.join(" or ")));
+                        }
+                    }
+                }
+            }
+        }
+        for (sub, fields) in &route.mask {
+            let at = here(&["mask".into(), sub.as_str().into()]);
+            if !route.to.contains(sub) {
+                c.error(&at, format!("{label} → mask.{sub}"), format!("{sub:?} is not in this route's to"));
+            }
+            for field in fields {
+                if !schemas.is_empty() && !has_field(std::slice::from_ref(field)) {
+                    c.error(&at, format!("{label} → mask.{sub}"), format!("{field:?} is not a field of {}", route.doc_types.join(" or ")));
+                }
+            }
+        }
+    }
+
+    for (i, sub) in config.subscribers.iter().enumerate() {
+        let here = |rest: &[Seg]| [&["subscriber".into(), i.into()][..], rest].concat();
+        let label = format!("subscriber {:?}", sub.name());
+        if !orgs.contains_key(sub.org()) {
+            c.error(&here(&["org".into()]), format!("{label} → org"), format!("org {:?} is not defined", sub.org()));
+        }
+        let routed = fed.get(sub.name());
+        if routed.is_none() {
+            c.warn(&here(&["name".into()]), label.clone(), "no route feeds this subscriber".into());
+        }
+        if let Some(db) = sub.database() {
+            let schemes: &[&str] = match sub {
+                crate::config::SubscriberConfig::Postgres(_) => &["postgres", "postgresql"],
+                crate::config::SubscriberConfig::Mysql(_) => &["mysql", "mariadb"],
+                _ => &["mssql", "sqlserver"],
+            };
+            c.url(&db.url, schemes, &here(&["url".into()]), format!("{label} → url"));
+            for (j, apply) in db.apply.iter().enumerate() {
+                let at = here(&["apply".into(), j.into(), "doc_type".into()]);
+                let alabel = format!("{label} → apply[{j}]");
+                c.schema(&apply.doc_type, None, &at, &alabel);
+                if routed.is_some_and(|r| !r.contains(apply.doc_type.as_str())) {
+                    c.warn(&at, alabel, format!("no route sends {:?} to this subscriber", apply.doc_type));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! routes.toml: the one file that describes the whole exchange — the hub, organisations,
+//! sources, subscribers and routes. This module owns its types (closed, `deny_unknown_fields`)
+//! and reading it so that **every** syntax error and unknown key is reported with its line and
+//! column, not just the first. The graph check ([`crate::check`]) builds on it.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+use crate::secret::SecretUrl;
+
+/// The whole exchange.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The hub itself.
+    pub hub: HubConfig,
+    /// Participating organisations.
+    #[serde(default, rename = "org")]
+    pub orgs: Vec<OrgConfig>,
+    /// Legacy databases whose changes are published.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Receivers of documents.
+    #[serde(default, rename = "subscriber")]
+    pub subscribers: Vec<SubscriberConfig>,
+    /// Which documents go to which subscribers.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[hub]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// RabbitMQ, `amqp://user:password@host:port/vhost`.
+    pub amqp: SecretUrl,
+    /// The archive: `sqlite://file.db` or `postgres://…`.
+    pub archive: SecretUrl,
+    /// Admin API listen address, e.g. `127.0.0.1:8480`.
+    pub admin: Option<String>,
+    /// A directory of additional schemas (`<doc_type>.v<N>.json`), relative to routes.toml.
+    pub schemas: Option<PathBuf>,
+    /// Largest accepted document in bytes (default 4 MiB).
+    pub max_document_bytes: Option<usize>,
+}
+
+/// `[[org]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgConfig {
+    /// Stable id, e.g. `nanhai.tax`; documents name it in `header.sender.org`.
+    pub id: String,
+    /// Display name, e.g. 南海区税务局.
+    pub name: String,
+    /// Doc types this org may publish.
+    #[serde(default)]
+    pub publishes: Vec<String>,
+    /// The RabbitMQ user this org publishes as (default: the org id).
+    pub amqp_user: Option<String>,
+    /// The org's public signing key (a file path).
+    pub public_key: Option<PathBuf>,
+}
+
+/// How a source starts.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Snapshot once, then stream (default).
+    #[default]
+    Initial,
+    /// Never snapshot: stream from the current position.
+    Never,
+    /// Snapshot at every start.
+    Always,
+}
+
+/// `[[source]]`: one closed enum, one variant per database kind.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// MySQL / MariaDB binlog.
+    Mysql(DbSource),
+    /// PostgreSQL logical replication.
+    Postgres(DbSource),
+    /// SQL Server CDC.
+    Mssql(DbSource),
+}
+
+/// The settings every database source has.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSource {
+    /// Unique source name.
+    pub name: String,
+    /// The publishing org.
+    pub org: String,
+    /// Connection URL.
+    pub url: SecretUrl,
+    /// Snapshot mode.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Tables and their mapping to documents.
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableMapping>,
+}
+
+/// `[[source.table]]`: one legacy table → one doc type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// The legacy table.
+    pub table: String,
+    /// The doc type its rows become.
+    pub doc_type: String,
+    /// Schema version (default: the newest known).
+    pub schema_version: Option<u32>,
+    /// Key columns.
+    pub key: Vec<String>,
+    /// Document field → legacy column.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// A subscriber's wire format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON (default).
+    #[default]
+    Json,
+    /// XML.
+    Xml,
+}
+
+/// `[[subscriber]]`
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SubscriberConfig {
+    /// Applies documents to PostgreSQL tables.
+    Postgres(DbSink),
+    /// Applies documents to MySQL/MariaDB tables.
+    Mysql(DbSink),
+    /// Applies documents to SQL Server tables.
+    Mssql(DbSink),
+    /// Any AMQP client reading its queue.
+    Amqp(AmqpSubscriber),
+}
+
+/// A database subscriber.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSink {
+    /// Unique subscriber name.
+    pub name: String,
+    /// The receiving org.
+    pub org: String,
+    /// Target database URL.
+    pub url: SecretUrl,
+    /// Wire format of its queue.
+    #[serde(default)]
+    pub format: Format,
+    /// Doc type → target table.
+    #[serde(default)]
+    pub apply: Vec<ApplyConfig>,
+}
+
+/// `[[subscriber.apply]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfig {
+    /// The doc type.
+    pub doc_type: String,
+    /// The target table.
+    pub table: String,
+}
+
+/// A plain AMQP subscriber.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSubscriber {
+    /// Unique subscriber name (its queue is `exhub.sub.<name>`).
+    pub name: String,
+    /// The receiving org.
+    pub org: String,
+    /// Wire format.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// `[[route]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique route name.
+    pub name: String,
+    /// Doc types this route carries.
+    pub doc_types: Vec<String>,
+    /// Only documents from these orgs (default: any org allowed to publish them).
+    pub from: Option<Vec<String>>,
+    /// A filter on body fields, e.g. `body.district == '南海'` (see [`crate::filter`]).
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
+    /// Subscribers that receive them.
+    pub to: Vec<String>,
+    /// Subscriber → body fields it may not see.
+    #[serde(default)]
+    pub mask: BTreeMap<String, Vec<String>>,
+}
+
+impl SourceConfig {
+    /// The settings shared by every kind.
+    pub fn common(&self) -> &DbSource {
+        match self {
+            SourceConfig::Mysql(s) | SourceConfig::Postgres(s) | SourceConfig::Mssql(s) => s,
+        }
+    }
+    /// `mysql`, `postgres`, `mssql`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Mysql(_) => "mysql",
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Mssql(_) => "mssql",
+        }
+    }
+}
+
+impl SubscriberConfig {
+    /// Subscriber name.
+    pub fn name(&self) -> &str {
+        match self {
+            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => &s.name,
+            SubscriberConfig::Amqp(s) => &s.name,
+        }
+    }
+    /// Receiving org.
+    pub fn org(&self) -> &str {
+        match self {
+            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => &s.org,
+            SubscriberConfig::Amqp(s) => &s.org,
+        }
+    }
+    /// Wire format.
+    pub fn format(&self) -> Format {
+        match self {
+            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => s.format,
+            SubscriberConfig::Amqp(s) => s.format,
+        }
+    }
+    /// The database part, for database subscribers.
+    pub fn database(&self) -> Option<&DbSink> {
+        match self {
+            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => Some(s),
+            SubscriberConfig::Amqp(_) => None,
+        }
+    }
+}
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The config cannot be used.
+    Error,
+    /// Probably a mistake, but the exchange can run.
+    Warning,
+}
+
+/// One problem found in routes.toml.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// 1-based line and column, where known.
+    pub position: Option<(usize, usize)>,
+    /// Where in the exchange, e.g. `route "tax-registrations" → to[1]`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// One step of a path into the TOML document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    /// A table key.
+    Key(String),
+    /// An array index.
+    Index(usize),
+}
+
+impl From<&str> for Seg {
+    fn from(k: &str) -> Self {
+        Seg::Key(k.to_owned())
+    }
+}
+
+impl From<usize> for Seg {
+    fn from(i: usize) -> Self {
+        Seg::Index(i)
+    }
+}
+
+/// routes.toml as read: its text (for positions) and, when it deserialized, the config.
+#[derive(Debug)]
+pub struct ConfigFile {
+    /// The file it came from.
+    pub path: PathBuf,
+    text: String,
+    /// The deserialized config (unknown keys left out), unless there were syntax errors or a
+    /// structural error such as a missing field.
+    pub config: Option<Config>,
+    /// Syntax and structure problems (all unknown keys, all syntax errors).
+    pub problems: Vec<Problem>,
+}
+
+/// Byte offset → 1-based (line, column in characters).
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Removes, anywhere in the table tree, the key named `name` inside `within` (an exact key span
+/// for plain structs; the whole table's span where serde lost the key's own, as in tagged enums).
+/// Returns the removed key's span.
+fn remove_key(table: &mut DeTable<'_>, name: &str, within: &Range<usize>) -> Option<Range<usize>> {
+    let found = table
+        .iter()
+        .map(|(k, _)| k)
+        .find(|k| k.get_ref() == name && k.span().start >= within.start && k.span().end <= within.end)
+        .cloned();
+    if let Some(key) = found {
+        table.remove(&key);
+        return Some(key.span());
+    }
+    table.iter_mut().find_map(|(_, v)| remove_in_value(v.get_mut(), name, within))
+}
+
+fn remove_in_value(value: &mut DeValue<'_>, name: &str, within: &Range<usize>) -> Option<Range<usize>> {
+    match value {
+        DeValue::Table(t) => remove_key(t, name, within),
+        DeValue::Array(items) => items.iter_mut().find_map(|v| remove_in_value(v.get_mut(), name, within)),
+        _ => None,
+    }
+}
+
+/// The span of a key path in the table tree (the value's span, or the key's for the last step).
+fn span_of(table: &DeTable<'_>, path: &[Seg]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let Seg::Key(k) = first else { return None };
+    let (key, value) = table.iter().find(|(key, _)| key.get_ref() == k)?;
+    if rest.is_empty() {
+        return Some(key.span());
+    }
+    span_in_value(value.get_ref(), rest).or_else(|| Some(value.span()))
+}
+
+fn span_in_value(value: &DeValue<'_>, path: &[Seg]) -> Option<Range<usize>> {
+    match (value, path.first()?) {
+        (DeValue::Table(t), Seg::Key(_)) => span_of(t, path),
+        (DeValue::Array(items), Seg::Index(i)) => {
+            let item = items.get(*i)?;
+            if path.len() == 1 { Some(item.span()) } else { span_in_value(item.get_ref(), &path[1..]).or_else(|| Some(item.span())) }
+        }
+        _ => None,
+    }
+}
+
+fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let (mut table, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        problems.extend(errors.iter().map(|e| toml_problem(text, e)));
+        return (None, problems);
+    }
+    // Each round reports one unknown key and removes it, so that all are reported; any other
+    // structural error (missing field, wrong type) ends the rounds.
+    for _ in 0..1000 {
+        match Config::deserialize(toml::de::Deserializer::from(table.clone())) {
+            // With unknown keys removed the rest is sound, so the graph check can still run.
+            Ok(config) => return (Some(config), problems),
+            Err(e) => {
+                let unknown = e
+                    .message()
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name.to_owned());
+                let removed = match (unknown, e.span()) {
+                    // Serde may report only where the enclosing array starts: then take the first
+                    // key of that name after it.
+                    (Some(name), Some(span)) => remove_key(table.get_mut(), &name, &span)
+                        .or_else(|| remove_key(table.get_mut(), &name, &(span.start..usize::MAX))),
+                    _ => None,
+                };
+                let mut problem = toml_problem(text, &e);
+                match removed {
+                    Some(key_span) => {
+                        problem.position = Some(line_col(text, key_span.start));
+                        problem.path = enclosing_header(text, &key_span);
+                        problems.push(problem);
+                    }
+                    None => {
+                        problems.push(problem);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    (None, problems)
+}
+
+fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
+    Problem {
+        severity: Severity::Error,
+        position: e.span().map(|s| line_col(text, s.start)),
+        path: e.span().map(|s| enclosing_header(text, &s)).unwrap_or_default(),
+        message: e.message().trim().replace('\n', " "),
+    }
+}
+
+/// The `[table]` header above a span, as a human path — best effort.
+fn enclosing_header(text: &str, span: &Range<usize>) -> String {
+    let before = text.get(..span.start).unwrap_or("");
+    before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(str::to_owned).unwrap_or_default()
+}
+
+impl ConfigFile {
+    /// Reads and deserializes `path`, collecting every syntax error and every unknown key.
+    /// Only an unreadable file is an `Err`.
+    pub fn load(path: &Path) -> std::io::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(ConfigFile::parse(path, text))
+    }
+
+    /// As [`ConfigFile::load`], from text.
+    pub fn parse(path: &Path, text: String) -> ConfigFile {
+        let (config, problems) = read(&text);
+        ConfigFile { path: path.to_owned(), text, config, problems }
+    }
+
+    /// 1-based line and column of a path such as `["route", 2, "to", 1]`.
+    pub fn position(&self, path: &[Seg]) -> Option<(usize, usize)> {
+        let (table, _) = DeTable::parse_recoverable(&self.text);
+        span_of(table.get_ref(), path).map(|s| line_col(&self.text, s.start))
+    }
+
+    /// The directory relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        if let Some((l, c)) = self.position {
+            write!(f, "{l}:{c}: ")?;
+        }
+        write!(f, "{sev}: ")?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
