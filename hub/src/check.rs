@@ -35,7 +35,12 @@ struct Checker<'a> {
 impl<'a> Checker<'a> {
     fn report(&mut self, severity: Severity, at: &[Seg], path: String, message: String) {
         let position = self.file.position(at);
-        self.problems.push(Problem { severity, position, path, message });
+        self.problems.push(Problem {
+            severity,
+            position,
+            path,
+            message,
+        });
     }
     fn error(&mut self, at: &[Seg], path: String, message: String) {
         self.report(Severity::Error, at, path, message);
@@ -53,7 +58,11 @@ impl<'a> Checker<'a> {
         if found.is_none() {
             let v = version.map(|v| format!(" version {v}")).unwrap_or_default();
             let known = self.registry.list().join(", ");
-            self.error(at, path.to_owned(), format!("doc type {doc_type:?}{v} has no schema (known: {known})"));
+            self.error(
+                at,
+                path.to_owned(),
+                format!("doc type {doc_type:?}{v} has no schema (known: {known})"),
+            );
         }
         // Borrowed from the registry (not self) so the caller can keep reporting.
         match version {
@@ -65,9 +74,11 @@ impl<'a> Checker<'a> {
     fn url(&mut self, url: &SecretUrl, schemes: &[&str], at: &[Seg], path: String) {
         match url.parse() {
             Err(e) => self.error(at, path, format!("URL does not parse: {e}")),
-            Ok(u) if !schemes.contains(&u.scheme()) => {
-                self.error(at, path, format!("URL scheme {:?} is not one of {}", u.scheme(), schemes.join(", ")))
-            }
+            Ok(u) if !schemes.contains(&u.scheme()) => self.error(
+                at,
+                path,
+                format!("URL scheme {:?} is not one of {}", u.scheme(), schemes.join(", ")),
+            ),
             Ok(_) => {}
         }
     }
@@ -90,7 +101,11 @@ impl<'a> Checker<'a> {
 /// Checks a loaded config against the schemas. Returns every problem (errors and warnings);
 /// the summary is meaningful when there is no error.
 pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) {
-    let mut c = Checker { file, registry, problems: file.problems.clone() };
+    let mut c = Checker {
+        file,
+        registry,
+        problems: file.problems.clone(),
+    };
     let Some(config) = &file.config else {
         return (c.problems, Summary::default());
     };
@@ -109,28 +124,52 @@ pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) 
         routes: config.routes.len(),
         doc_types: doc_types.len(),
     };
-    c.problems.sort_by_key(|p| (p.position.unwrap_or((usize::MAX, 0)), p.severity));
+    c.problems
+        .sort_by_key(|p| (p.position.unwrap_or((usize::MAX, 0)), p.severity));
     (c.problems, summary)
 }
 
 fn check_config(c: &mut Checker<'_>, config: &Config) {
-    c.url(&config.hub.amqp, &["amqp", "amqps"], &["hub".into(), "amqp".into()], "hub.amqp".into());
-    c.url(&config.hub.archive, &["sqlite", "postgres", "postgresql"], &["hub".into(), "archive".into()], "hub.archive".into());
+    c.url(
+        &config.hub.amqp,
+        &["amqp", "amqps"],
+        &["hub".into(), "amqp".into()],
+        "hub.amqp".into(),
+    );
+    c.url(
+        &config.hub.archive,
+        &["sqlite", "postgres", "postgresql"],
+        &["hub".into(), "archive".into()],
+        "hub.archive".into(),
+    );
     if let Some(admin) = &config.hub.admin
         && admin.parse::<std::net::SocketAddr>().is_err()
     {
-        c.error(&["hub".into(), "admin".into()], "hub.admin".into(), format!("{admin:?} is not an address like 127.0.0.1:8480"));
+        c.error(
+            &["hub".into(), "admin".into()],
+            "hub.admin".into(),
+            format!("{admin:?} is not an address like 127.0.0.1:8480"),
+        );
     }
 
     c.duplicates("org", config.orgs.iter().map(|o| o.id.as_str()), "id");
-    c.duplicates("source", config.sources.iter().map(|s| s.common().name.as_str()), "name");
+    c.duplicates(
+        "source",
+        config.sources.iter().map(|s| s.common().name.as_str()),
+        "name",
+    );
     c.duplicates("subscriber", config.subscribers.iter().map(|s| s.name()), "name");
     c.duplicates("route", config.routes.iter().map(|r| r.name.as_str()), "name");
 
     let orgs: BTreeMap<&str, &crate::config::OrgConfig> = config.orgs.iter().map(|o| (o.id.as_str(), o)).collect();
     for (i, org) in config.orgs.iter().enumerate() {
         for (j, doc_type) in org.publishes.iter().enumerate() {
-            c.schema(doc_type, None, &["org".into(), i.into(), "publishes".into(), j.into()], &format!("org {:?} → publishes[{j}]", org.id));
+            c.schema(
+                doc_type,
+                None,
+                &["org".into(), i.into(), "publishes".into(), j.into()],
+                &format!("org {:?} → publishes[{j}]", org.id),
+            );
         }
     }
 
@@ -146,19 +185,34 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
         c.url(&s.url, schemes, &here(&["url".into()]), format!("{label} → url"));
         let org = orgs.get(s.org.as_str()).copied();
         if org.is_none() {
-            c.error(&here(&["org".into()]), format!("{label} → org"), format!("org {:?} is not defined", s.org));
+            c.error(
+                &here(&["org".into()]),
+                format!("{label} → org"),
+                format!("org {:?} is not defined", s.org),
+            );
         }
         let mut tables = BTreeSet::new();
         for (t, table) in s.tables.iter().enumerate() {
             let at = |k: &str| here(&["table".into(), t.into(), k.into()]);
             let tlabel = format!("{label} → table[{t}] ({})", table.table);
             if !tables.insert(table.table.as_str()) {
-                c.error(&at("table"), tlabel.clone(), format!("table {:?} is mapped twice", table.table));
+                c.error(
+                    &at("table"),
+                    tlabel.clone(),
+                    format!("table {:?} is mapped twice", table.table),
+                );
             }
             if let Some(org) = org
                 && !org.publishes.contains(&table.doc_type)
             {
-                c.error(&at("doc_type"), tlabel.clone(), format!("org {:?} may not publish {:?} (add it to its publishes)", org.id, table.doc_type));
+                c.error(
+                    &at("doc_type"),
+                    tlabel.clone(),
+                    format!(
+                        "org {:?} may not publish {:?} (add it to its publishes)",
+                        org.id, table.doc_type
+                    ),
+                );
             }
             if table.key.is_empty() {
                 c.error(&at("key"), tlabel.clone(), "key needs at least one column".into());
@@ -166,20 +220,44 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
             let columns: BTreeSet<&str> = table.fields.values().map(String::as_str).collect();
             for (k, col) in table.key.iter().enumerate() {
                 if !columns.contains(col.as_str()) {
-                    c.error(&here(&["table".into(), t.into(), "key".into(), k.into()]), format!("{tlabel} → key[{k}]"), format!("key column {col:?} is not mapped to any field"));
+                    c.error(
+                        &here(&["table".into(), t.into(), "key".into(), k.into()]),
+                        format!("{tlabel} → key[{k}]"),
+                        format!("key column {col:?} is not mapped to any field"),
+                    );
                 }
             }
-            let Some(schema) = c.schema(&table.doc_type, table.schema_version, &at("doc_type"), &tlabel) else { continue };
+            let Some(schema) = c.schema(&table.doc_type, table.schema_version, &at("doc_type"), &tlabel) else {
+                continue;
+            };
             let body = schema.body();
             for field in table.fields.keys() {
                 if !body.properties.contains_key(field) {
                     let p = here(&["table".into(), t.into(), "fields".into(), field.as_str().into()]);
-                    c.error(&p, format!("{tlabel} → fields.{field}"), format!("{} v{} has no field {field:?}", schema.doc_type(), schema.version()));
+                    c.error(
+                        &p,
+                        format!("{tlabel} → fields.{field}"),
+                        format!("{} v{} has no field {field:?}", schema.doc_type(), schema.version()),
+                    );
                 }
             }
-            let missing: Vec<&str> = body.required.iter().filter(|r| !table.fields.contains_key(*r)).map(String::as_str).collect();
+            let missing: Vec<&str> = body
+                .required
+                .iter()
+                .filter(|r| !table.fields.contains_key(*r))
+                .map(String::as_str)
+                .collect();
             if !missing.is_empty() {
-                c.error(&at("fields"), format!("{tlabel} → fields"), format!("required field(s) of {} v{} not mapped: {}", schema.doc_type(), schema.version(), missing.join(", ")));
+                c.error(
+                    &at("fields"),
+                    format!("{tlabel} → fields"),
+                    format!(
+                        "required field(s) of {} v{} not mapped: {}",
+                        schema.doc_type(),
+                        schema.version(),
+                        missing.join(", ")
+                    ),
+                );
             }
         }
     }
@@ -202,21 +280,35 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
                 schemas.push(s);
             }
             if !config.orgs.iter().any(|o| o.publishes.contains(doc_type)) {
-                c.warn(&at, format!("{label} → doc_types[{j}]"), format!("no org publishes {doc_type:?}"));
+                c.warn(
+                    &at,
+                    format!("{label} → doc_types[{j}]"),
+                    format!("no org publishes {doc_type:?}"),
+                );
             }
         }
         if let Some(from) = &route.from {
             for (j, org) in from.iter().enumerate() {
                 if !orgs.contains_key(org.as_str()) {
-                    c.error(&here(&["from".into(), j.into()]), format!("{label} → from[{j}]"), format!("org {org:?} is not defined"));
+                    c.error(
+                        &here(&["from".into(), j.into()]),
+                        format!("{label} → from[{j}]"),
+                        format!("org {org:?} is not defined"),
+                    );
                 }
             }
         }
         for (j, sub) in route.to.iter().enumerate() {
             if subscribers.contains(sub.as_str()) {
-                fed.entry(sub.as_str()).or_default().extend(route.doc_types.iter().map(String::as_str));
+                fed.entry(sub.as_str())
+                    .or_default()
+                    .extend(route.doc_types.iter().map(String::as_str));
             } else {
-                c.error(&here(&["to".into(), j.into()]), format!("{label} → to[{j}]"), format!("subscriber {sub:?} is not defined"));
+                c.error(
+                    &here(&["to".into(), j.into()]),
+                    format!("{label} → to[{j}]"),
+                    format!("subscriber {sub:?} is not defined"),
+                );
             }
         }
         let has_field = |path: &[String]| {
@@ -234,7 +326,15 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
                 Ok(f) => {
                     for path in f.fields() {
                         if !schemas.is_empty() && !has_field(path) {
-                            c.error(&here(&["where".into()]), format!("{label} → where"), format!("body.{} is not a field of {}", path.join("."), route.doc_types.join(" or ")));
+                            c.error(
+                                &here(&["where".into()]),
+                                format!("{label} → where"),
+                                format!(
+                                    "body.{} is not a field of {}",
+                                    path.join("."),
+                                    route.doc_types.join(" or ")
+                                ),
+                            );
                         }
                     }
                 }
@@ -243,11 +343,19 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
         for (sub, fields) in &route.mask {
             let at = here(&["mask".into(), sub.as_str().into()]);
             if !route.to.contains(sub) {
-                c.error(&at, format!("{label} → mask.{sub}"), format!("{sub:?} is not in this route's to"));
+                c.error(
+                    &at,
+                    format!("{label} → mask.{sub}"),
+                    format!("{sub:?} is not in this route's to"),
+                );
             }
             for field in fields {
                 if !schemas.is_empty() && !has_field(std::slice::from_ref(field)) {
-                    c.error(&at, format!("{label} → mask.{sub}"), format!("{field:?} is not a field of {}", route.doc_types.join(" or ")));
+                    c.error(
+                        &at,
+                        format!("{label} → mask.{sub}"),
+                        format!("{field:?} is not a field of {}", route.doc_types.join(" or ")),
+                    );
                 }
             }
         }
@@ -257,11 +365,19 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
         let here = |rest: &[Seg]| [&["subscriber".into(), i.into()][..], rest].concat();
         let label = format!("subscriber {:?}", sub.name());
         if !orgs.contains_key(sub.org()) {
-            c.error(&here(&["org".into()]), format!("{label} → org"), format!("org {:?} is not defined", sub.org()));
+            c.error(
+                &here(&["org".into()]),
+                format!("{label} → org"),
+                format!("org {:?} is not defined", sub.org()),
+            );
         }
         let routed = fed.get(sub.name());
         if routed.is_none() {
-            c.warn(&here(&["name".into()]), label.clone(), "no route feeds this subscriber".into());
+            c.warn(
+                &here(&["name".into()]),
+                label.clone(),
+                "no route feeds this subscriber".into(),
+            );
         }
         if let Some(db) = sub.database() {
             let schemes: &[&str] = match sub {
@@ -275,7 +391,11 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
                 let alabel = format!("{label} → apply[{j}]");
                 c.schema(&apply.doc_type, None, &at, &alabel);
                 if routed.is_some_and(|r| !r.contains(apply.doc_type.as_str())) {
-                    c.warn(&at, alabel, format!("no route sends {:?} to this subscriber", apply.doc_type));
+                    c.warn(
+                        &at,
+                        alabel,
+                        format!("no route sends {:?} to this subscriber", apply.doc_type),
+                    );
                 }
             }
         }

@@ -336,13 +336,17 @@ fn remove_key(table: &mut DeTable<'_>, name: &str, within: &Range<usize>) -> Opt
         table.remove(&key);
         return Some(key.span());
     }
-    table.iter_mut().find_map(|(_, v)| remove_in_value(v.get_mut(), name, within))
+    table
+        .iter_mut()
+        .find_map(|(_, v)| remove_in_value(v.get_mut(), name, within))
 }
 
 fn remove_in_value(value: &mut DeValue<'_>, name: &str, within: &Range<usize>) -> Option<Range<usize>> {
     match value {
         DeValue::Table(t) => remove_key(t, name, within),
-        DeValue::Array(items) => items.iter_mut().find_map(|v| remove_in_value(v.get_mut(), name, within)),
+        DeValue::Array(items) => items
+            .iter_mut()
+            .find_map(|v| remove_in_value(v.get_mut(), name, within)),
         _ => None,
     }
 }
@@ -363,7 +367,11 @@ fn span_in_value(value: &DeValue<'_>, path: &[Seg]) -> Option<Range<usize>> {
         (DeValue::Table(t), Seg::Key(_)) => span_of(t, path),
         (DeValue::Array(items), Seg::Index(i)) => {
             let item = items.get(*i)?;
-            if path.len() == 1 { Some(item.span()) } else { span_in_value(item.get_ref(), &path[1..]).or_else(|| Some(item.span())) }
+            if path.len() == 1 {
+                Some(item.span())
+            } else {
+                span_in_value(item.get_ref(), &path[1..]).or_else(|| Some(item.span()))
+            }
         }
         _ => None,
     }
@@ -425,7 +433,13 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
 /// The `[table]` header above a span, as a human path — best effort.
 fn enclosing_header(text: &str, span: &Range<usize>) -> String {
     let before = text.get(..span.start).unwrap_or("");
-    before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(str::to_owned).unwrap_or_default()
+    before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 impl ConfigFile {
@@ -439,7 +453,12 @@ impl ConfigFile {
     /// As [`ConfigFile::load`], from text.
     pub fn parse(path: &Path, text: String) -> ConfigFile {
         let (config, problems) = read(&text);
-        ConfigFile { path: path.to_owned(), text, config, problems }
+        ConfigFile {
+            path: path.to_owned(),
+            text,
+            config,
+            problems,
+        }
     }
 
     /// 1-based line and column of a path such as `["route", 2, "to", 1]`.

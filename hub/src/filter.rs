@@ -75,7 +75,12 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, FilterError> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => return Err(FilterError { at: start, message: "unterminated string".into() }),
+                    None => {
+                        return Err(FilterError {
+                            at: start,
+                            message: "unterminated string".into(),
+                        });
+                    }
                     Some('\'') if chars.get(i + 1) == Some(&'\'') => {
                         s.push('\'');
                         i += 2;
@@ -97,10 +102,16 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, FilterError> {
                 i += 1;
             }
             let text: String = chars[start..i].iter().collect();
-            let n = text.parse().map_err(|_| FilterError { at: start, message: format!("integer {text} out of range") })?;
+            let n = text.parse().map_err(|_| FilterError {
+                at: start,
+                message: format!("integer {text} out of range"),
+            })?;
             out.push((start, Tok::Int(n)));
         } else if c.is_ascii_alphabetic() || c == '_' {
-            while chars.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.') {
+            while chars
+                .get(i)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+            {
                 i += 1;
             }
             out.push((start, Tok::Word(chars[start..i].iter().collect())));
@@ -114,7 +125,12 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, FilterError> {
                 (_, '[') => "[",
                 (_, ']') => "]",
                 (_, ',') => ",",
-                _ => return Err(FilterError { at: i, message: format!("unexpected character {c:?}") }),
+                _ => {
+                    return Err(FilterError {
+                        at: i,
+                        message: format!("unexpected character {c:?}"),
+                    });
+                }
             };
             i += sym.len();
             out.push((start, Tok::Sym(sym)));
@@ -137,7 +153,10 @@ impl Parser {
         self.toks.get(self.pos).map_or(self.end, |(a, _)| *a)
     }
     fn err<T>(&self, message: impl Into<String>) -> Result<T, FilterError> {
-        Err(FilterError { at: self.at(), message: message.into() })
+        Err(FilterError {
+            at: self.at(),
+            message: message.into(),
+        })
     }
     fn eat_word(&mut self, w: &str) -> bool {
         if matches!(self.peek(), Some(Tok::Word(x)) if x == w) {
@@ -245,7 +264,11 @@ impl Filter {
     /// Parses a filter expression.
     pub fn parse(src: &str) -> Result<Filter, FilterError> {
         let toks = lex(src)?;
-        let mut p = Parser { toks, pos: 0, end: src.chars().count() };
+        let mut p = Parser {
+            toks,
+            pos: 0,
+            end: src.chars().count(),
+        };
         let f = p.expr()?;
         if p.peek().is_some() {
             return p.err("unexpected text after the expression");
@@ -295,7 +318,9 @@ fn literal_eq(lit: &Literal, v: &Value) -> bool {
         (Literal::Bool(b), Value::Bool(x)) => b == x,
         (Literal::Int(n), Value::Int(x)) => n == x,
         (Literal::Int(n), Value::Decimal(d)) => d.as_str() == n.to_string(),
-        (Literal::Text(s), v) => !matches!(v, Value::Bool(_) | Value::Int(_)) && v.scalar_text().as_deref() == Some(s.as_str()),
+        (Literal::Text(s), v) => {
+            !matches!(v, Value::Bool(_) | Value::Int(_)) && v.scalar_text().as_deref() == Some(s.as_str())
+        }
         _ => false,
     }
 }
@@ -307,7 +332,10 @@ mod tests {
     fn body() -> BTreeMap<String, Value> {
         BTreeMap::from([
             ("district".to_owned(), Value::Text("南海".into())),
-            ("capital".to_owned(), Value::Decimal(exhub_schemas::Decimal::parse("1200000.00").unwrap())),
+            (
+                "capital".to_owned(),
+                Value::Decimal(exhub_schemas::Decimal::parse("1200000.00").unwrap()),
+            ),
             ("n".to_owned(), Value::Int(3)),
             ("phone".to_owned(), Value::Null),
         ])
@@ -334,8 +362,18 @@ mod tests {
     fn errors_say_where() {
         let e = Filter::parse("body.district = '南海'").unwrap_err();
         assert_eq!(e.at, 14);
-        assert!(Filter::parse("district == 'x'").unwrap_err().message.contains("body.district"));
-        assert!(Filter::parse("body.a == 'x").unwrap_err().message.contains("unterminated"));
+        assert!(
+            Filter::parse("district == 'x'")
+                .unwrap_err()
+                .message
+                .contains("body.district")
+        );
+        assert!(
+            Filter::parse("body.a == 'x")
+                .unwrap_err()
+                .message
+                .contains("unterminated")
+        );
         assert!(Filter::parse("body.a == 'x' body.b").is_err());
     }
 }

@@ -97,13 +97,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check { config } => run_check(&config),
         Command::Validate { file, schemas } => run_validate(&file, &registry(schemas.as_deref())?),
         Command::Convert { to, file, schemas } => run_convert(to, &file, &registry(schemas.as_deref())?),
-        Command::Schema { command: SchemaCommand::List { schemas } } => {
+        Command::Schema {
+            command: SchemaCommand::List { schemas },
+        } => {
             for s in registry(schemas.as_deref())?.iter() {
-                println!("{} v{}\t{}\t{}", s.doc_type(), s.version(), s.title().unwrap_or(""), s.origin());
+                println!(
+                    "{} v{}\t{}\t{}",
+                    s.doc_type(),
+                    s.version(),
+                    s.title().unwrap_or(""),
+                    s.origin()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema { command: SchemaCommand::Export { xsd: as_xsd, doc_type, version, schemas } } => {
+        Command::Schema {
+            command:
+                SchemaCommand::Export {
+                    xsd: as_xsd,
+                    doc_type,
+                    version,
+                    schemas,
+                },
+        } => {
             let registry = registry(schemas.as_deref())?;
             let schema = match version {
                 Some(v) => registry.get(&doc_type, v),
@@ -169,10 +185,22 @@ fn run_validate(file: &Path, registry: &Registry) -> Result<ExitCode> {
     }
     let h = &doc.header;
     if violations.is_empty() {
-        println!("{}: valid {} v{} ({})", file.display(), h.doc_type, h.schema_version, h.id);
+        println!(
+            "{}: valid {} v{} ({})",
+            file.display(),
+            h.doc_type,
+            h.schema_version,
+            h.id
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{}: {} violation(s) of {} v{}", file.display(), violations.len(), h.doc_type, h.schema_version);
+        println!(
+            "{}: {} violation(s) of {} v{}",
+            file.display(),
+            violations.len(),
+            h.doc_type,
+            h.schema_version
+        );
         Ok(ExitCode::FAILURE)
     }
 }
@@ -190,6 +218,8 @@ fn run_convert(to: Target, file: &Path, registry: &Registry) -> Result<ExitCode>
         Target::Json => json::encode_pretty(&doc) + "\n",
         Target::Xml => xml::encode(&doc, registry),
     };
-    std::io::stdout().write_all(out.as_bytes()).context("writing to stdout")?;
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)
 }

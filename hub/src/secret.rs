@@ -68,7 +68,10 @@ impl fmt::Display for SecretUrl {
                 }
                 let mut clean = u.to_string();
                 // Query parameters may carry credentials too (e.g. ?password=…).
-                if let Some(q) = u.query().filter(|q| q.contains("password") || q.contains("secret") || q.contains("token")) {
+                if let Some(q) = u
+                    .query()
+                    .filter(|q| q.contains("password") || q.contains("secret") || q.contains("token"))
+                {
                     clean = clean.replace(q, "***");
                 }
                 f.write_str(&clean)

@@ -21,7 +21,10 @@ pub fn canonical_bytes(doc: &Document) -> Vec<u8> {
     let mut header = doc.header.clone();
     header.content_hash = None;
     header.signature = None;
-    let unsigned = Document { header, body: doc.body.clone() };
+    let unsigned = Document {
+        header,
+        body: doc.body.clone(),
+    };
     let mut out = Vec::with_capacity(512);
     write_jcs(&to_json_value(&unsigned.to_value()), &mut out);
     out

@@ -60,10 +60,16 @@ impl Encoding {
 /// Never panics on input: every problem is a [`DecodeError`].
 pub fn decode(bytes: &[u8], registry: &Registry, limits: &Limits) -> Result<Document, DecodeError> {
     if bytes.len() > limits.max_bytes {
-        return Err(DecodeError::TooLarge { size: bytes.len(), limit: limits.max_bytes });
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        DecodeError::Encoding(format!("document is not UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+        DecodeError::Encoding(format!(
+            "document is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
     })?;
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     match Encoding::detect(text.as_bytes()) {
@@ -84,7 +90,10 @@ pub fn decode(bytes: &[u8], registry: &Registry, limits: &Limits) -> Result<Docu
 fn as_map(value: Value, pointer: &str) -> Result<BTreeMap<String, Value>, DecodeError> {
     match value {
         Value::Map(m) => Ok(m),
-        other => Err(DecodeError::Invalid { pointer: pointer.into(), message: format!("must be an object, not a {}", other.kind()) }),
+        other => Err(DecodeError::Invalid {
+            pointer: pointer.into(),
+            message: format!("must be an object, not a {}", other.kind()),
+        }),
     }
 }
 
@@ -96,7 +105,10 @@ fn assemble<T: Tree>(header: &T, body: &T, registry: &Registry) -> Result<Docume
         _ => {
             // Let the header reader explain what is missing or mistyped.
             Header::from_value(first)?;
-            return Err(DecodeError::Invalid { pointer: "/header/doc_type".into(), message: "is required".into() });
+            return Err(DecodeError::Invalid {
+                pointer: "/header/doc_type".into(),
+                message: "is required".into(),
+            });
         }
     };
     let schema = u32::try_from(version)

@@ -158,7 +158,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 4 * 1024 * 1024, max_depth: 32 }
+        Limits {
+            max_bytes: 4 * 1024 * 1024,
+            max_depth: 32,
+        }
     }
 }
 
@@ -168,12 +171,20 @@ pub(crate) fn child_pointer(parent: &str, name: &str) -> String {
 }
 
 fn field(shape: Shape) -> Field {
-    Field { shape, nullable: true, enumeration: vec![], description: None }
+    Field {
+        shape,
+        nullable: true,
+        enumeration: vec![],
+        description: None,
+    }
 }
 
 fn object(fields: &[(&str, Shape)]) -> Shape {
     Shape::Map(Object {
-        properties: fields.iter().map(|(n, s)| ((*n).to_owned(), field(s.clone()))).collect(),
+        properties: fields
+            .iter()
+            .map(|(n, s)| ((*n).to_owned(), field(s.clone())))
+            .collect(),
         required: Default::default(),
     })
 }
@@ -210,7 +221,10 @@ pub(crate) fn header_shape(body: Option<&Object>) -> Shape {
         ("classification", text.clone()),
         ("test", Shape::Scalar(Kind::Boolean)),
         ("content_hash", text.clone()),
-        ("signature", object(&[("alg", text.clone()), ("key_id", text.clone()), ("value", text)])),
+        (
+            "signature",
+            object(&[("alg", text.clone()), ("key_id", text.clone()), ("value", text)]),
+        ),
     ])
 }
 
@@ -229,7 +243,10 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn invalid(&self, name: &str, message: impl Into<String>) -> DecodeError {
-        DecodeError::Invalid { pointer: child_pointer(self.pointer, name), message: message.into() }
+        DecodeError::Invalid {
+            pointer: child_pointer(self.pointer, name),
+            message: message.into(),
+        }
     }
 
     /// A field that may be absent; explicit null counts as absent in the header.
@@ -271,7 +288,10 @@ impl Fields<'_> {
             Some(Value::Timestamp(t)) => Ok(Some(t)),
             Some(v) => Err(self.invalid(
                 name,
-                format!("must be a timestamp with zone like 2026-11-22T08:00:00+08:00, got {}", describe(&v)),
+                format!(
+                    "must be a timestamp with zone like 2026-11-22T08:00:00+08:00, got {}",
+                    describe(&v)
+                ),
             )),
         }
     }
@@ -305,21 +325,38 @@ fn describe(v: &Value) -> String {
 impl Header {
     /// Reads a header from its typed tree (as decoded from JSON or XML).
     pub(crate) fn from_value(map: BTreeMap<String, Value>) -> Result<Header, DecodeError> {
-        let mut f = Fields { map, pointer: "/header" };
+        let mut f = Fields {
+            map,
+            pointer: "/header",
+        };
         let id = f.uuid("id")?.ok_or_else(|| f.invalid("id", "is required"))?;
         let doc_type = f.required_text("doc_type")?;
         let schema_version = match f.required("schema_version")? {
             Value::Int(v) if v >= 1 && v <= i64::from(u32::MAX) => v as u32,
-            v => return Err(f.invalid("schema_version", format!("must be a positive integer, got {}", describe(&v)))),
+            v => {
+                return Err(f.invalid(
+                    "schema_version",
+                    format!("must be a positive integer, got {}", describe(&v)),
+                ));
+            }
         };
         let op_text = f.required_text("op")?;
         let op = Op::parse(&op_text).ok_or_else(|| {
-            f.invalid("op", format!("{op_text:?} is not one of upsert, delete, snapshot, event"))
+            f.invalid(
+                "op",
+                format!("{op_text:?} is not one of upsert, delete, snapshot, event"),
+            )
         })?;
         let sender = {
             let map = f.map("sender")?.ok_or_else(|| f.invalid("sender", "is required"))?;
-            let mut s = Fields { map, pointer: "/header/sender" };
-            let sender = Sender { org: s.required_text("org")?, system: s.text("system")? };
+            let mut s = Fields {
+                map,
+                pointer: "/header/sender",
+            };
+            let sender = Sender {
+                org: s.required_text("org")?,
+                system: s.text("system")?,
+            };
             s.finish()?;
             sender
         };
@@ -335,7 +372,10 @@ impl Header {
         let source = match f.map("source")? {
             None => None,
             Some(map) => {
-                let mut s = Fields { map, pointer: "/header/source" };
+                let mut s = Fields {
+                    map,
+                    pointer: "/header/source",
+                };
                 let info = SourceInfo {
                     kind: s.required_text("kind")?,
                     db: s.text("db")?,
@@ -346,7 +386,11 @@ impl Header {
                     seq: match s.optional("seq") {
                         None => None,
                         Some(Value::Int(n)) if n >= 0 => Some(n as u64),
-                        Some(v) => return Err(s.invalid("seq", format!("must be a non-negative integer, got {}", describe(&v)))),
+                        Some(v) => {
+                            return Err(
+                                s.invalid("seq", format!("must be a non-negative integer, got {}", describe(&v)))
+                            );
+                        }
                     },
                 };
                 s.finish()?;
@@ -355,11 +399,16 @@ impl Header {
         };
         let conversation_id = f.uuid("conversation_id")?;
         let in_reply_to = f.uuid("in_reply_to")?;
-        let created_at = f.timestamp("created_at")?.ok_or_else(|| f.invalid("created_at", "is required"))?;
+        let created_at = f
+            .timestamp("created_at")?
+            .ok_or_else(|| f.invalid("created_at", "is required"))?;
         let classification = match f.text("classification")? {
             None => Classification::Internal,
             Some(c) => Classification::parse(&c).ok_or_else(|| {
-                f.invalid("classification", format!("{c:?} is not one of public, internal, confidential"))
+                f.invalid(
+                    "classification",
+                    format!("{c:?} is not one of public, internal, confidential"),
+                )
             })?,
         };
         let test = match f.optional("test") {
@@ -371,7 +420,10 @@ impl Header {
         let signature = match f.map("signature")? {
             None => None,
             Some(map) => {
-                let mut s = Fields { map, pointer: "/header/signature" };
+                let mut s = Fields {
+                    map,
+                    pointer: "/header/signature",
+                };
                 let sig = Signature {
                     alg: s.required_text("alg")?,
                     key_id: s.required_text("key_id")?,
@@ -418,7 +470,12 @@ impl Header {
         }
         if let Some(src) = &self.source {
             let mut s = BTreeMap::from([("kind".to_owned(), text(&src.kind))]);
-            let opt = [("db", &src.db), ("table", &src.table), ("position", &src.position), ("tx", &src.tx)];
+            let opt = [
+                ("db", &src.db),
+                ("table", &src.table),
+                ("position", &src.position),
+                ("tx", &src.tx),
+            ];
             for (name, v) in opt {
                 if let Some(v) = v {
                     s.insert(name.into(), text(v));
@@ -433,7 +490,10 @@ impl Header {
             }
             m.insert("source".into(), Value::Map(s));
         }
-        for (name, v) in [("conversation_id", self.conversation_id), ("in_reply_to", self.in_reply_to)] {
+        for (name, v) in [
+            ("conversation_id", self.conversation_id),
+            ("in_reply_to", self.in_reply_to),
+        ] {
             if let Some(id) = v {
                 m.insert(name.into(), text(&id.to_string()));
             }

@@ -54,7 +54,11 @@ pub fn is_cn_resident_id(id: &str) -> bool {
     if crate::value::Date::parse(&birth).is_none() {
         return false;
     }
-    let sum: u32 = b[..17].iter().zip(ID_WEIGHTS).map(|(c, w)| u32::from(c - b'0') * w).sum();
+    let sum: u32 = b[..17]
+        .iter()
+        .zip(ID_WEIGHTS)
+        .map(|(c, w)| u32::from(c - b'0') * w)
+        .sum();
     b[17] == ID_CHECK[(sum % 11) as usize]
 }
 

@@ -30,16 +30,29 @@ pub(crate) enum Raw {
 pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Raw, DecodeError> {
     let too_deep = Cell::new(false);
     let mut de = serde_json::Deserializer::from_str(text);
-    let seed = Seed { depth: 1, max: limits.max_depth, too_deep: &too_deep };
+    let seed = Seed {
+        depth: 1,
+        max: limits.max_depth,
+        too_deep: &too_deep,
+    };
     let result = seed.deserialize(&mut de).and_then(|raw| de.end().map(|()| raw));
     result.map_err(|e| {
         if too_deep.get() {
-            DecodeError::TooDeep { limit: limits.max_depth }
+            DecodeError::TooDeep {
+                limit: limits.max_depth,
+            }
         } else {
             let full = e.to_string();
             // serde_json appends " at line L column C"; we report those separately.
-            let message = full.rsplit_once(" at line ").map_or(full.as_str(), |(m, _)| m).to_owned();
-            DecodeError::Json { line: e.line(), column: e.column(), message }
+            let message = full
+                .rsplit_once(" at line ")
+                .map_or(full.as_str(), |(m, _)| m)
+                .to_owned();
+            DecodeError::Json {
+                line: e.line(),
+                column: e.column(),
+                message,
+            }
         }
     })
 }
@@ -57,7 +70,10 @@ impl Seed<'_> {
             self.too_deep.set(true);
             return Err(E::custom("nesting too deep"));
         }
-        Ok(Seed { depth: self.depth + 1, ..self })
+        Ok(Seed {
+            depth: self.depth + 1,
+            ..self
+        })
     }
 }
 
@@ -85,7 +101,9 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Raw, E> {
         i64::try_from(v).map(Raw::Int).map_err(|_| {
-            E::custom(format!("integer {v} does not fit in 64 bits: send it as a decimal string"))
+            E::custom(format!(
+                "integer {v} does not fit in 64 bits: send it as a decimal string"
+            ))
         })
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Raw, E> {
@@ -123,7 +141,10 @@ impl<'de> Visitor<'de> for Seed<'_> {
 
 impl Tree for Raw {
     fn typed(&self, shape: &Shape, pointer: &str) -> Result<Value, DecodeError> {
-        let invalid = |message: String| DecodeError::Invalid { pointer: pointer.to_owned(), message };
+        let invalid = |message: String| DecodeError::Invalid {
+            pointer: pointer.to_owned(),
+            message,
+        };
         Ok(match self {
             Raw::Null => Value::Null,
             Raw::Bool(b) => Value::Bool(*b),
@@ -149,7 +170,10 @@ impl Tree for Raw {
                 let mut out = BTreeMap::new();
                 for (name, raw) in map {
                     let p = child_pointer(pointer, name);
-                    check_field_name(name).map_err(|message| DecodeError::Invalid { pointer: p.clone(), message })?;
+                    check_field_name(name).map_err(|message| DecodeError::Invalid {
+                        pointer: p.clone(),
+                        message,
+                    })?;
                     out.insert(name.clone(), raw.typed(shape.child(name), &p)?);
                 }
                 Value::Map(out)
@@ -161,16 +185,24 @@ impl Tree for Raw {
 /// Splits a parsed document into its header and body trees.
 pub(crate) fn split(raw: Raw) -> Result<(Raw, Raw), DecodeError> {
     let Raw::Map(mut root) = raw else {
-        return Err(DecodeError::Invalid { pointer: "/".into(), message: "a document is an object with \"header\" and \"body\"".into() });
+        return Err(DecodeError::Invalid {
+            pointer: "/".into(),
+            message: "a document is an object with \"header\" and \"body\"".into(),
+        });
     };
     let mut take = |name: &str| {
-        root.remove(name)
-            .ok_or_else(|| DecodeError::Invalid { pointer: format!("/{name}"), message: "is required".into() })
+        root.remove(name).ok_or_else(|| DecodeError::Invalid {
+            pointer: format!("/{name}"),
+            message: "is required".into(),
+        })
     };
     let header = take("header")?;
     let body = take("body")?;
     if let Some(extra) = root.keys().next() {
-        return Err(DecodeError::Invalid { pointer: child_pointer("", extra), message: "is not part of a document (only header and body)".into() });
+        return Err(DecodeError::Invalid {
+            pointer: child_pointer("", extra),
+            message: "is not part of a document (only header and body)".into(),
+        });
     }
     Ok((header, body))
 }

@@ -16,10 +16,19 @@ use crate::value::{Kind, Value, is_decimal_text};
 /// The built-in schemas: (file name, text).
 const BUILTIN: &[(&str, &str)] = &[
     ("tax.registration.v1.json", include_str!("../tax.registration.v1.json")),
-    ("commerce.business_license.v1.json", include_str!("../commerce.business_license.v1.json")),
-    ("social_security.enrollment.v1.json", include_str!("../social_security.enrollment.v1.json")),
+    (
+        "commerce.business_license.v1.json",
+        include_str!("../commerce.business_license.v1.json"),
+    ),
+    (
+        "social_security.enrollment.v1.json",
+        include_str!("../social_security.enrollment.v1.json"),
+    ),
     ("approval.request.v1.json", include_str!("../approval.request.v1.json")),
-    ("approval.decision.v1.json", include_str!("../approval.decision.v1.json")),
+    (
+        "approval.decision.v1.json",
+        include_str!("../approval.decision.v1.json"),
+    ),
 ];
 
 /// A schema file that cannot be used.
@@ -169,9 +178,14 @@ impl Registry {
 
     /// Adds one schema; `file_name` must be `<doc_type>.v<N>.json`.
     pub fn add(&mut self, file_name: &str, origin: &str, text: &str) -> Result<(), SchemaError> {
-        let err = |message: String| SchemaError { origin: origin.to_owned(), message };
+        let err = |message: String| SchemaError {
+            origin: origin.to_owned(),
+            message,
+        };
         let (doc_type, version) = parse_file_name(file_name).ok_or_else(|| {
-            err(format!("file name {file_name:?} is not <doc_type>.v<N>.json (doc type like tax.registration)"))
+            err(format!(
+                "file name {file_name:?} is not <doc_type>.v<N>.json (doc type like tax.registration)"
+            ))
         })?;
         let json: Json = serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?;
         let expected_id = format!("urn:exhub:schema:{doc_type}:v{version}");
@@ -186,7 +200,10 @@ impl Registry {
         let delete_validator = compile(&relaxed).map_err(|e| err(format!("invalid JSON Schema: {e}")))?;
         let key = (doc_type.clone(), version);
         if let Some(existing) = self.schemas.get(&key) {
-            return Err(err(format!("{doc_type} v{version} is already defined by {}", existing.origin)));
+            return Err(err(format!(
+                "{doc_type} v{version} is already defined by {}",
+                existing.origin
+            )));
         }
         let header = header_shape(Some(&object));
         self.schemas.insert(
@@ -207,7 +224,10 @@ impl Registry {
 
     /// Adds every `*.json` file of `dir`; returns how many.
     pub fn load_dir(&mut self, dir: &Path) -> Result<usize, SchemaError> {
-        let err = |message: String| SchemaError { origin: dir.display().to_string(), message };
+        let err = |message: String| SchemaError {
+            origin: dir.display().to_string(),
+            message,
+        };
         let mut paths: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| err(format!("cannot read directory: {e}")))?
             .filter_map(Result::ok)
@@ -217,8 +237,10 @@ impl Registry {
         paths.sort();
         for path in &paths {
             let origin = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| SchemaError { origin: origin.clone(), message: format!("cannot read: {e}") })?;
+            let text = std::fs::read_to_string(path).map_err(|e| SchemaError {
+                origin: origin.clone(),
+                message: format!("cannot read: {e}"),
+            })?;
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             self.add(name, &origin, &text)?;
         }
@@ -255,25 +277,45 @@ impl Registry {
         let Some(schema) = self.get(&h.doc_type, h.schema_version) else {
             return vec![Violation {
                 pointer: "/header/doc_type".into(),
-                message: format!("unknown doc type {:?} version {} (known: {})", h.doc_type, h.schema_version, self.list().join(", ")),
+                message: format!(
+                    "unknown doc type {:?} version {} (known: {})",
+                    h.doc_type,
+                    h.schema_version,
+                    self.list().join(", ")
+                ),
             }];
         };
         let body = to_json_value(&Value::Map(doc.body.clone()));
-        let validator = if h.op == Op::Delete { &schema.delete_validator } else { &schema.validator };
+        let validator = if h.op == Op::Delete {
+            &schema.delete_validator
+        } else {
+            &schema.validator
+        };
         let mut out: Vec<Violation> = validator
             .iter_errors(&body)
-            .map(|e| Violation { pointer: format!("/body{}", e.instance_path()), message: e.to_string() })
+            .map(|e| Violation {
+                pointer: format!("/body{}", e.instance_path()),
+                message: e.to_string(),
+            })
             .collect();
         // Types the JSON view cannot show (e.g. an XML value annotated as text where the schema
         // wants a date) and binary fields, which JSON Schema only annotates.
         let mut typing = Vec::new();
         for (name, value) in &doc.body {
-            check_kinds(value, schema.body_shape().child(name), &child_pointer("/body", name), &mut typing);
+            check_kinds(
+                value,
+                schema.body_shape().child(name),
+                &child_pointer("/body", name),
+                &mut typing,
+            );
         }
         for (name, value) in &h.key {
             let pointer = child_pointer("/header/key", name);
             match schema.body().properties.get(name) {
-                None => typing.push(Violation { pointer, message: format!("{name:?} is not a field of {} v{}", h.doc_type, h.schema_version) }),
+                None => typing.push(Violation {
+                    pointer,
+                    message: format!("{name:?} is not a field of {} v{}", h.doc_type, h.schema_version),
+                }),
                 Some(field) => {
                     check_kinds(value, &field.shape, &pointer, &mut typing);
                     if let Some(in_body) = doc.body.get(name).filter(|v| *v != value) {
@@ -295,7 +337,8 @@ impl Registry {
 }
 
 fn show(v: &Value) -> String {
-    v.scalar_text().map_or_else(|| v.kind().to_string(), |t| format!("{t:?}"))
+    v.scalar_text()
+        .map_or_else(|| v.kind().to_string(), |t| format!("{t:?}"))
 }
 
 fn check_kinds(value: &Value, shape: &Shape, pointer: &str, out: &mut Vec<Violation>) {
@@ -320,7 +363,10 @@ fn check_kinds(value: &Value, shape: &Shape, pointer: &str, out: &mut Vec<Violat
                     Kind::Timestamp => " (RFC 3339 with offset)",
                     _ => "",
                 };
-                out.push(Violation { pointer: pointer.to_owned(), message: format!("expected a {expected}{hint}, got {}", show(value)) });
+                out.push(Violation {
+                    pointer: pointer.to_owned(),
+                    message: format!("expected a {expected}{hint}, got {}", show(value)),
+                });
             }
         }
     }
@@ -344,10 +390,27 @@ mod tests {
         let mut r = Registry::default();
         let e = r.add("x.json", "t", "{}").unwrap_err();
         assert!(e.message.contains("<doc_type>.v<N>.json"), "{e}");
-        let e = r.add("a.b.v1.json", "t", r#"{"$id": "urn:exhub:schema:a.b:v2", "type": "object"}"#).unwrap_err();
+        let e = r
+            .add(
+                "a.b.v1.json",
+                "t",
+                r#"{"$id": "urn:exhub:schema:a.b:v2", "type": "object"}"#,
+            )
+            .unwrap_err();
         assert!(e.message.contains("urn:exhub:schema:a.b:v1"), "{e}");
-        r.add("a.b.v1.json", "t", r#"{"$id": "urn:exhub:schema:a.b:v1", "type": "object"}"#).unwrap();
-        let e = r.add("a.b.v1.json", "u", r#"{"$id": "urn:exhub:schema:a.b:v1", "type": "object"}"#).unwrap_err();
+        r.add(
+            "a.b.v1.json",
+            "t",
+            r#"{"$id": "urn:exhub:schema:a.b:v1", "type": "object"}"#,
+        )
+        .unwrap();
+        let e = r
+            .add(
+                "a.b.v1.json",
+                "u",
+                r#"{"$id": "urn:exhub:schema:a.b:v1", "type": "object"}"#,
+            )
+            .unwrap_err();
         assert!(e.message.contains("already defined by t"), "{e}");
     }
 }

@@ -106,12 +106,20 @@ pub fn read_object(root: &Json) -> Result<Object, ShapeError> {
 }
 
 fn err(pointer: &str, message: impl Into<String>) -> ShapeError {
-    ShapeError { pointer: if pointer.is_empty() { "/".into() } else { pointer.into() }, message: message.into() }
+    ShapeError {
+        pointer: if pointer.is_empty() { "/".into() } else { pointer.into() },
+        message: message.into(),
+    }
 }
 
 fn read_field(root: &Json, schema: &Json, pointer: &str, refs: usize) -> Result<Field, ShapeError> {
     let Some(obj) = schema.as_object() else {
-        return Ok(Field { shape: Shape::Any, nullable: true, enumeration: vec![], description: None });
+        return Ok(Field {
+            shape: Shape::Any,
+            nullable: true,
+            enumeration: vec![],
+            description: None,
+        });
     };
     if let Some(r) = obj.get("$ref").and_then(Json::as_str) {
         if refs > 32 {
@@ -172,7 +180,10 @@ fn read_field(root: &Json, schema: &Json, pointer: &str, refs: usize) -> Result<
             Shape::Map(o)
         }
         other => {
-            return Err(err(pointer, format!("unsupported \"type\" {other:?} (one type, optionally with \"null\")")));
+            return Err(err(
+                pointer,
+                format!("unsupported \"type\" {other:?} (one type, optionally with \"null\")"),
+            ));
         }
     };
     let enumeration = obj
@@ -229,7 +240,9 @@ mod tests {
         assert_eq!(kind("at"), Some(Kind::Timestamp));
         assert_eq!(kind("photo"), Some(Kind::Binary));
         assert_eq!(kind("n"), Some(Kind::Integer));
-        let Shape::List(item) = &o.properties["tags"].shape else { panic!() };
+        let Shape::List(item) = &o.properties["tags"].shape else {
+            panic!()
+        };
         assert_eq!(item.enumeration, vec!["a", "b"]);
     }
 

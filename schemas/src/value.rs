@@ -238,10 +238,7 @@ pub fn is_decimal_text(s: &str) -> bool {
         Some((i, f)) => (i, Some(f)),
         None => (s, None),
     };
-    all_digits(int)
-        && (int == "0" || !int.starts_with('0'))
-        && frac.is_none_or(all_digits)
-        && s.len() <= 100
+    all_digits(int) && (int == "0" || !int.starts_with('0')) && frac.is_none_or(all_digits) && s.len() <= 100
 }
 
 fn is_date(s: &str) -> bool {
@@ -279,8 +276,7 @@ fn is_timestamp(s: &str) -> bool {
     if b.len() < 9 || b[2] != b':' || b[5] != b':' {
         return false;
     }
-    let (Some(h), Some(mi), Some(se)) = (num(&rest[0..2]), num(&rest[3..5]), num(&rest[6..8]))
-    else {
+    let (Some(h), Some(mi), Some(se)) = (num(&rest[0..2]), num(&rest[3..5]), num(&rest[6..8])) else {
         return false;
     };
     if h > 23 || mi > 59 || se > 59 {
@@ -331,9 +327,7 @@ pub fn check_text(s: &str) -> Result<(), String> {
 /// a JSON Schema property name and an SQL identifier alike.
 pub fn check_field_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
-    let ok_first = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if ok_first && name.len() <= 64 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Ok(())
     } else {
@@ -349,7 +343,14 @@ mod tests {
 
     #[test]
     fn decimals_keep_their_text_and_refuse_floats() {
-        for ok in ["0", "-1", "1200000.00", "0.5", "-0.001", "123456789012345678901234567890.12"] {
+        for ok in [
+            "0",
+            "-1",
+            "1200000.00",
+            "0.5",
+            "-0.001",
+            "123456789012345678901234567890.12",
+        ] {
             assert_eq!(Decimal::parse(ok).map(|d| d.to_string()), Some(ok.to_owned()));
         }
         for bad in ["", "01", "1.", ".5", "1e5", "1.5E3", "+1", "NaN", "1,5", " 1", "1.2.3"] {
@@ -362,7 +363,16 @@ mod tests {
         for ok in ["2019-03-01", "2024-02-29", "2000-02-29", "0001-01-01", "9999-12-31"] {
             assert!(Date::parse(ok).is_some(), "{ok} refused");
         }
-        for bad in ["2023-02-29", "1900-02-29", "2019-13-01", "2019-00-10", "2019-3-1", "0000-01-01", "2019-03-01T00:00:00Z", "２０１９-03-01"] {
+        for bad in [
+            "2023-02-29",
+            "1900-02-29",
+            "2019-13-01",
+            "2019-00-10",
+            "2019-3-1",
+            "0000-01-01",
+            "2019-03-01T00:00:00Z",
+            "２０１９-03-01",
+        ] {
             assert!(Date::parse(bad).is_none(), "{bad} accepted");
         }
     }

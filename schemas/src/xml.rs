@@ -44,13 +44,22 @@ pub(crate) struct Node {
 }
 
 fn xml_error(position: u64, message: impl Into<String>) -> DecodeError {
-    DecodeError::Xml { position, message: message.into() }
+    DecodeError::Xml {
+        position,
+        message: message.into(),
+    }
 }
 
 impl Node {
     fn open(e: &BytesStart<'_>, position: u64) -> Result<Node, DecodeError> {
         let name = e.name().as_ref().to_owned();
-        let mut node = Node { name, nil: false, t: None, text: String::new(), children: Vec::new() };
+        let mut node = Node {
+            name,
+            nil: false,
+            t: None,
+            text: String::new(),
+            children: Vec::new(),
+        };
         for attr in e.attributes() {
             let attr = attr.map_err(|err| xml_error(position, err.to_string()))?;
             let key: &str = attr.key.as_ref();
@@ -120,7 +129,10 @@ pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Node, DecodeError> {
                 if let Some(enc) = decl.encoding() {
                     let enc = enc.map_err(|e| xml_error(position, e.to_string()))?;
                     if !enc.eq_ignore_ascii_case("utf-8") {
-                        return Err(xml_error(position, format!("encoding {:?} is refused: documents are UTF-8", enc)));
+                        return Err(xml_error(
+                            position,
+                            format!("encoding {:?} is refused: documents are UTF-8", enc),
+                        ));
                     }
                 }
             }
@@ -136,7 +148,9 @@ pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Node, DecodeError> {
                     return Err(xml_error(position, "a second root element"));
                 }
                 if stack.len() + 1 > limits.max_depth {
-                    return Err(DecodeError::TooDeep { limit: limits.max_depth });
+                    return Err(DecodeError::TooDeep {
+                        limit: limits.max_depth,
+                    });
                 }
                 stack.push(Node::open(&e, position)?);
             }
@@ -161,7 +175,12 @@ pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Node, DecodeError> {
                 let resolved = if r.is_char_ref() {
                     match r.resolve_char_ref() {
                         Ok(Some(c)) => c.to_string(),
-                        _ => return Err(xml_error(position, format!("bad character reference &{};", r.xml10_content()))),
+                        _ => {
+                            return Err(xml_error(
+                                position,
+                                format!("bad character reference &{};", r.xml10_content()),
+                            ));
+                        }
                     }
                 } else {
                     let name = r.xml10_content();
@@ -177,14 +196,20 @@ pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Node, DecodeError> {
         }
     }
     if !stack.is_empty() {
-        return Err(xml_error(text.len() as u64, "unexpected end of document (unclosed elements)"));
+        return Err(xml_error(
+            text.len() as u64,
+            "unexpected end of document (unclosed elements)",
+        ));
     }
     root.ok_or_else(|| xml_error(0, "no root element"))
 }
 
 /// Splits a parsed document into its header and body elements.
 pub(crate) fn split(root: Node) -> Result<(Node, Node), DecodeError> {
-    let invalid = |pointer: &str, message: &str| DecodeError::Invalid { pointer: pointer.into(), message: message.into() };
+    let invalid = |pointer: &str, message: &str| DecodeError::Invalid {
+        pointer: pointer.into(),
+        message: message.into(),
+    };
     if root.name != "document" {
         return Err(invalid("/", "the root element must be <document>"));
     }
@@ -194,19 +219,30 @@ pub(crate) fn split(root: Node) -> Result<(Node, Node), DecodeError> {
         let slot = match child.name.as_str() {
             "header" => &mut header,
             "body" => &mut body,
-            other => return Err(invalid(&child_pointer("", other), "is not part of a document (only header and body)")),
+            other => {
+                return Err(invalid(
+                    &child_pointer("", other),
+                    "is not part of a document (only header and body)",
+                ));
+            }
         };
         if slot.is_some() {
             return Err(invalid(&child_pointer("", &child.name), "appears twice"));
         }
         *slot = Some(child);
     }
-    Ok((header.ok_or_else(|| invalid("/header", "is required"))?, body.ok_or_else(|| invalid("/body", "is required"))?))
+    Ok((
+        header.ok_or_else(|| invalid("/header", "is required"))?,
+        body.ok_or_else(|| invalid("/body", "is required"))?,
+    ))
 }
 
 impl Tree for Node {
     fn typed(&self, shape: &Shape, pointer: &str) -> Result<Value, DecodeError> {
-        let invalid = |message: String| DecodeError::Invalid { pointer: pointer.to_owned(), message };
+        let invalid = |message: String| DecodeError::Invalid {
+            pointer: pointer.to_owned(),
+            message,
+        };
         if self.nil {
             if !self.children.is_empty() || !self.text.is_empty() {
                 return Err(invalid("an element with xsi:nil=\"true\" must be empty".into()));
@@ -216,7 +252,11 @@ impl Tree for Node {
         let kind = match self.t {
             Some(Kind::Null) => return Err(invalid("null is written xsi:nil=\"true\", not t=\"null\"".into())),
             Some(k) => k,
-            None => shape.kind().unwrap_or(if self.children.is_empty() { Kind::String } else { Kind::Map }),
+            None => shape.kind().unwrap_or(if self.children.is_empty() {
+                Kind::String
+            } else {
+                Kind::Map
+            }),
         };
         match kind {
             Kind::List => {
@@ -225,7 +265,10 @@ impl Tree for Node {
                 for (i, child) in self.children.iter().enumerate() {
                     let p = format!("{pointer}/{i}");
                     if child.name != "item" {
-                        return Err(DecodeError::Invalid { pointer: p, message: format!("a list holds <item> elements, not <{}>", child.name) });
+                        return Err(DecodeError::Invalid {
+                            pointer: p,
+                            message: format!("a list holds <item> elements, not <{}>", child.name),
+                        });
                     }
                     items.push(child.typed(shape.child(""), &p)?);
                 }
@@ -236,10 +279,16 @@ impl Tree for Node {
                 let mut map = BTreeMap::new();
                 for child in &self.children {
                     let p = child_pointer(pointer, &child.name);
-                    check_field_name(&child.name).map_err(|message| DecodeError::Invalid { pointer: p.clone(), message })?;
+                    check_field_name(&child.name).map_err(|message| DecodeError::Invalid {
+                        pointer: p.clone(),
+                        message,
+                    })?;
                     let value = child.typed(shape.child(&child.name), &p)?;
                     if map.insert(child.name.clone(), value).is_some() {
-                        return Err(DecodeError::Invalid { pointer: p, message: "appears twice".into() });
+                        return Err(DecodeError::Invalid {
+                            pointer: p,
+                            message: "appears twice".into(),
+                        });
                     }
                 }
                 Ok(Value::Map(map))
@@ -310,7 +359,10 @@ pub fn encode(doc: &Document, registry: &Registry) -> String {
         None => (untyped_header_shape(), &any),
     };
     let mut out = String::with_capacity(1024);
-    let _ = writeln!(out, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<document xmlns:xsi=\"{XSI_NAMESPACE}\">");
+    let _ = writeln!(
+        out,
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<document xmlns:xsi=\"{XSI_NAMESPACE}\">"
+    );
     write_element(&mut out, "header", &doc.header.to_value(), header_shape, 1);
     write_element(&mut out, "body", &Value::Map(doc.body.clone()), body_shape, 1);
     out.push_str("</document>\n");

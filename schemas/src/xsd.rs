@@ -103,7 +103,11 @@ pub fn export(schema: &Schema) -> String {
     out.push_str("  <xs:complexType name=\"Key\">\n    <xs:all>\n");
     for (name, field) in &schema.body().properties {
         if let Shape::Scalar(kind) = field.shape {
-            let _ = writeln!(out, "      <xs:element name=\"{name}\" type=\"{}\" minOccurs=\"0\"/>", scalar_type(kind));
+            let _ = writeln!(
+                out,
+                "      <xs:element name=\"{name}\" type=\"{}\" minOccurs=\"0\"/>",
+                scalar_type(kind)
+            );
         }
     }
     out.push_str("    </xs:all>\n  </xs:complexType>\n");
@@ -129,7 +133,11 @@ fn write_object(out: &mut String, object: &Object, level: usize) {
     let pad = "  ".repeat(level);
     let _ = writeln!(out, "{pad}<xs:all>");
     for (name, field) in &object.properties {
-        let min = if object.required.contains(name) { "" } else { " minOccurs=\"0\"" };
+        let min = if object.required.contains(name) {
+            ""
+        } else {
+            " minOccurs=\"0\""
+        };
         write_element(out, name, field, min, level + 1);
     }
     let _ = writeln!(out, "{pad}</xs:all>");
@@ -141,35 +149,67 @@ fn write_element(out: &mut String, name: &str, field: &Field, occurs: &str, leve
     let doc = field
         .description
         .as_deref()
-        .map(|d| format!("{pad}  <xs:annotation><xs:documentation>{}</xs:documentation></xs:annotation>\n", escape_attr(d)))
+        .map(|d| {
+            format!(
+                "{pad}  <xs:annotation><xs:documentation>{}</xs:documentation></xs:annotation>\n",
+                escape_attr(d)
+            )
+        })
         .unwrap_or_default();
     match &field.shape {
         Shape::Scalar(kind) if field.enumeration.is_empty() => {
             if doc.is_empty() {
-                let _ = writeln!(out, "{pad}<xs:element name=\"{name}\" type=\"{}\"{occurs}{nil}/>", scalar_type(*kind));
+                let _ = writeln!(
+                    out,
+                    "{pad}<xs:element name=\"{name}\" type=\"{}\"{occurs}{nil}/>",
+                    scalar_type(*kind)
+                );
             } else {
-                let _ = write!(out, "{pad}<xs:element name=\"{name}\" type=\"{}\"{occurs}{nil}>\n{doc}{pad}</xs:element>\n", scalar_type(*kind));
+                let _ = write!(
+                    out,
+                    "{pad}<xs:element name=\"{name}\" type=\"{}\"{occurs}{nil}>\n{doc}{pad}</xs:element>\n",
+                    scalar_type(*kind)
+                );
             }
         }
         Shape::Scalar(kind) => {
-            let _ = write!(out, "{pad}<xs:element name=\"{name}\"{occurs}{nil}>\n{doc}{pad}  <xs:simpleType>\n{pad}    <xs:restriction base=\"{}\">\n", scalar_type(*kind));
+            let _ = write!(
+                out,
+                "{pad}<xs:element name=\"{name}\"{occurs}{nil}>\n{doc}{pad}  <xs:simpleType>\n{pad}    <xs:restriction base=\"{}\">\n",
+                scalar_type(*kind)
+            );
             for value in &field.enumeration {
                 let _ = writeln!(out, "{pad}      <xs:enumeration value=\"{}\"/>", escape_attr(value));
             }
-            let _ = write!(out, "{pad}    </xs:restriction>\n{pad}  </xs:simpleType>\n{pad}</xs:element>\n");
+            let _ = write!(
+                out,
+                "{pad}    </xs:restriction>\n{pad}  </xs:simpleType>\n{pad}</xs:element>\n"
+            );
         }
         Shape::List(item) => {
-            let _ = write!(out, "{pad}<xs:element name=\"{name}\"{occurs}{nil}>\n{doc}{pad}  <xs:complexType>\n{pad}    <xs:sequence>\n");
+            let _ = write!(
+                out,
+                "{pad}<xs:element name=\"{name}\"{occurs}{nil}>\n{doc}{pad}  <xs:complexType>\n{pad}    <xs:sequence>\n"
+            );
             write_element(out, "item", item, " minOccurs=\"0\" maxOccurs=\"unbounded\"", level + 3);
-            let _ = write!(out, "{pad}    </xs:sequence>\n{pad}  </xs:complexType>\n{pad}</xs:element>\n");
+            let _ = write!(
+                out,
+                "{pad}    </xs:sequence>\n{pad}  </xs:complexType>\n{pad}</xs:element>\n"
+            );
         }
         Shape::Map(object) => {
-            let _ = write!(out, "{pad}<xs:element name=\"{name}\"{occurs}{nil}>\n{doc}{pad}  <xs:complexType>\n");
+            let _ = write!(
+                out,
+                "{pad}<xs:element name=\"{name}\"{occurs}{nil}>\n{doc}{pad}  <xs:complexType>\n"
+            );
             write_object(out, object, level + 2);
             let _ = write!(out, "{pad}  </xs:complexType>\n{pad}</xs:element>\n");
         }
         Shape::Any => {
-            let _ = writeln!(out, "{pad}<xs:element name=\"{name}\" type=\"xs:anyType\"{occurs}{nil}/>");
+            let _ = writeln!(
+                out,
+                "{pad}<xs:element name=\"{name}\" type=\"xs:anyType\"{occurs}{nil}/>"
+            );
         }
     }
 }

@@ -50,12 +50,18 @@ fn malformed_xml() {
 
 #[test]
 fn too_large() {
-    let limits = Limits { max_bytes: 1000, ..Limits::default() };
+    let limits = Limits {
+        max_bytes: 1000,
+        ..Limits::default()
+    };
     let e = decode_err_with(tax_json().as_bytes(), &limits);
     assert!(matches!(e, DecodeError::TooLarge { limit: 1000, .. }), "{e:?}");
     assert_eq!(e.reason(), "too_large");
     // The default is 4 MiB.
-    let big = format!("{{\"header\": {{}}, \"body\": {{\"s\": \"{}\"}}}}", "x".repeat(4 * 1024 * 1024));
+    let big = format!(
+        "{{\"header\": {{}}, \"body\": {{\"s\": \"{}\"}}}}",
+        "x".repeat(4 * 1024 * 1024)
+    );
     assert!(matches!(decode_err(big.as_bytes()), DecodeError::TooLarge { .. }));
 }
 
@@ -75,26 +81,50 @@ fn doctype_and_entities_are_refused() {
 
 #[test]
 fn nesting_deeper_than_the_limit() {
-    let deep_json = format!("{{\"header\": {{}}, \"body\": {{\"x\": {}1{}}}}}", "[".repeat(40), "]".repeat(40));
+    let deep_json = format!(
+        "{{\"header\": {{}}, \"body\": {{\"x\": {}1{}}}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    );
     let e = decode_err(deep_json.as_bytes());
     assert_eq!(e, DecodeError::TooDeep { limit: 32 });
     assert_eq!(e.reason(), "too_deep");
-    let deep_xml = format!("<document><header/><body>{}{}</body></document>", "<x>".repeat(40), "</x>".repeat(40));
+    let deep_xml = format!(
+        "<document><header/><body>{}{}</body></document>",
+        "<x>".repeat(40),
+        "</x>".repeat(40)
+    );
     assert_eq!(decode_err(deep_xml.as_bytes()), DecodeError::TooDeep { limit: 32 });
     // Far deeper than any stack could take recursively.
     let very_deep = "[".repeat(100_000);
-    assert!(matches!(decode_err(format!("{{\"a\":{very_deep}").as_bytes()), DecodeError::TooDeep { .. }));
-    let limits = Limits { max_depth: 2, ..Limits::default() };
-    assert!(matches!(decode_err_with(tax_json().as_bytes(), &limits), DecodeError::TooDeep { limit: 2 }));
+    assert!(matches!(
+        decode_err(format!("{{\"a\":{very_deep}").as_bytes()),
+        DecodeError::TooDeep { .. }
+    ));
+    let limits = Limits {
+        max_depth: 2,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        decode_err_with(tax_json().as_bytes(), &limits),
+        DecodeError::TooDeep { limit: 2 }
+    ));
 }
 
 #[test]
 fn unknown_doc_type_or_version() {
     let e = decode_err(tax_json().replace("\"tax.registration\"", "\"tax.refund\"").as_bytes());
-    assert!(matches!(&e, DecodeError::UnknownDocType { doc_type, version: 1, .. } if doc_type == "tax.refund"), "{e:?}");
+    assert!(
+        matches!(&e, DecodeError::UnknownDocType { doc_type, version: 1, .. } if doc_type == "tax.refund"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("known: "), "{e}");
     assert_eq!(e.reason(), "unknown_doc_type");
-    let e = decode_err(tax_json().replace("\"schema_version\": 1", "\"schema_version\": 9").as_bytes());
+    let e = decode_err(
+        tax_json()
+            .replace("\"schema_version\": 1", "\"schema_version\": 9")
+            .as_bytes(),
+    );
     assert!(matches!(e, DecodeError::UnknownDocType { version: 9, .. }), "{e:?}");
     let e = decode_err(tax_xml().replace("<schema_version>1<", "<schema_version>9<").as_bytes());
     assert!(matches!(e, DecodeError::UnknownDocType { version: 9, .. }), "{e:?}");
@@ -104,22 +134,43 @@ fn unknown_doc_type_or_version() {
 fn floats_and_huge_integers_are_refused() {
     let e = decode_err(tax_json().replace("\"1200000.00\"", "1200000.00").as_bytes());
     assert!(e.to_string().contains("no floats"), "{e}");
-    let e = decode_err(tax_json().replace("\"seq\": 0", "\"seq\": 18446744073709551615").as_bytes());
+    let e = decode_err(
+        tax_json()
+            .replace("\"seq\": 0", "\"seq\": 18446744073709551615")
+            .as_bytes(),
+    );
     assert!(e.to_string().contains("does not fit in 64 bits"), "{e}");
 }
 
 #[test]
 fn duplicate_keys_are_refused() {
-    let e = decode_err(tax_json().replace("\"district\": \"南海\"", "\"district\": \"南海\", \"district\": \"顺德\"").as_bytes());
+    let e = decode_err(
+        tax_json()
+            .replace(
+                "\"district\": \"南海\"",
+                "\"district\": \"南海\", \"district\": \"顺德\"",
+            )
+            .as_bytes(),
+    );
     assert!(e.to_string().contains("duplicate key \"district\""), "{e}");
-    let e = decode_err(tax_xml().replace("<district>南海</district>", "<district>南海</district><district>顺德</district>").as_bytes());
+    let e = decode_err(
+        tax_xml()
+            .replace(
+                "<district>南海</district>",
+                "<district>南海</district><district>顺德</district>",
+            )
+            .as_bytes(),
+    );
     assert!(e.to_string().contains("/body/district: appears twice"), "{e}");
 }
 
 #[test]
 fn characters_xml_cannot_carry_are_refused_in_both_encodings() {
     let e = decode_err(tax_json().replace("陈志强", "陈志\\u0001强").as_bytes());
-    assert!(matches!(&e, DecodeError::Invalid { pointer, message } if pointer == "/body/legal_representative" && message.contains("U+0001")), "{e:?}");
+    assert!(
+        matches!(&e, DecodeError::Invalid { pointer, message } if pointer == "/body/legal_representative" && message.contains("U+0001")),
+        "{e:?}"
+    );
     let e = decode_err(tax_xml().replace("陈志强", "陈志&#1;强").as_bytes());
     assert!(e.to_string().contains("U+0001"), "{e}");
     let e = decode_err(tax_xml().replace("陈志强", "陈志\u{1}强").as_bytes());
@@ -140,12 +191,36 @@ fn not_utf8_or_not_a_document() {
 #[test]
 fn bad_header_fields_are_named() {
     for (from, to, needle) in [
-        ("\"op\": \"upsert\"", "\"op\": \"merge\"", "/header/op: \"merge\" is not one of"),
-        ("\"created_at\": \"2026-11-22T08:00:00.123Z\"", "\"created_at\": \"2026-11-22 08:00\"", "/header/created_at: must be a timestamp"),
-        ("\"id\": \"0193b4c2-5a1e-7c3d-9f10-2b4e6a8c0d12\"", "\"id\": \"42\"", "/header/id: \"42\" is not a UUID"),
-        ("\"test\": false", "\"test\": false, \"priority\": 1", "/header/priority: is not a header field"),
-        ("\"key\": {", "\"key\": {\"x\": [1], ", "/header/key/x: a key value must be a non-null scalar"),
-        ("\"sender\": { \"org\": \"nanhai.tax\",", "\"sender\": {", "/header/sender/org: is required"),
+        (
+            "\"op\": \"upsert\"",
+            "\"op\": \"merge\"",
+            "/header/op: \"merge\" is not one of",
+        ),
+        (
+            "\"created_at\": \"2026-11-22T08:00:00.123Z\"",
+            "\"created_at\": \"2026-11-22 08:00\"",
+            "/header/created_at: must be a timestamp",
+        ),
+        (
+            "\"id\": \"0193b4c2-5a1e-7c3d-9f10-2b4e6a8c0d12\"",
+            "\"id\": \"42\"",
+            "/header/id: \"42\" is not a UUID",
+        ),
+        (
+            "\"test\": false",
+            "\"test\": false, \"priority\": 1",
+            "/header/priority: is not a header field",
+        ),
+        (
+            "\"key\": {",
+            "\"key\": {\"x\": [1], ",
+            "/header/key/x: a key value must be a non-null scalar",
+        ),
+        (
+            "\"sender\": { \"org\": \"nanhai.tax\",",
+            "\"sender\": {",
+            "/header/sender/org: is required",
+        ),
     ] {
         let text = tax_json();
         assert!(text.contains(from), "fixture lacks {from}");

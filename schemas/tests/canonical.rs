@@ -18,7 +18,10 @@ const VECTOR_HASH: &str = "sha256:9665f6499c97eea2da69be38ab654b9ca7b7c81f014882
 fn fixed_vector() {
     let r = registry();
     let d = decode_ok(VECTOR_DOC.as_bytes(), &r);
-    assert_eq!(String::from_utf8(canonical::canonical_bytes(&d)).unwrap(), VECTOR_CANONICAL);
+    assert_eq!(
+        String::from_utf8(canonical::canonical_bytes(&d)).unwrap(),
+        VECTOR_CANONICAL
+    );
     assert_eq!(canonical::content_hash(&d), VECTOR_HASH);
 }
 
@@ -40,7 +43,9 @@ fn hash_covers_body_and_header_but_not_itself() {
     other.header.content_hash = None;
     other.header.signature = None;
     assert_eq!(canonical::content_hash(&other), VECTOR_HASH);
-    other.body.insert("s".into(), exhub_schemas::Value::Text("南海 \"<&>\"".into()));
+    other
+        .body
+        .insert("s".into(), exhub_schemas::Value::Text("南海 \"<&>\"".into()));
     assert_ne!(canonical::content_hash(&other), VECTOR_HASH, "body change");
     let mut other = d.clone();
     other.header.test = true;

@@ -31,7 +31,10 @@ fn header(doc_type: &str) -> Header {
         doc_type: doc_type.into(),
         schema_version: 1,
         op: Op::Upsert,
-        sender: Sender { org: "nanhai.tax".into(), system: None },
+        sender: Sender {
+            org: "nanhai.tax".into(),
+            system: None,
+        },
         key: BTreeMap::new(),
         source: None,
         conversation_id: None,
@@ -59,10 +62,19 @@ fn every_type_in_a_fixed_document() {
         ("d", Value::Decimal(Decimal::parse("-1200000.0050").unwrap())),
         ("b", Value::Bool(false)),
         ("dt", Value::Date(Date::parse("2024-02-29").unwrap())),
-        ("ts", Value::Timestamp(Timestamp::parse("2026-11-22T08:00:00.123456789+08:00").unwrap())),
+        (
+            "ts",
+            Value::Timestamp(Timestamp::parse("2026-11-22T08:00:00.123456789+08:00").unwrap()),
+        ),
         ("bin", Value::Binary(vec![0, 1, 2, 0xfe, 0xff])),
-        ("amounts", Value::List(vec![Value::Decimal(Decimal::parse("1.50").unwrap()), Value::Null])),
-        ("nested", Value::Map(BTreeMap::from([("tags".to_owned(), Value::List(vec![]))]))),
+        (
+            "amounts",
+            Value::List(vec![Value::Decimal(Decimal::parse("1.50").unwrap()), Value::Null]),
+        ),
+        (
+            "nested",
+            Value::Map(BTreeMap::from([("tags".to_owned(), Value::List(vec![]))])),
+        ),
     ]);
     assert_round_trip(&d);
 }
@@ -95,7 +107,10 @@ fn wrong_and_unknown_types_are_annotated_in_xml() {
         ("i", Value::Text("not a number".into())),
         ("dt", Value::Int(20240229)),
         ("extra_date", Value::Date(Date::parse("2019-03-01").unwrap())),
-        ("extra_map", Value::Map(BTreeMap::from([("x".to_owned(), Value::Bool(true))]))),
+        (
+            "extra_map",
+            Value::Map(BTreeMap::from([("x".to_owned(), Value::Bool(true))])),
+        ),
         ("extra_empty", Value::Map(BTreeMap::new())),
     ]);
     let r = registry();
@@ -133,14 +148,23 @@ fn full_header_round_trips() {
     d.header.op = Op::Delete;
     d.header.sender.system = Some("ctais".into());
     d.header.content_hash = Some(canonical::content_hash(&d));
-    d.header.signature = Some(Signature { alg: "ed25519".into(), key_id: "nanhai.tax#2026".into(), value: "c2ln".into() });
+    d.header.signature = Some(Signature {
+        alg: "ed25519".into(),
+        key_id: "nanhai.tax#2026".into(),
+        value: "c2ln".into(),
+    });
     assert_round_trip(&d);
 }
 
 #[test]
 fn example_documents_convert_both_ways() {
     let r = registry();
-    for name in ["tax.registration.json", "commerce.business_license.xml", "social_security.enrollment.json", "approval.request.json"] {
+    for name in [
+        "tax.registration.json",
+        "commerce.business_license.xml",
+        "social_security.enrollment.json",
+        "approval.request.json",
+    ] {
         let d = decode_ok(&example(name), &r);
         assert!(r.validate(&d).is_empty(), "{name}: {:?}", r.validate(&d));
         assert_round_trip(&d);
@@ -185,7 +209,14 @@ fn date_text() -> impl Strategy<Value = String> {
 }
 
 fn timestamp() -> impl Strategy<Value = Timestamp> {
-    (date_text(), 0u32..24, 0u32..60, 0u32..60, prop::option::of("[0-9]{1,9}"), prop::option::of((any::<bool>(), 0u32..24, 0u32..60)))
+    (
+        date_text(),
+        0u32..24,
+        0u32..60,
+        0u32..60,
+        prop::option::of("[0-9]{1,9}"),
+        prop::option::of((any::<bool>(), 0u32..24, 0u32..60)),
+    )
         .prop_map(|(d, h, mi, s, frac, zone)| {
             let frac = frac.map(|f| format!(".{f}")).unwrap_or_default();
             let zone = match zone {
@@ -235,12 +266,23 @@ fn random_doc() -> impl Strategy<Value = Document> {
         field(any::<bool>().prop_map(Value::Bool).boxed()),
         field(date_text().prop_map(|d| Value::Date(Date::parse(&d).unwrap())).boxed()),
         field(timestamp().prop_map(Value::Timestamp).boxed()),
-        field(prop::collection::vec(any::<u8>(), 0..24).prop_map(Value::Binary).boxed()),
-        field(prop::collection::vec(prop_oneof![decimal().prop_map(Value::Decimal), Just(Value::Null)], 0..4).prop_map(Value::List).boxed()),
+        field(
+            prop::collection::vec(any::<u8>(), 0..24)
+                .prop_map(Value::Binary)
+                .boxed(),
+        ),
+        field(
+            prop::collection::vec(prop_oneof![decimal().prop_map(Value::Decimal), Just(Value::Null)], 0..4)
+                .prop_map(Value::List)
+                .boxed(),
+        ),
         field(
             (prop::option::of(timestamp()), prop::collection::vec(xml_text(), 0..3))
                 .prop_map(|(when, tags)| {
-                    let mut m = BTreeMap::from([("tags".to_owned(), Value::List(tags.into_iter().map(Value::Text).collect()))]);
+                    let mut m = BTreeMap::from([(
+                        "tags".to_owned(),
+                        Value::List(tags.into_iter().map(Value::Text).collect()),
+                    )]);
                     if let Some(w) = when {
                         m.insert("when".into(), Value::Timestamp(w));
                     }
@@ -250,7 +292,14 @@ fn random_doc() -> impl Strategy<Value = Document> {
         ),
     );
     let extra = prop::collection::btree_map("x_[a-z0-9_]{1,6}", json_native(), 0..3);
-    let head = (any::<u128>(), prop::sample::select(Op::ALL.to_vec()), prop::option::of(xml_text()), timestamp(), any::<bool>(), prop::option::of(any::<u128>()));
+    let head = (
+        any::<u128>(),
+        prop::sample::select(Op::ALL.to_vec()),
+        prop::option::of(xml_text()),
+        timestamp(),
+        any::<bool>(),
+        prop::option::of(any::<u128>()),
+    );
     (typed, extra, head).prop_map(|(t, extra, (id, op, system, created, test, conv))| {
         let mut h = header("test.all_types");
         h.id = uuid::Uuid::from_u128(id);
@@ -261,7 +310,11 @@ fn random_doc() -> impl Strategy<Value = Document> {
         h.conversation_id = conv.map(uuid::Uuid::from_u128);
         let names = ["s", "i", "d", "b", "dt", "ts", "bin", "amounts", "nested"];
         let values = [t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8];
-        let mut body: BTreeMap<String, Value> = names.iter().zip(values).filter_map(|(n, v)| v.map(|v| ((*n).to_owned(), v))).collect();
+        let mut body: BTreeMap<String, Value> = names
+            .iter()
+            .zip(values)
+            .filter_map(|(n, v)| v.map(|v| ((*n).to_owned(), v)))
+            .collect();
         body.extend(extra);
         if let Some(v @ (Value::Text(_) | Value::Int(_) | Value::Decimal(_))) = body.get("s").or(body.get("i")) {
             let k = if body.contains_key("s") { "s" } else { "i" };

@@ -15,7 +15,8 @@ fn tax() -> String {
 }
 
 fn has(vs: &[String], pointer: &str, needle: &str) -> bool {
-    vs.iter().any(|v| v.starts_with(&format!("{pointer}: ")) && v.contains(needle))
+    vs.iter()
+        .any(|v| v.starts_with(&format!("{pointer}: ")) && v.contains(needle))
 }
 
 #[test]
@@ -26,10 +27,16 @@ fn examples_are_valid() {
 #[test]
 fn every_violation_is_reported_with_its_pointer() {
     let bad = tax()
-        .replace("\"taxpayer_id\": \"91440605MA4W0XNF3H\",", "\"taxpayer_id\": \"91440605MA4W0XNF3J\",")
+        .replace(
+            "\"taxpayer_id\": \"91440605MA4W0XNF3H\",",
+            "\"taxpayer_id\": \"91440605MA4W0XNF3J\",",
+        )
         .replace("\"registered_at\": \"2019-03-01\"", "\"registered_at\": \"2019-02-30\"")
         .replace("\"capital\": \"1200000.00\"", "\"capital\": \"1,200,000\"")
-        .replace("\"taxpayer_status\": \"normal\",", "\"taxpayer_status\": \"正常\", \"nickname\": \"x\",")
+        .replace(
+            "\"taxpayer_status\": \"normal\",",
+            "\"taxpayer_status\": \"正常\", \"nickname\": \"x\",",
+        )
         .replace("\"district\": \"南海\",", "");
     let vs = violations(&bad);
     assert!(has(&vs, "/body/taxpayer_id", "uscc"), "{vs:#?}");
@@ -44,7 +51,9 @@ fn every_violation_is_reported_with_its_pointer() {
 
 #[test]
 fn binary_must_be_base64() {
-    let text = String::from_utf8(example("approval.request.json")).unwrap().replace("JVBERi0xLjQKJcfsj6IK", "not base64!");
+    let text = String::from_utf8(example("approval.request.json"))
+        .unwrap()
+        .replace("JVBERi0xLjQKJcfsj6IK", "not base64!");
     let vs = violations(&text);
     assert!(has(&vs, "/body/attachments/0/content", "expected a binary"), "{vs:#?}");
 }
@@ -74,5 +83,8 @@ fn xml_typed_as_text_where_the_schema_wants_a_date() {
 #[test]
 fn unknown_key_field() {
     let vs = violations(&tax().replace("\"key\": {", "\"key\": {\"nsrsbh\": \"1\", "));
-    assert!(has(&vs, "/header/key/nsrsbh", "is not a field of tax.registration v1"), "{vs:#?}");
+    assert!(
+        has(&vs, "/header/key/nsrsbh", "is not a field of tax.registration v1"),
+        "{vs:#?}"
+    );
 }

@@ -25,7 +25,12 @@ fn xmllint(xsd_text: &str, xml_text: &str) -> (bool, String) {
 #[test]
 fn examples_validate_against_their_exported_xsd() {
     let r = registry();
-    for name in ["tax.registration.json", "commerce.business_license.xml", "social_security.enrollment.json", "approval.request.json"] {
+    for name in [
+        "tax.registration.json",
+        "commerce.business_license.xml",
+        "social_security.enrollment.json",
+        "approval.request.json",
+    ] {
         let d = decode_ok(&example(name), &r);
         let schema = r.get(&d.header.doc_type, d.header.schema_version).unwrap();
         let (ok, err) = xmllint(&xsd::export(schema), &xml::encode(&d, &r));

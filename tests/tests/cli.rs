@@ -1,0 +1,154 @@
+//! The `exhub` commands of the foundation: check, validate, convert, schema export.
+
+use std::process::Command;
+
+use crate::{exhub, root, scratch, stdout};
+
+#[test]
+fn check_accepts_the_demo_exchange() {
+    let out = exhub(&["check"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("routes.toml: ok — 4 orgs, 2 sources, 3 subscribers, 2 routes, 5 doc types"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_with_its_place() {
+    let out = exhub(&["check", "--config", "examples/config/broken-routes.toml"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let expected = [
+        ":5:1: error: hub.amqp: URL does not parse",
+        ":6:1: error: [hub]: unknown field `retries`",
+        ":13:1: error: [[org]]: unknown field `nmae`",
+        ":40:3: error: source \"tax-ctais\" → table[0] (nsr_djxx) → fields: required field(s) of tax.registration v1 not mapped: name",
+        ":40:38: error: source \"tax-ctais\" → table[0] (nsr_djxx) → fields.nickname: tax.registration v1 has no field \"nickname\"",
+        ":68:1: error: [[subscriber]]: unknown field `queue_len`",
+        ":71:1: error: subscriber[2]: name \"commerce-mirror\" is already used by subscriber[0]",
+        ":83:26: error: route \"tax-registrations\" → to[1]: subscriber \"social-fed\" is not defined",
+        ":88:14: error: route \"business-licenses\" → doc_types[0]: doc type \"commerce.business_licence\" has no schema",
+        ":89:7: error: route \"business-licenses\" → to[0]: subscriber \"tax-mirror\" is not defined",
+        "warning: subscriber \"commerce-mirror\" → apply[0]: no route sends",
+        "11 error(s), 2 warning(s)",
+    ];
+    for line in expected {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("secret"), "a password reached the output:\n{text}");
+}
+
+#[test]
+fn check_reads_exhub_config_and_more_mistakes() {
+    let dir = scratch("check");
+    let cfg = dir.join("routes.toml");
+    let text = std::fs::read_to_string(root().join("routes.toml"))
+        .unwrap()
+        .replace(
+            "publishes = [\"tax.registration\", \"approval.decision\"]",
+            "publishes = [\"approval.decision\"]",
+        )
+        .replace(
+            "where = \"body.district == '南海'\"",
+            "where = \"body.distric == '南海' and\"",
+        )
+        .replace(
+            "url = \"mysql://root@127.0.0.1:3306/tax_mirror\"",
+            "url = \"postgres://x@127.0.0.1/y\"",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(crate::exhub_bin())
+        .arg("check")
+        .env("EXHUB_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("org \"nanhai.tax\" may not publish \"tax.registration\""),
+        "{text}"
+    );
+    assert!(text.contains("→ where: filter does not parse"), "{text}");
+    assert!(
+        text.contains("URL scheme \"postgres\" is not one of mysql, mariadb"),
+        "{text}"
+    );
+    std::fs::write(&cfg, "[hub\namqp = 1\n").unwrap();
+    let out = Command::new(crate::exhub_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains(":1:"), "{}", stdout(&out));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn validate_prints_every_violation_with_its_pointer() {
+    let ok = exhub(&["validate", "examples/documents/commerce.business_license.xml"]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("valid commerce.business_license v1"));
+
+    let dir = scratch("validate");
+    let bad = std::fs::read_to_string(root().join("examples/documents/social_security.enrollment.json"))
+        .unwrap()
+        .replace("440605198803124510", "440605198803124511")
+        .replace("\"contribution_base\": \"6520.00\"", "\"contribution_base\": \"6520.\"")
+        .replace("\"pension\", ", "\"pension\", \"pension\", ");
+    std::fs::write(dir.join("bad.json"), bad).unwrap();
+    let out = exhub(&["validate", dir.join("bad.json").to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for pointer in [
+        "/body/person_id: ",
+        "/body/contribution_base: ",
+        "/body/insurance_types: ",
+    ] {
+        assert!(text.contains(pointer), "missing {pointer} in:\n{text}");
+    }
+    std::fs::write(dir.join("bomb.xml"), "<!DOCTYPE d [<!ENTITY a \"aaaa\">]><document/>").unwrap();
+    let out = exhub(&["validate", dir.join("bomb.xml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("DOCTYPE is refused"), "{}", stdout(&out));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn convert_json_to_xml_and_back_is_identical() {
+    let dir = scratch("convert");
+    let xml = exhub(&["convert", "--to", "xml", "examples/documents/tax.registration.json"]);
+    assert!(xml.status.success());
+    std::fs::write(dir.join("doc.xml"), &xml.stdout).unwrap();
+    let json = exhub(&["convert", "--to", "json", dir.join("doc.xml").to_str().unwrap()]);
+    assert!(json.status.success());
+    let direct = exhub(&["convert", "--to", "json", "examples/documents/tax.registration.json"]);
+    assert_eq!(stdout(&json), stdout(&direct));
+    assert!(stdout(&xml).contains("<name>佛山市南海区桂城恒达五金制品有限公司</name>"));
+    assert!(stdout(&xml).contains("&lt;A&amp;B栋&gt;"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn exported_xsd_validates_converted_xml() {
+    let dir = scratch("xsd");
+    let xsd = exhub(&["schema", "export", "--xsd", "tax.registration"]);
+    assert!(xsd.status.success());
+    std::fs::write(dir.join("tax.xsd"), &xsd.stdout).unwrap();
+    let xml = exhub(&["convert", "--to", "xml", "examples/documents/tax.registration.json"]);
+    std::fs::write(dir.join("tax.xml"), &xml.stdout).unwrap();
+    let lint = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(dir.join("tax.xsd"))
+        .arg(dir.join("tax.xml"))
+        .output()
+        .unwrap();
+    assert!(lint.status.success(), "{}", String::from_utf8_lossy(&lint.stderr));
+    let unknown = exhub(&["schema", "export", "--xsd", "tax.refund"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown doc type \"tax.refund\""));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -1,0 +1,55 @@
+//! The machine is ready for change data capture after scripts/services.sh: the settings the
+//! source adapters depend on are in force on the real servers.
+
+use std::process::Command;
+
+fn query(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn postgres_has_logical_replication() {
+    let psql = |sql: &str| {
+        query(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-XAtq",
+                "-c",
+                sql,
+            ],
+        )
+    };
+    assert_eq!(psql("show wal_level"), "logical");
+    assert!(psql("show max_replication_slots").parse::<u32>().unwrap() >= 20);
+    assert!(psql("show max_wal_senders").parse::<u32>().unwrap() >= 20);
+}
+
+#[test]
+fn mariadb_binlog_is_row_with_full_metadata() {
+    let row = query(
+        "mariadb",
+        &[
+            "-uroot",
+            "-h127.0.0.1",
+            "-N",
+            "-B",
+            "-e",
+            "select @@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata, @@server_id > 0",
+        ],
+    );
+    assert_eq!(row, "1\tROW\tFULL\tFULL\t1");
+}
+
+#[test]
+fn rabbitmq_is_up() {
+    let status = query("rabbitmqctl", &["-q", "status"]);
+    assert!(status.contains("RabbitMQ version"), "{status}");
+}
