@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test against the real services: unit, integration, property and end-to-end tests
-# (cargo nextest), then the doc tests (nextest does not run those).
+# Runs every test against the real services: the doc tests (nextest does not run those), then
+# unit, integration, property and end-to-end tests (cargo nextest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+cargo test --workspace --locked --doc --quiet
 cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-default}"
-cargo test --workspace --locked --doc
