@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# The end-to-end tests run the real `exhub` binary, which `cargo test` alone does not build.
+cargo build --workspace --bins --locked --quiet
 cargo test --workspace --locked --doc --quiet
 cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-default}"

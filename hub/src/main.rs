@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use exhub_hub::check::check;
 use exhub_hub::config::{ConfigFile, Severity};
-use exhub_schemas::{Limits, Registry, decode, json, xml, xsd};
+use exhub_schemas::{Document, Limits, Registry, decode, json, xml, xsd};
 
 /// exhub — a government data exchange hub.
 #[derive(Parser)]
@@ -142,8 +142,17 @@ fn registry(dir: Option<&Path>) -> Result<Registry> {
     Ok(exhub_hub::registry_with(dir)?)
 }
 
-fn read_document(file: &Path) -> Result<Vec<u8>> {
-    std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+/// Reads and decodes a document file; a document that does not decode is reported (with its
+/// reason code) and gives `None`.
+fn decode_file(file: &Path, registry: &Registry) -> Result<Option<Document>> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    match decode(&bytes, registry, &Limits::default()) {
+        Ok(doc) => Ok(Some(doc)),
+        Err(e) => {
+            eprintln!("{}: {} [{}]", file.display(), e, e.reason());
+            Ok(None)
+        }
+    }
 }
 
 fn run_check(path: &Path) -> Result<ExitCode> {
@@ -171,13 +180,8 @@ fn run_check(path: &Path) -> Result<ExitCode> {
 }
 
 fn run_validate(file: &Path, registry: &Registry) -> Result<ExitCode> {
-    let bytes = read_document(file)?;
-    let doc = match decode(&bytes, registry, &Limits::default()) {
-        Ok(doc) => doc,
-        Err(e) => {
-            println!("{}: {} [{}]", file.display(), e, e.reason());
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(doc) = decode_file(file, registry)? else {
+        return Ok(ExitCode::FAILURE);
     };
     let violations = registry.validate(&doc);
     for v in &violations {
@@ -206,13 +210,8 @@ fn run_validate(file: &Path, registry: &Registry) -> Result<ExitCode> {
 }
 
 fn run_convert(to: Target, file: &Path, registry: &Registry) -> Result<ExitCode> {
-    let bytes = read_document(file)?;
-    let doc = match decode(&bytes, registry, &Limits::default()) {
-        Ok(doc) => doc,
-        Err(e) => {
-            eprintln!("{}: {} [{}]", file.display(), e, e.reason());
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(doc) = decode_file(file, registry)? else {
+        return Ok(ExitCode::FAILURE);
     };
     let out = match to {
         Target::Json => json::encode_pretty(&doc) + "\n",

@@ -14,6 +14,7 @@ pub fn root() -> PathBuf {
 }
 
 /// The `exhub` binary next to this test executable (`target/<profile>/exhub`), or `EXHUB_BIN`.
+/// `cargo test` does not build another package's binary: scripts/test.sh builds it first.
 pub fn exhub_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("EXHUB_BIN") {
         return bin.into();
