@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exhub_schemas::{Registry, Schema};
 
-use crate::config::{Config, ConfigFile, Problem, Seg, Severity, SourceConfig};
+use crate::config::{Config, ConfigFile, Positions, Problem, Seg, Severity, SourceConfig};
 use crate::filter::Filter;
 use crate::secret::SecretUrl;
 
@@ -27,14 +27,14 @@ pub struct Summary {
 }
 
 struct Checker<'a> {
-    file: &'a ConfigFile,
+    positions: Positions<'a>,
     registry: &'a Registry,
     problems: Vec<Problem>,
 }
 
 impl<'a> Checker<'a> {
     fn report(&mut self, severity: Severity, at: &[Seg], path: String, message: String) {
-        let position = self.file.position(at);
+        let position = self.positions.position(at);
         self.problems.push(Problem {
             severity,
             position,
@@ -50,10 +50,11 @@ impl<'a> Checker<'a> {
     }
 
     fn schema(&mut self, doc_type: &str, version: Option<u32>, at: &[Seg], path: &str) -> Option<&'a Schema> {
+        // Borrowed from the registry (not self) so the caller can keep reporting.
         let registry = self.registry;
         let found = match version {
-            Some(v) => self.registry.get(doc_type, v),
-            None => self.registry.latest(doc_type),
+            Some(v) => registry.get(doc_type, v),
+            None => registry.latest(doc_type),
         };
         if found.is_none() {
             let v = version.map(|v| format!(" version {v}")).unwrap_or_default();
@@ -64,11 +65,7 @@ impl<'a> Checker<'a> {
                 format!("doc type {doc_type:?}{v} has no schema (known: {known})"),
             );
         }
-        // Borrowed from the registry (not self) so the caller can keep reporting.
-        match version {
-            Some(v) => registry.get(doc_type, v),
-            None => registry.latest(doc_type),
-        }
+        found
     }
 
     fn url(&mut self, url: &SecretUrl, schemes: &[&str], at: &[Seg], path: String) {
@@ -101,13 +98,13 @@ impl<'a> Checker<'a> {
 /// Checks a loaded config against the schemas. Returns every problem (errors and warnings);
 /// the summary is meaningful when there is no error.
 pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) {
+    let Some(config) = &file.config else {
+        return (file.problems.clone(), Summary::default());
+    };
     let mut c = Checker {
-        file,
+        positions: file.positions(),
         registry,
         problems: file.problems.clone(),
-    };
-    let Some(config) = &file.config else {
-        return (c.problems, Summary::default());
     };
     check_config(&mut c, config);
     let doc_types: BTreeSet<&str> = config

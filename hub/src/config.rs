@@ -461,15 +461,31 @@ impl ConfigFile {
         }
     }
 
-    /// 1-based line and column of a path such as `["route", 2, "to", 1]`.
-    pub fn position(&self, path: &[Seg]) -> Option<(usize, usize)> {
+    /// The file's spans, parsed once, for locating many problems.
+    pub fn positions(&self) -> Positions<'_> {
         let (table, _) = DeTable::parse_recoverable(&self.text);
-        span_of(table.get_ref(), path).map(|s| line_col(&self.text, s.start))
+        Positions {
+            text: &self.text,
+            table,
+        }
     }
 
     /// The directory relative paths in the config are resolved against.
     pub fn base_dir(&self) -> PathBuf {
         self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+/// Where paths are in routes.toml: the span-carrying table, parsed once.
+pub struct Positions<'a> {
+    text: &'a str,
+    table: toml::Spanned<DeTable<'a>>,
+}
+
+impl Positions<'_> {
+    /// 1-based line and column of a path such as `["route", 2, "to", 1]`.
+    pub fn position(&self, path: &[Seg]) -> Option<(usize, usize)> {
+        span_of(self.table.get_ref(), path).map(|s| line_col(self.text, s.start))
     }
 }
 

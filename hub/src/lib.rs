@@ -16,11 +16,12 @@ use exhub_schemas::{Registry, SchemaError};
 
 /// The built-in schemas plus the config's extra schema directory, if any.
 pub fn registry_for(file: &config::ConfigFile) -> Result<Registry, SchemaError> {
-    let mut registry = Registry::builtin()?;
-    if let Some(dir) = file.config.as_ref().and_then(|c| c.hub.schemas.as_deref()) {
-        registry.load_dir(&file.base_dir().join(dir))?;
-    }
-    Ok(registry)
+    let dir = file
+        .config
+        .as_ref()
+        .and_then(|c| c.hub.schemas.as_deref())
+        .map(|d| file.base_dir().join(d));
+    registry_with(dir.as_deref())
 }
 
 /// The built-in schemas plus an optional directory.

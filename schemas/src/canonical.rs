@@ -14,19 +14,17 @@
 use sha2::{Digest, Sha256};
 
 use crate::Document;
-use crate::json::to_json_value;
+use crate::json::document_to_json;
 
 /// The canonical bytes of `doc` (see the module docs).
 pub fn canonical_bytes(doc: &Document) -> Vec<u8> {
-    let mut header = doc.header.clone();
-    header.content_hash = None;
-    header.signature = None;
-    let unsigned = Document {
-        header,
-        body: doc.body.clone(),
-    };
+    let mut json = document_to_json(doc);
+    if let Some(header) = json.get_mut("header").and_then(serde_json::Value::as_object_mut) {
+        header.remove("content_hash");
+        header.remove("signature");
+    }
     let mut out = Vec::with_capacity(512);
-    write_jcs(&to_json_value(&unsigned.to_value()), &mut out);
+    write_jcs(&json, &mut out);
     out
 }
 

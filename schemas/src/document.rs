@@ -304,6 +304,22 @@ impl Fields<'_> {
         }
     }
 
+    /// Reads the object field `name` with `read`, then refuses any field `read` did not take.
+    fn object<T>(
+        &mut self,
+        name: &str,
+        read: impl FnOnce(&mut Fields<'_>) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        let Some(map) = self.map(name)? else {
+            return Ok(None);
+        };
+        let pointer = child_pointer(self.pointer, name);
+        let mut fields = Fields { map, pointer: &pointer };
+        let value = read(&mut fields)?;
+        fields.finish()?;
+        Ok(Some(value))
+    }
+
     fn finish(self) -> Result<(), DecodeError> {
         match self.map.into_keys().next() {
             None => Ok(()),
@@ -347,19 +363,14 @@ impl Header {
                 format!("{op_text:?} is not one of upsert, delete, snapshot, event"),
             )
         })?;
-        let sender = {
-            let map = f.map("sender")?.ok_or_else(|| f.invalid("sender", "is required"))?;
-            let mut s = Fields {
-                map,
-                pointer: "/header/sender",
-            };
-            let sender = Sender {
-                org: s.required_text("org")?,
-                system: s.text("system")?,
-            };
-            s.finish()?;
-            sender
-        };
+        let sender = f
+            .object("sender", |s| {
+                Ok(Sender {
+                    org: s.required_text("org")?,
+                    system: s.text("system")?,
+                })
+            })?
+            .ok_or_else(|| f.invalid("sender", "is required"))?;
         let key = f.map("key")?.unwrap_or_default();
         for (name, v) in &key {
             if matches!(v, Value::List(_) | Value::Map(_) | Value::Null) {
@@ -369,34 +380,23 @@ impl Header {
                 });
             }
         }
-        let source = match f.map("source")? {
-            None => None,
-            Some(map) => {
-                let mut s = Fields {
-                    map,
-                    pointer: "/header/source",
-                };
-                let info = SourceInfo {
-                    kind: s.required_text("kind")?,
-                    db: s.text("db")?,
-                    table: s.text("table")?,
-                    position: s.text("position")?,
-                    committed_at: s.timestamp("committed_at")?,
-                    tx: s.text("tx")?,
-                    seq: match s.optional("seq") {
-                        None => None,
-                        Some(Value::Int(n)) if n >= 0 => Some(n as u64),
-                        Some(v) => {
-                            return Err(
-                                s.invalid("seq", format!("must be a non-negative integer, got {}", describe(&v)))
-                            );
-                        }
-                    },
-                };
-                s.finish()?;
-                Some(info)
-            }
-        };
+        let source = f.object("source", |s| {
+            Ok(SourceInfo {
+                kind: s.required_text("kind")?,
+                db: s.text("db")?,
+                table: s.text("table")?,
+                position: s.text("position")?,
+                committed_at: s.timestamp("committed_at")?,
+                tx: s.text("tx")?,
+                seq: match s.optional("seq") {
+                    None => None,
+                    Some(Value::Int(n)) if n >= 0 => Some(n as u64),
+                    Some(v) => {
+                        return Err(s.invalid("seq", format!("must be a non-negative integer, got {}", describe(&v))));
+                    }
+                },
+            })
+        })?;
         let conversation_id = f.uuid("conversation_id")?;
         let in_reply_to = f.uuid("in_reply_to")?;
         let created_at = f
@@ -417,22 +417,13 @@ impl Header {
             Some(v) => return Err(f.invalid("test", format!("must be true or false, got {}", describe(&v)))),
         };
         let content_hash = f.text("content_hash")?;
-        let signature = match f.map("signature")? {
-            None => None,
-            Some(map) => {
-                let mut s = Fields {
-                    map,
-                    pointer: "/header/signature",
-                };
-                let sig = Signature {
-                    alg: s.required_text("alg")?,
-                    key_id: s.required_text("key_id")?,
-                    value: s.required_text("value")?,
-                };
-                s.finish()?;
-                Some(sig)
-            }
-        };
+        let signature = f.object("signature", |s| {
+            Ok(Signature {
+                alg: s.required_text("alg")?,
+                key_id: s.required_text("key_id")?,
+                value: s.required_text("value")?,
+            })
+        })?;
         f.finish()?;
         Ok(Header {
             id,
@@ -515,15 +506,5 @@ impl Header {
             );
         }
         Value::Map(m)
-    }
-}
-
-impl Document {
-    /// The whole document as one typed tree `{header, body}`.
-    pub fn to_value(&self) -> Value {
-        Value::Map(BTreeMap::from([
-            ("header".to_owned(), self.header.to_value()),
-            ("body".to_owned(), Value::Map(self.body.clone())),
-        ]))
     }
 }

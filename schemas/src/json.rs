@@ -215,18 +215,32 @@ pub fn to_json_value(value: &Value) -> serde_json::Value {
         Value::Bool(b) => J::Bool(*b),
         Value::Int(i) => J::Number((*i).into()),
         Value::List(items) => J::Array(items.iter().map(to_json_value).collect()),
-        Value::Map(map) => J::Object(map.iter().map(|(k, v)| (k.clone(), to_json_value(v))).collect()),
+        Value::Map(map) => map_to_json(map),
         scalar => J::String(scalar.scalar_text().unwrap_or_default()),
     }
+}
+
+/// A map (such as a document body) as a JSON object.
+pub fn map_to_json(map: &BTreeMap<String, Value>) -> serde_json::Value {
+    serde_json::Value::Object(map.iter().map(|(k, v)| (k.clone(), to_json_value(v))).collect())
+}
+
+/// A whole document as a JSON object `{header, body}`.
+pub fn document_to_json(doc: &Document) -> serde_json::Value {
+    // Inserted in name order, so the output is the same whether or not serde_json keeps order.
+    let mut root = serde_json::Map::new();
+    root.insert("body".into(), map_to_json(&doc.body));
+    root.insert("header".into(), to_json_value(&doc.header.to_value()));
+    serde_json::Value::Object(root)
 }
 
 /// Encodes a document as compact JSON (fields in name order).
 pub fn encode(doc: &Document) -> Vec<u8> {
     // Serializing a serde_json::Value into memory cannot fail.
-    serde_json::to_vec(&to_json_value(&doc.to_value())).unwrap_or_default()
+    serde_json::to_vec(&document_to_json(doc)).unwrap_or_default()
 }
 
 /// Encodes a document as indented JSON, for people.
 pub fn encode_pretty(doc: &Document) -> String {
-    serde_json::to_string_pretty(&to_json_value(&doc.to_value())).unwrap_or_default()
+    serde_json::to_string_pretty(&document_to_json(doc)).unwrap_or_default()
 }

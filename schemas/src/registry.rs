@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::document::{Document, Op, child_pointer, header_shape};
-use crate::json::to_json_value;
+use crate::json::map_to_json;
 use crate::shape::{Object, Shape, read_object};
 use crate::value::{Kind, Value, is_decimal_text};
 
@@ -285,7 +285,7 @@ impl Registry {
                 ),
             }];
         };
-        let body = to_json_value(&Value::Map(doc.body.clone()));
+        let body = map_to_json(&doc.body);
         let validator = if h.op == Op::Delete {
             &schema.delete_validator
         } else {

@@ -8,6 +8,14 @@ pub fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/documents")
 }
 
+/// The sample documents of examples/documents, one per department plus an approval request.
+pub const EXAMPLES: [&str; 4] = [
+    "tax.registration.json",
+    "commerce.business_license.xml",
+    "social_security.enrollment.json",
+    "approval.request.json",
+];
+
 pub fn example(name: &str) -> Vec<u8> {
     std::fs::read(examples_dir().join(name)).unwrap()
 }

@@ -10,7 +10,7 @@ use exhub_schemas::{
 };
 use proptest::prelude::*;
 
-use crate::common::{decode_ok, example, registry};
+use crate::common::{EXAMPLES, decode_ok, example, registry};
 
 /// JSON → model → XML → model → JSON: models equal, JSON bytes equal, hashes equal.
 fn assert_round_trip(doc: &Document) {
@@ -159,12 +159,7 @@ fn full_header_round_trips() {
 #[test]
 fn example_documents_convert_both_ways() {
     let r = registry();
-    for name in [
-        "tax.registration.json",
-        "commerce.business_license.xml",
-        "social_security.enrollment.json",
-        "approval.request.json",
-    ] {
+    for name in EXAMPLES {
         let d = decode_ok(&example(name), &r);
         assert!(r.validate(&d).is_empty(), "{name}: {:?}", r.validate(&d));
         assert_round_trip(&d);

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use exhub_schemas::{Value, xml, xsd};
 
-use crate::common::{decode_ok, example, registry};
+use crate::common::{EXAMPLES, decode_ok, example, registry};
 
 fn xmllint(xsd_text: &str, xml_text: &str) -> (bool, String) {
     let dir = std::env::temp_dir().join(format!("exhub-xsd-{}", uuid::Uuid::now_v7()));
@@ -25,12 +25,7 @@ fn xmllint(xsd_text: &str, xml_text: &str) -> (bool, String) {
 #[test]
 fn examples_validate_against_their_exported_xsd() {
     let r = registry();
-    for name in [
-        "tax.registration.json",
-        "commerce.business_license.xml",
-        "social_security.enrollment.json",
-        "approval.request.json",
-    ] {
+    for name in EXAMPLES {
         let d = decode_ok(&example(name), &r);
         let schema = r.get(&d.header.doc_type, d.header.schema_version).unwrap();
         let (ok, err) = xmllint(&xsd::export(schema), &xml::encode(&d, &r));
