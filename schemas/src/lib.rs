@@ -29,6 +29,7 @@ pub mod formats;
 pub mod json;
 mod registry;
 pub mod shape;
+pub mod time;
 pub mod value;
 pub mod xml;
 pub mod xsd;

@@ -1,0 +1,23 @@
+//! # exhub-connect — joining the exchange
+//!
+//! What every participant (hub, source adapters, sinks, command-line tools) needs to talk to the
+//! exchange over AMQP:
+//!
+//! - [`amqp`]: connecting with backoff, and telling passing failures from configuration errors;
+//! - [`topology`]: the exchanges and queues of the exchange, declared idempotently;
+//! - [`wire`]: how documents travel — AMQP properties that mirror the header, and the batch form
+//!   that carries many documents in one message;
+//! - [`publisher`]: a publisher that returns only once the broker confirmed every message,
+//!   reconnecting and republishing whatever was not confirmed.
+//!
+//! Delivery contract (every hop): at-least-once. A message counts as handed over only when the
+//! broker confirmed it; whoever consumes acknowledges only after its own effect is durable.
+
+pub mod amqp;
+pub mod publisher;
+pub mod topology;
+pub mod wire;
+
+pub use amqp::{AmqpError, Backoff};
+pub use publisher::{Outgoing, Publisher};
+pub use topology::Topology;
