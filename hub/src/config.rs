@@ -46,6 +46,26 @@ pub struct HubConfig {
     pub schemas: Option<PathBuf>,
     /// Largest accepted document in bytes (default 4 MiB).
     pub max_document_bytes: Option<usize>,
+    /// Prefix of every AMQP exchange and queue name (default `exhub`).
+    pub prefix: Option<String>,
+    /// Hub workers per process (default 2); more processes may run on the same config.
+    pub workers: Option<usize>,
+}
+
+impl HubConfig {
+    /// The AMQP topology under the configured prefix.
+    pub fn topology(&self) -> exhub_connect::Topology {
+        exhub_connect::Topology::new(self.prefix.as_deref().unwrap_or("exhub"))
+    }
+
+    /// The decoders' limits.
+    pub fn limits(&self) -> exhub_schemas::Limits {
+        let mut limits = exhub_schemas::Limits::default();
+        if let Some(max) = self.max_document_bytes {
+            limits.max_bytes = max;
+        }
+        limits
+    }
 }
 
 /// `[[org]]`
@@ -63,6 +83,13 @@ pub struct OrgConfig {
     pub amqp_user: Option<String>,
     /// The org's public signing key (a file path).
     pub public_key: Option<PathBuf>,
+}
+
+impl OrgConfig {
+    /// The RabbitMQ user this org publishes as.
+    pub fn amqp_user(&self) -> &str {
+        self.amqp_user.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// How a source starts.
@@ -133,6 +160,15 @@ pub enum Format {
     Json,
     /// XML.
     Xml,
+}
+
+impl From<Format> for exhub_schemas::Encoding {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Json => exhub_schemas::Encoding::Json,
+            Format::Xml => exhub_schemas::Encoding::Xml,
+        }
+    }
 }
 
 /// `[[subscriber]]`

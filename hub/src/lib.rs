@@ -1,13 +1,18 @@
 //! # exhub-hub — the exchange center
 //!
 //! The configuration of the whole exchange (routes.toml: [`config`]), its whole-graph check
-//! ([`check`]), route filters ([`filter`]) and secrets that cannot leak ([`secret`]). The `exhub`
-//! binary (src/main.rs) is the one place that dispatches commands. The AMQP pipeline, archive
-//! and admin API join in the next issues.
+//! ([`check`]), route filters ([`filter`]) and secrets that cannot leak ([`secret`]); the hub
+//! itself: the [`gate`] every document passes, the [`router`], the [`archive`] (转储) and the
+//! [`pipeline`] that runs them over RabbitMQ. The `exhub` binary (src/main.rs and src/cmd/) is
+//! the one place that dispatches commands.
 
+pub mod archive;
 pub mod check;
 pub mod config;
 pub mod filter;
+pub mod gate;
+pub mod pipeline;
+pub mod router;
 pub mod secret;
 
 use std::path::Path;

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+mod cmd;
+
+use exhub_hub::archive::Query;
 use exhub_hub::check::check;
+use exhub_hub::secret::SecretUrl;
 use exhub_hub::config::{ConfigFile, Severity};
 use exhub_schemas::{Document, Limits, Registry, decode, json, xml, xsd};
 
@@ -49,6 +53,146 @@ enum Command {
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
+    },
+    /// Run hub workers (several processes may share one config) until Ctrl-C or SIGTERM.
+    Hub {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// Workers in this process (default: `[hub] workers`, else 2).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Run the whole configured exchange in one process (today: the hub).
+    Run {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+    },
+    /// Publish documents (JSON or XML files) to the hub as an org, with publisher confirms.
+    Publish {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// The publishing org (its AMQP user must be the one the connection logs in as).
+        #[arg(long = "as", value_name = "ORG")]
+        org: String,
+        /// Broker URL with the org's credentials (default: `[hub] amqp`).
+        #[arg(long, env = "EXHUB_AMQP_URL")]
+        amqp: Option<String>,
+        /// Documents per message: 1 sends single messages, more sends batches.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// The document files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show documents as they are routed to a subscriber, without taking them from its queue.
+    Tail {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// The subscriber.
+        subscriber: String,
+        /// Stop after this many documents.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print each whole document after its summary line.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Send archived documents again to one subscriber.
+    Replay {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// The subscriber to send to.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Documents the hub or a subscriber could not take.
+    Dlq {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// The archive (转储) of every accepted document.
+    Archive {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
+}
+
+/// Which archived documents.
+#[derive(clap::Args)]
+struct Select {
+    /// Only this doc type.
+    #[arg(long)]
+    doc_type: Option<String>,
+    /// Only from this org.
+    #[arg(long)]
+    org: Option<String>,
+    /// Received at or after (2026-11-22 or 2026-11-22T08:00:00+08:00).
+    #[arg(long, value_parser = cmd::parse_time)]
+    since: Option<i64>,
+    /// Received before.
+    #[arg(long, value_parser = cmd::parse_time)]
+    until: Option<i64>,
+    /// Business key FIELD=VALUE.
+    #[arg(long, value_parser = cmd::parse_key)]
+    key: Option<(String, String)>,
+}
+
+impl From<Select> for Query {
+    fn from(s: Select) -> Query {
+        Query {
+            doc_type: s.doc_type,
+            org: s.org,
+            since: s.since,
+            until: s.until,
+            key: s.key,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show dead-lettered documents with reason and detail (they stay in the queue).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// A subscriber's DLQ instead of the hub's.
+        #[arg(long)]
+        subscriber: Option<String>,
+    },
+    /// Send dead-lettered documents back through the hub.
+    Retry {
+        /// Only the document with this id.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// All of them.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Find archived documents; print their delivery status per subscriber.
+    Search {
+        #[command(flatten)]
+        select: Select,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -94,6 +238,30 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Hub { config, workers } => block_on(cmd::serve::hub(&config, workers)),
+        Command::Run { config } => block_on(cmd::serve::hub(&config, None)),
+        Command::Publish {
+            config,
+            org,
+            amqp,
+            batch,
+            files,
+        } => block_on(cmd::publish::publish(&config, &org, amqp.map(SecretUrl::new), batch, &files)),
+        Command::Tail {
+            config,
+            subscriber,
+            count,
+            full,
+        } => block_on(cmd::tail::tail(&config, &subscriber, count, full)),
+        Command::Replay { config, to, select } => block_on(cmd::archive::replay(&config, &to, &select.into())),
+        Command::Dlq { config, command } => match command {
+            DlqCommand::List { limit, subscriber } => block_on(cmd::dlq::list(&config, subscriber.as_deref(), limit)),
+            DlqCommand::Retry { id, all: _ } => block_on(cmd::dlq::retry(&config, id.as_deref())),
+        },
+        Command::Archive {
+            config,
+            command: ArchiveCommand::Search { select, limit },
+        } => block_on(cmd::archive::search(&config, &select.into(), limit)),
         Command::Check { config } => run_check(&config),
         Command::Validate { file, schemas } => run_validate(&file, &registry(schemas.as_deref())?),
         Command::Convert { to, file, schemas } => run_convert(to, &file, &registry(schemas.as_deref())?),
@@ -136,6 +304,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs an async command on a multi-threaded runtime.
+fn block_on(f: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(f)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn registry(dir: Option<&Path>) -> Result<Registry> {

@@ -1,0 +1,106 @@
+//! The commands that talk to the running exchange (RabbitMQ and the archive): one module per
+//! command family, sharing here how they load the config, start logging, and stop on a signal.
+
+pub mod archive;
+pub mod dlq;
+pub mod publish;
+pub mod serve;
+pub mod tail;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use exhub_hub::check::check;
+use exhub_hub::config::{Config, ConfigFile, Severity};
+use exhub_schemas::{Registry, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+/// A checked config and its schemas. A config with errors does not start anything.
+pub struct Loaded {
+    /// The exchange description.
+    pub config: Config,
+    /// Its schemas.
+    pub registry: Arc<Registry>,
+}
+
+/// Loads routes.toml, refusing it (with every problem printed) if the check finds errors.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let file = ConfigFile::load(path).with_context(|| format!("reading {}", path.display()))?;
+    let registry = exhub_hub::registry_for(&file).context("loading schemas")?;
+    let (problems, _) = check(&file, &registry);
+    let errors: Vec<_> = problems.iter().filter(|p| p.severity == Severity::Error).collect();
+    if !errors.is_empty() {
+        for p in &errors {
+            eprintln!("{}: {p}", path.display());
+        }
+        bail!("{} has {} error(s); `exhub check` lists them", path.display(), errors.len());
+    }
+    let Some(config) = file.config else {
+        bail!("{} could not be read", path.display());
+    };
+    Ok(Loaded {
+        config,
+        registry: Arc::new(registry),
+    })
+}
+
+/// Logging to stderr; `EXHUB_LOG` (or `RUST_LOG`) filters, default `info`.
+pub fn init_logging() {
+    let filter = std::env::var("EXHUB_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,lapin=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested: finishing in-flight work");
+        t.cancel();
+    });
+    token
+}
+
+/// Parses `--since`/`--until`: an RFC 3339 timestamp, or a date (midnight UTC).
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    if let Some(t) = Timestamp::parse(text) {
+        return Ok(t.unix_micros());
+    }
+    if let Some(t) = Timestamp::parse(&format!("{text}T00:00:00Z")) {
+        return Ok(t.unix_micros());
+    }
+    Err(format!("{text:?} is neither a date (2026-11-22) nor a timestamp (2026-11-22T08:00:00+08:00)"))
+}
+
+/// Parses `--key FIELD=VALUE`.
+pub fn parse_key(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((f, v)) if !f.is_empty() => Ok((f.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not FIELD=VALUE")),
+    }
+}

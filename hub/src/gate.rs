@@ -1,0 +1,163 @@
+//! The hub's gate: everything a document must pass before it is archived — decode (within the
+//! size and depth limits), authenticate (the AMQP user RabbitMQ verified must belong to the org
+//! named in `header.sender`), authorize (that org may publish that doc type), validate against
+//! the schema, and check `content_hash` when the sender gave one. A refusal carries a short
+//! machine-readable reason (the DLQ's `x-exhub-reason`) and a human detail.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use exhub_schemas::{Document, Encoding, Limits, Registry, canonical, decode};
+
+use crate::config::Config;
+
+/// Why the hub refused a document: the codes of `x-exhub-reason`.
+pub mod reason {
+    /// Not a document: bad JSON/XML, bad UTF-8, DOCTYPE, a malformed batch.
+    pub const MALFORMED: &str = "malformed";
+    /// Bigger than `max_document_bytes`.
+    pub const TOO_LARGE: &str = "too_large";
+    /// Nested deeper than the limit.
+    pub const TOO_DEEP: &str = "too_deep";
+    /// A header field or typed value is wrong.
+    pub const INVALID: &str = "invalid";
+    /// No schema for the doc type and version.
+    pub const UNKNOWN_DOC_TYPE: &str = "unknown_doc_type";
+    /// The body breaks its schema.
+    pub const SCHEMA: &str = "schema";
+    /// The publishing AMQP user does not belong to the sender org (or the org is unknown).
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// The sender org may not publish this doc type.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// `content_hash` does not match the content.
+    pub const INTEGRITY: &str = "integrity";
+    /// The id was archived before with different content.
+    pub const CONFLICT: &str = "conflict";
+}
+
+/// A document the gate let through.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The decoded document.
+    pub doc: Document,
+    /// The encoding it arrived in.
+    pub encoding: Encoding,
+    /// `sha256:<hex>` of its canonical form.
+    pub hash: String,
+}
+
+/// A document the gate refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// One of the [`reason`] codes.
+    pub reason: &'static str,
+    /// Human text: what exactly is wrong.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection for `reason`.
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+struct Org {
+    user: String,
+    publishes: HashSet<String>,
+}
+
+/// The checks, compiled from the config.
+pub struct Gate {
+    registry: Arc<Registry>,
+    orgs: HashMap<String, Org>,
+    limits: Limits,
+}
+
+impl Gate {
+    /// The gate for `config`, validating with `registry`.
+    pub fn new(config: &Config, registry: Arc<Registry>) -> Gate {
+        let orgs = config
+            .orgs
+            .iter()
+            .map(|o| {
+                let org = Org {
+                    user: o.amqp_user().to_owned(),
+                    publishes: o.publishes.iter().cloned().collect(),
+                };
+                (o.id.clone(), org)
+            })
+            .collect();
+        Gate {
+            registry,
+            orgs,
+            limits: config.hub.limits(),
+        }
+    }
+
+    /// The schema registry the gate validates with.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Runs every check on one document published by AMQP user `user`.
+    pub fn admit(&self, raw: &[u8], user: Option<&str>) -> Result<Admitted, Rejection> {
+        let doc = decode(raw, &self.registry, &self.limits).map_err(|e| {
+            let reason = match e.reason() {
+                "too_large" => reason::TOO_LARGE,
+                "too_deep" => reason::TOO_DEEP,
+                "invalid" => reason::INVALID,
+                "unknown_doc_type" => reason::UNKNOWN_DOC_TYPE,
+                _ => reason::MALFORMED,
+            };
+            Rejection::new(reason, e.to_string())
+        })?;
+        let h = &doc.header;
+        let Some(org) = self.orgs.get(&h.sender.org) else {
+            return Err(Rejection::new(
+                reason::UNAUTHENTICATED,
+                format!("sender org {:?} is not a member of this exchange", h.sender.org),
+            ));
+        };
+        match user {
+            Some(u) if u == org.user => {}
+            Some(u) => {
+                return Err(Rejection::new(
+                    reason::UNAUTHENTICATED,
+                    format!("AMQP user {u:?} may not publish as org {:?} (its user is {:?})", h.sender.org, org.user),
+                ));
+            }
+            None => {
+                return Err(Rejection::new(
+                    reason::UNAUTHENTICATED,
+                    "the message has no user_id property; publishers must set it to their AMQP user",
+                ));
+            }
+        }
+        if !org.publishes.contains(&h.doc_type) {
+            return Err(Rejection::new(
+                reason::UNAUTHORIZED,
+                format!("org {:?} may not publish {:?}", h.sender.org, h.doc_type),
+            ));
+        }
+        let violations = self.registry.validate(&doc);
+        if !violations.is_empty() {
+            let detail: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(Rejection::new(reason::SCHEMA, detail.join("; ")));
+        }
+        let hash = canonical::content_hash(&doc);
+        if let Some(claimed) = &h.content_hash
+            && *claimed != hash
+        {
+            return Err(Rejection::new(
+                reason::INTEGRITY,
+                format!("content_hash says {claimed} but the content hashes to {hash}"),
+            ));
+        }
+        let encoding = Encoding::detect(raw).unwrap_or(Encoding::Json);
+        Ok(Admitted { doc, encoding, hash })
+    }
+}

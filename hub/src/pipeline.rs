@@ -1,0 +1,485 @@
+//! The hub pipeline: competing workers on the ingress queue. Each worker takes a batch of
+//! messages, and for every document in them (a batch message holds many) runs the [`Gate`],
+//! drops in-batch repeats, archives the batch in one transaction (deduplicating on document id
+//! against everything archived before), routes each document, publishes every copy and every
+//! refusal with confirms, records the confirmed deliveries — and only then acknowledges the
+//! ingress messages. A crash anywhere before the ack means the broker redelivers, and the
+//! archive's dedupe makes the second pass route only what was not confirmed the first time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use exhub_connect::amqp::{self, AmqpError, Backoff};
+use exhub_connect::publisher::Declare;
+use exhub_connect::wire::{self, header};
+use exhub_connect::{Outgoing, Publisher, Topology};
+use exhub_schemas::{Encoding, Registry, canonical, json, xml};
+use futures_util::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::archive::{Archive, ArchiveError, Entry, Stored};
+use crate::config::Config;
+use crate::gate::{Admitted, Gate, Rejection, reason};
+use crate::router::{Router, RouterError, Target};
+use crate::secret::SecretUrl;
+
+/// Unacknowledged messages the broker may send one worker ahead.
+const PREFETCH: u16 = 1000;
+/// Most messages one batch takes.
+const BATCH: usize = 500;
+/// How long a batch waits for more messages once it has one.
+const LINGER: Duration = Duration::from_millis(5);
+/// How long in-flight work may take to finish after shutdown was asked for.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// A failure that stops the hub (passing failures are retried inside).
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// RabbitMQ refused in a way retrying cannot fix.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    /// The archive failed to open.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The routes do not compile.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+}
+
+/// Everything a hub worker shares with the others: read-only, built once from the config.
+pub struct Hub {
+    gate: Gate,
+    router: Router,
+    archive: Archive,
+    topology: Topology,
+    amqp: SecretUrl,
+    user: String,
+}
+
+impl Hub {
+    /// Builds the hub for `config`: compiles routes, opens the archive.
+    pub async fn new(config: &Config, registry: Arc<Registry>) -> Result<Hub, HubError> {
+        let router = Router::new(config)?;
+        let archive = Archive::open(config.hub.archive.expose()).await?;
+        Ok(Hub {
+            gate: Gate::new(config, registry),
+            router,
+            archive,
+            topology: config.hub.topology(),
+            amqp: config.hub.amqp.clone(),
+            user: amqp_user(&config.hub.amqp),
+        })
+    }
+
+    /// The archive.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// Runs `workers` workers until `shutdown` fires, then lets each finish (publish, confirm,
+    /// acknowledge) the batch it holds, and returns.
+    pub async fn run(self: Arc<Self>, workers: usize, shutdown: CancellationToken) -> Result<(), HubError> {
+        // In-flight work gets a grace period; after it, even confirms stop being awaited.
+        let hard_stop = CancellationToken::new();
+        let hard = hard_stop.clone();
+        let watchdog_shutdown = shutdown.clone();
+        let watchdog = tokio::spawn(async move {
+            watchdog_shutdown.cancelled().await;
+            tokio::time::sleep(GRACE).await;
+            hard.cancel();
+        });
+        let tracker = TaskTracker::new();
+        let mut handles = Vec::new();
+        for n in 0..workers.max(1) {
+            let hub = Arc::clone(&self);
+            let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+            let span = tracing::info_span!("worker", worker = n);
+            handles.push(tracker.spawn(async move { hub.worker(n, &shutdown, &hard_stop).await }.instrument(span)));
+        }
+        tracker.close();
+        let mut result = Ok(());
+        for h in handles {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    // A fatal error in one worker stops them all.
+                    shutdown.cancel();
+                    result = Err(e);
+                }
+                Err(join) => tracing::error!(error = %join, "hub worker panicked"),
+            }
+        }
+        tracker.wait().await;
+        watchdog.abort();
+        self.archive.close().await;
+        result
+    }
+
+    /// One worker: (re)connects until shutdown, running sessions.
+    async fn worker(&self, n: usize, shutdown: &CancellationToken, hard_stop: &CancellationToken) -> Result<(), HubError> {
+        let name = format!("exhub-hub-{}-{n}", std::process::id());
+        let mut publisher = Publisher::new(
+            self.amqp.expose(),
+            format!("{name}-publish"),
+            Declare::All(self.topology.clone(), self.router.subscribers()),
+        );
+        let mut backoff = Backoff::default();
+        loop {
+            match self.session(&name, &mut publisher, shutdown, hard_stop).await {
+                Ok(()) => return Ok(()),
+                Err(Failure::Amqp(AmqpError::Cancelled)) => return Ok(()),
+                Err(Failure::Amqp(e)) if !e.is_passing() => return Err(e.into()),
+                Err(Failure::Amqp(e)) => {
+                    tracing::warn!(error = %e, "RabbitMQ connection lost; unacknowledged messages will be redelivered");
+                }
+                Err(Failure::Archive(e)) => {
+                    tracing::warn!(error = %e, "archive failed; unacknowledged messages will be redelivered");
+                }
+            }
+            if backoff.wait(shutdown).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Consumes until shutdown (`Ok`) or a failure (`Err`; the caller reconnects).
+    async fn session(
+        &self,
+        name: &str,
+        publisher: &mut Publisher,
+        shutdown: &CancellationToken,
+        hard_stop: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let conn = amqp::connect_with_retry(self.amqp.expose(), name, shutdown).await?;
+        let channel = conn.create_channel().await.map_err(AmqpError::from)?;
+        self.topology
+            .declare_all(&channel, &self.router.subscribers())
+            .await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(AmqpError::from)?;
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.ingress_queue().as_str().into(),
+                name.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::from)?;
+        tracing::info!(queue = %self.topology.ingress_queue(), "consuming");
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // Stop taking new messages; prefetched ones go back to the queue on close.
+                    let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                next = consumer.next() => next,
+            };
+            let mut deliveries = vec![delivered(first)?];
+            let deadline = Instant::now() + LINGER;
+            while deliveries.len() < BATCH {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(next) => deliveries.push(delivered(next)?),
+                    Err(_) => break,
+                }
+            }
+            let span = tracing::debug_span!("batch", messages = deliveries.len());
+            self.process(&channel, publisher, &deliveries, hard_stop)
+                .instrument(span)
+                .await?;
+        }
+    }
+
+    /// Runs one batch of ingress messages all the way to their acknowledgement.
+    async fn process(
+        &self,
+        channel: &Channel,
+        publisher: &mut Publisher,
+        deliveries: &[Delivery],
+        hard_stop: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let mut out: Vec<Outgoing> = Vec::new();
+        let mut items: Vec<Item<'_>> = Vec::new();
+        for (i, d) in deliveries.iter().enumerate() {
+            let user = self.effective_user(&d.properties);
+            if wire::is_batch(&d.properties) {
+                match wire::split_batch(&d.data) {
+                    Ok(parts) => items.extend(parts.into_iter().map(|raw| Item::new(i, raw, true, &user))),
+                    Err(e) => {
+                        let r = Rejection::new(reason::MALFORMED, e.to_string());
+                        out.push(self.dead_letter(&d.data, &d.properties, user.as_deref(), &r));
+                    }
+                }
+            } else {
+                items.push(Item::new(i, &d.data, false, &user));
+            }
+        }
+        // Gate every document; route the admitted ones; drop repeats inside this batch.
+        let mut seen = HashSet::new();
+        let mut admitted: Vec<(&Item<'_>, Admitted, Vec<Target>)> = Vec::new();
+        for item in &items {
+            match self.gate.admit(item.raw, item.user.as_deref()) {
+                Ok(a) => {
+                    if seen.insert(a.doc.header.id) {
+                        let targets = self.router.route(&a.doc);
+                        admitted.push((item, a, targets));
+                    }
+                }
+                Err(r) => {
+                    let props = &deliveries[item.delivery].properties;
+                    out.push(self.dead_letter(item.raw, props, item.user.as_deref(), &r));
+                }
+            }
+        }
+        let entries: Vec<Entry<'_>> = admitted
+            .iter()
+            .map(|(item, a, targets)| entry(item, a, targets))
+            .collect();
+        let stored = if entries.is_empty() { Vec::new() } else { self.archive.store(&entries).await? };
+        // Copies per (ingress message, subscriber): a batch in, a batch out.
+        let mut copies: BTreeMap<(usize, &str), (Encoding, bool, Vec<Vec<u8>>, Vec<BasicProperties>)> = BTreeMap::new();
+        let mut confirmed: Vec<(uuid::Uuid, &str)> = Vec::new();
+        for ((item, a, targets), stored) in admitted.iter().zip(stored) {
+            let skip = match stored {
+                Stored::New => HashSet::new(),
+                Stored::Duplicate { same_content: true, published } => published,
+                Stored::Duplicate { same_content: false, .. } => {
+                    let r = Rejection::new(
+                        reason::CONFLICT,
+                        format!("document {} was archived before with different content", a.doc.header.id),
+                    );
+                    let props = &deliveries[item.delivery].properties;
+                    out.push(self.dead_letter(item.raw, props, item.user.as_deref(), &r));
+                    continue;
+                }
+            };
+            for t in targets.iter().filter(|t| !skip.contains(&t.subscriber)) {
+                let bytes = copy_for(a, item.raw, t, self.gate.registry());
+                let slot = copies
+                    .entry((item.delivery, t.subscriber.as_str()))
+                    .or_insert_with(|| (t.format, item.batch, Vec::new(), Vec::new()));
+                slot.3.push(wire::document_properties(&a.doc, t.format, &self.user));
+                slot.2.push(bytes);
+                confirmed.push((a.doc.header.id, t.subscriber.as_str()));
+            }
+        }
+        let exchange = self.topology.out_exchange();
+        for ((_, subscriber), (format, batch, mut docs, mut props)) in copies {
+            let (payload, properties) = if batch && docs.len() > 1 {
+                (wire::encode_batch(format, &docs), wire::batch_properties(format, docs.len(), &self.user))
+            } else {
+                // Single documents stay single messages, one per ingress message.
+                (docs.remove(0), props.remove(0))
+            };
+            out.push(Outgoing {
+                exchange: exchange.clone(),
+                routing_key: subscriber.to_owned(),
+                payload,
+                properties,
+            });
+        }
+        publisher.publish(&out, hard_stop).await?;
+        self.archive.mark_published(&confirmed).await?;
+        if let Some(last) = deliveries.last() {
+            channel
+                .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(AmqpError::from)?;
+        }
+        tracing::debug!(
+            documents = items.len(),
+            archived = admitted.len(),
+            copies = confirmed.len(),
+            "batch done"
+        );
+        Ok(())
+    }
+
+    /// The AMQP user a message was published by. `user_id` is verified by RabbitMQ; when the hub
+    /// itself republished the message (DLQ retry), the original publisher is in a header only
+    /// the hub's own user is trusted to set.
+    fn effective_user(&self, props: &BasicProperties) -> Option<String> {
+        let user = props.user_id().as_ref().map(|u| u.as_str().to_owned());
+        if user.as_deref() == Some(self.user.as_str())
+            && let Some(original) = wire::header_str(props, header::USER)
+        {
+            return Some(original);
+        }
+        user
+    }
+
+    /// A refused document on its way to the hub DLQ, with the reason in its headers.
+    fn dead_letter(&self, raw: &[u8], props: &BasicProperties, user: Option<&str>, r: &Rejection) -> Outgoing {
+        tracing::warn!(
+            reason = r.reason,
+            detail = %r.detail,
+            message_id = props.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
+            user = user.unwrap_or(""),
+            "document refused; sent to the DLQ"
+        );
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_user_id(self.user.as_str().into())
+            .with_content_type(
+                Encoding::detect(raw)
+                    .map_or("application/octet-stream", Encoding::content_type)
+                    .into(),
+            );
+        if let Some(id) = props.message_id() {
+            properties = properties.with_message_id(id.clone());
+        }
+        if let Some(t) = props.kind() {
+            properties = properties.with_type(t.clone());
+        }
+        properties = wire::with_header(properties, header::REASON, r.reason);
+        properties = wire::with_header(properties, header::DETAIL, &r.detail);
+        if let Some(u) = user {
+            properties = wire::with_header(properties, header::USER, u);
+        }
+        Outgoing {
+            exchange: self.topology.dead_letter_exchange(),
+            routing_key: self.topology.hub_dlq(),
+            payload: raw.to_vec(),
+            properties,
+        }
+    }
+}
+
+/// One document of a batch being processed.
+struct Item<'a> {
+    /// Index of the ingress message it came in.
+    delivery: usize,
+    /// Its bytes.
+    raw: &'a [u8],
+    /// Whether it came inside a batch message.
+    batch: bool,
+    /// Who published it.
+    user: Option<String>,
+}
+
+impl<'a> Item<'a> {
+    fn new(delivery: usize, raw: &'a [u8], batch: bool, user: &Option<String>) -> Self {
+        Item {
+            delivery,
+            raw,
+            batch,
+            user: user.clone(),
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum Failure {
+    Amqp(AmqpError),
+    Archive(ArchiveError),
+}
+
+impl From<AmqpError> for Failure {
+    fn from(e: AmqpError) -> Self {
+        Failure::Amqp(e)
+    }
+}
+
+impl From<ArchiveError> for Failure {
+    fn from(e: ArchiveError) -> Self {
+        Failure::Archive(e)
+    }
+}
+
+fn delivered(next: Option<lapin::Result<Delivery>>) -> Result<Delivery, Failure> {
+    match next {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(AmqpError::from(e).into()),
+        None => Err(Failure::Amqp(AmqpError::Broken(lapin::Error::from(lapin::ErrorKind::FutureCompleted)))),
+    }
+}
+
+fn entry<'a>(item: &'a Item<'_>, a: &'a Admitted, targets: &'a [Target]) -> Entry<'a> {
+    let h = &a.doc.header;
+    Entry {
+        id: h.id,
+        doc_type: &h.doc_type,
+        schema_version: h.schema_version,
+        op: h.op.as_str(),
+        sender_org: &h.sender.org,
+        sender_system: h.sender.system.as_deref(),
+        amqp_user: item.user.as_deref().unwrap_or(""),
+        key: h
+            .key
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.scalar_text().unwrap_or_default()))
+            .collect(),
+        created_at: h.created_at.unix_micros(),
+        content_type: a.encoding.content_type(),
+        content_hash: &a.hash,
+        raw: item.raw,
+        subscribers: targets.iter().map(|t| t.subscriber.as_str()).collect(),
+    }
+}
+
+/// The bytes of `a`'s copy for one subscriber: the received bytes themselves when nothing
+/// changes, else the document re-encoded in the subscriber's format without its masked fields.
+/// A masked copy carries the hash of what it holds, and no signature (the sender's would not
+/// verify on it).
+pub fn copy_for(a: &Admitted, raw: &[u8], target: &Target, registry: &Registry) -> Vec<u8> {
+    if target.mask.is_empty() && target.format == a.encoding {
+        return raw.to_vec();
+    }
+    let masked;
+    let doc = if target.mask.is_empty() {
+        &a.doc
+    } else {
+        let mut d = a.doc.clone();
+        d.body.retain(|k, _| !target.mask.contains(k));
+        d.header.signature = None;
+        d.header.content_hash = Some(canonical::content_hash(&d));
+        masked = d;
+        &masked
+    };
+    match target.format {
+        Encoding::Json => json::encode(doc),
+        Encoding::Xml => xml::encode(doc, registry).into_bytes(),
+    }
+}
+
+/// The user name in an AMQP URL (RabbitMQ's default `guest` when it has none).
+pub fn amqp_user(url: &SecretUrl) -> String {
+    url.parse()
+        .ok()
+        .map(|u| u.username().to_owned())
+        .filter(|u| !u.is_empty())
+        .map(|u| url_decode(&u))
+        .unwrap_or_else(|| "guest".to_owned())
+}
+
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
