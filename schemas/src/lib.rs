@@ -28,6 +28,8 @@ mod error;
 pub mod formats;
 pub mod json;
 mod registry;
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 pub mod shape;
 pub mod time;
 pub mod value;

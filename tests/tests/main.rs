@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod cli;
+mod exchange;
+mod hub;
 mod services;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,353 @@
+//! A test exchange: its own AMQP prefix (so tests share the broker without seeing each other),
+//! its own scratch directory with a routes.toml, its own archive (SQLite file or a fresh
+//! PostgreSQL database), hub processes of the real binary, and helpers to publish and to read
+//! queues. Dropping it stops its hubs and deletes its queues, exchanges and database.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use exhub_connect::publisher::Declare;
+use exhub_connect::wire;
+use exhub_connect::{Outgoing, Publisher, Topology};
+use exhub_hub::archive::{Archive, Query};
+use futures_util::StreamExt as _;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+use crate::{exhub_bin, scratch};
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Where the archive lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Exchange {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub topology: Topology,
+    pub archive_url: String,
+    subscribers: Vec<String>,
+    pg_db: Option<String>,
+    hubs: Vec<Child>,
+}
+
+/// Orgs every test exchange has: `nanhai.tax` (guest; tax.registration), `nanhai.commerce`
+/// (guest; business licences), `nanhai.other` (publishes as another AMQP user).
+const ORGS: &str = r#"
+[[org]]
+id = "nanhai.tax"
+name = "南海区税务局"
+publishes = ["tax.registration"]
+amqp_user = "guest"
+
+[[org]]
+id = "nanhai.commerce"
+name = "南海区市场监督管理局"
+publishes = ["commerce.business_license"]
+amqp_user = "guest"
+
+[[org]]
+id = "nanhai.other"
+name = "另一个单位"
+publishes = ["tax.registration"]
+amqp_user = "someone-else"
+"#;
+
+impl Exchange {
+    /// A new exchange whose `[hub]` gets `hub_extra` lines and whose subscribers and routes
+    /// are `graph` (TOML).
+    pub fn new(tag: &str, archive: ArchiveKind, hub_extra: &str, graph: &str) -> Exchange {
+        let dir = scratch(tag);
+        let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+        let (archive_url, pg_db) = match archive {
+            ArchiveKind::Sqlite => (format!("sqlite://{}", dir.join("archive.db").display()), None),
+            ArchiveKind::Postgres => {
+                let db = format!("exhub_{prefix}");
+                psql(&format!("CREATE DATABASE {db}"));
+                (format!("postgres://postgres@127.0.0.1:5432/{db}"), Some(db))
+            }
+        };
+        let config = dir.join("routes.toml");
+        let toml = format!(
+            "[hub]\namqp = \"{AMQP}\"\narchive = \"{archive_url}\"\nprefix = \"{prefix}\"\n{hub_extra}\n{ORGS}\n{graph}"
+        );
+        std::fs::write(&config, toml).unwrap();
+        let subscribers = graph
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("name = \""))
+            .filter_map(|l| l.strip_suffix('"'))
+            .map(str::to_owned)
+            .collect();
+        Exchange {
+            dir,
+            config,
+            topology: Topology::new(prefix),
+            archive_url,
+            subscribers,
+            pg_db,
+            hubs: Vec::new(),
+        }
+    }
+
+    /// Runs `exhub ARGS` with this exchange's config.
+    pub fn exhub(&self, args: &[&str]) -> Output {
+        Command::new(exhub_bin())
+            .args(args)
+            .env("EXHUB_CONFIG", &self.config)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a hub process and waits until it consumes the ingress queue.
+    pub async fn start_hub(&mut self) {
+        let n = self.hubs.len();
+        let log = std::fs::File::create(self.dir.join(format!("hub-{n}.log"))).unwrap();
+        let before = self.consumers().await;
+        let child = Command::new(exhub_bin())
+            .args(["hub", "--workers", "2"])
+            .env("EXHUB_CONFIG", &self.config)
+            .env("EXHUB_LOG", "info,exhub_hub=debug")
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.hubs.push(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.consumers().await < before + 2 {
+            assert!(Instant::now() < deadline, "hub did not start consuming; log: {}", self.hub_log(n));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The log of hub `n`.
+    pub fn hub_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("hub-{n}.log"))).unwrap_or_default()
+    }
+
+    /// Sends SIGKILL to every hub.
+    pub fn kill_hubs(&mut self) {
+        for mut h in self.hubs.drain(..) {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
+
+    /// Sends SIGTERM to the last hub and waits for it to exit.
+    pub fn terminate_hub(&mut self) -> ExitStatus {
+        let mut h = self.hubs.pop().expect("a hub runs");
+        let ok = Command::new("kill")
+            .args(["-TERM", &h.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        h.wait().unwrap()
+    }
+
+    /// Consumers on the ingress queue (0 when it does not exist yet).
+    async fn consumers(&self) -> u32 {
+        let Ok(conn) = connect().await else { return 0 };
+        let Ok(ch) = conn.create_channel().await else { return 0 };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let n = match ch
+            .queue_declare(self.topology.ingress_queue().as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(q) => q.consumer_count(),
+            Err(_) => 0,
+        };
+        let _ = conn.close(200, "".into()).await;
+        n
+    }
+
+    /// Messages waiting in `queue`.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let conn = connect().await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = ch
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// Publishes raw messages to the ingress exchange with confirms.
+    pub async fn publish(&self, messages: Vec<(Vec<u8>, BasicProperties)>) {
+        let out: Vec<Outgoing> = messages
+            .into_iter()
+            .map(|(payload, properties)| Outgoing {
+                exchange: self.topology.ingress_exchange(),
+                routing_key: String::new(),
+                payload,
+                properties,
+            })
+            .collect();
+        let mut p = Publisher::new(AMQP, "exhub-test", Declare::Ingress(self.topology.clone()));
+        p.publish(&out, &CancellationToken::new()).await.unwrap();
+    }
+
+    /// Takes messages from `queue` (acknowledging them) until `want` returns true for what was
+    /// received, or `timeout` passes; returns every message as (properties, documents).
+    pub async fn take(
+        &self,
+        queue: &str,
+        timeout: Duration,
+        want: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let conn = connect().await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+        let mut consumer = ch
+            .basic_consume(queue.into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !want(&got) {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    d.ack(BasicAckOptions::default()).await.unwrap();
+                    // A batch is split into its documents (a malformed one, in a DLQ, stays whole).
+                    let docs = match wire::is_batch(&d.properties).then(|| wire::split_batch(&d.data)) {
+                        Some(Ok(parts)) => parts.into_iter().map(<[u8]>::to_vec).collect(),
+                        _ => vec![d.data.clone()],
+                    };
+                    got.push(Received {
+                        properties: d.properties.clone(),
+                        docs,
+                    });
+                }
+                Ok(other) => panic!("consumer ended: {other:?}"),
+                Err(_) => break,
+            }
+        }
+        let _ = conn.close(200, "".into()).await;
+        got
+    }
+
+    /// The archive.
+    pub async fn archive(&self) -> Archive {
+        Archive::open(&self.archive_url).await.unwrap()
+    }
+
+    /// Ids of every archived document (and how many rows there are).
+    pub async fn archived_ids(&self) -> (HashSet<String>, usize) {
+        let archive = self.archive().await;
+        let mut ids = HashSet::new();
+        let mut rows = 0;
+        let mut after: Option<(i64, String)> = None;
+        loop {
+            let page = archive
+                .search(&Query::default(), after.as_ref().map(|(t, i)| (*t, i.as_str())), 5000)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.received_at, last.id.clone()));
+            rows += page.len();
+            ids.extend(page.into_iter().map(|r| r.id));
+        }
+        archive.close().await;
+        (ids, rows)
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.kill_hubs();
+        let topology = self.topology.clone();
+        let subscribers = self.subscribers.clone();
+        // Drop may run inside a runtime: clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(conn) = connect().await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    let _ = topology.delete_all(&ch, &subscribers).await;
+                }
+            });
+        })
+        .join();
+        if let Some(db) = &self.pg_db {
+            psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A message taken from a queue.
+#[derive(Debug)]
+pub struct Received {
+    pub properties: BasicProperties,
+    pub docs: Vec<Vec<u8>>,
+}
+
+/// Number of documents in `got`.
+pub fn doc_count(got: &[Received]) -> usize {
+    got.iter().map(|r| r.docs.len()).sum()
+}
+
+/// Ids of the documents in `got`.
+pub fn doc_ids(got: &[Received]) -> Vec<String> {
+    got.iter()
+        .flat_map(|r| &r.docs)
+        .map(|d| doc_id(d))
+        .collect()
+}
+
+/// The header id of an encoded document (JSON or XML).
+pub fn doc_id(doc: &[u8]) -> String {
+    let text = String::from_utf8_lossy(doc);
+    if text.trim_start().starts_with('<') {
+        let start = text.find("<id>").unwrap() + 4;
+        let end = text[start..].find("</id>").unwrap() + start;
+        return text[start..end].to_owned();
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["header"]["id"].as_str().unwrap().to_owned()
+}
+
+pub async fn connect() -> lapin::Result<Connection> {
+    Connection::connect(AMQP, ConnectionProperties::default()).await
+}
+
+pub fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-XAtq", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Properties of a document published by AMQP user `guest`.
+pub fn props(id: &str, user: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(id.into())
+        .with_type("tax.registration".into())
+        .with_user_id(user.into())
+}
+
+/// A valid tax registration from `org` with a fresh id: (id, bytes).
+pub fn tax_doc(org: &str, n: u64, district: &str) -> (String, Vec<u8>) {
+    let id = uuid::Uuid::now_v7();
+    (id.to_string(), exhub_schemas::samples::tax_registration(id, org, n, district).into_bytes())
+}

@@ -1,0 +1,330 @@
+//! The hub end to end: the real binary between real RabbitMQ queues, with a real archive.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use exhub_connect::wire::{self, header};
+use exhub_schemas::Encoding;
+
+use crate::exchange::{ArchiveKind, Exchange, doc_count, doc_id, doc_ids, props, tax_doc};
+use crate::stdout;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Two subscribers: `all` (JSON, everything) and `nanhai-xml` (XML, only district 南海, no
+/// capital or phone).
+const GRAPH: &str = r#"
+[[subscriber]]
+name = "all"
+org = "nanhai.commerce"
+kind = "amqp"
+format = "json"
+
+[[subscriber]]
+name = "nanhai-xml"
+org = "nanhai.commerce"
+kind = "amqp"
+format = "xml"
+
+[[route]]
+name = "everything"
+doc_types = ["tax.registration", "commerce.business_license"]
+to = ["all"]
+
+[[route]]
+name = "nanhai-only"
+doc_types = ["tax.registration"]
+where = "body.district == '南海'"
+to = ["nanhai-xml"]
+mask = { "nanhai-xml" = ["capital", "phone"] }
+"#;
+
+async fn routed_exchange(tag: &str, archive: ArchiveKind) -> Exchange {
+    let mut ex = Exchange::new(tag, archive, "", GRAPH);
+    ex.start_hub().await;
+    ex
+}
+
+async fn routes_filters_masks_and_encodes(archive: ArchiveKind) {
+    let ex = routed_exchange("route", archive).await;
+    let (nanhai, nanhai_doc) = tax_doc("nanhai.tax", 1, "南海");
+    let (other, other_doc) = tax_doc("nanhai.tax", 2, "顺德");
+    let licence = crate::root().join("examples/documents/commerce.business_license.xml");
+    std::fs::write(ex.dir.join("a.json"), &nanhai_doc).unwrap();
+    std::fs::write(ex.dir.join("b.json"), &other_doc).unwrap();
+    let out = ex.exhub(&["publish", "--as", "nanhai.tax", "a.json", "b.json", licence.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains(&format!("a.json\t{nanhai}\tconfirmed")), "{}", stdout(&out));
+
+    let all = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| doc_count(g) >= 3).await;
+    let ids: HashSet<String> = doc_ids(&all).into_iter().collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(ids.contains(&nanhai) && ids.contains(&other));
+    // The JSON subscriber gets JSON: the XML licence was converted, the JSON ones passed as sent.
+    for r in &all {
+        assert_eq!(r.properties.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert!(r.docs[0].starts_with(b"{"));
+    }
+    assert!(all.iter().any(|r| r.docs[0] == nanhai_doc));
+
+    let xml = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |g| doc_count(g) >= 1).await;
+    assert_eq!(doc_ids(&xml), [nanhai.clone()], "only the 南海 registration passes the filter");
+    let text = String::from_utf8(xml[0].docs[0].clone()).unwrap();
+    assert!(text.starts_with("<?xml"), "{text}");
+    assert!(!text.contains("<capital>") && !text.contains("<phone"), "masked fields leaked: {text}");
+    assert!(text.contains("<district>南海</district>"));
+    // The masked copy is a valid document whose hash is of what it holds.
+    let path = ex.dir.join("copy.xml");
+    std::fs::write(&path, &text).unwrap();
+    let v = crate::exhub(&["validate", path.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", stdout(&v));
+    let registry = exhub_schemas::Registry::builtin().unwrap();
+    let doc = exhub_schemas::decode(text.as_bytes(), &registry, &Default::default()).unwrap();
+    assert_eq!(doc.header.content_hash, Some(exhub_schemas::canonical::content_hash(&doc)));
+
+    // The archive has all three, with their delivery status per subscriber.
+    let search = ex.exhub(&["archive", "search", "--key", &format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(1))]);
+    let lines = stdout(&search);
+    assert!(search.status.success(), "{}", String::from_utf8_lossy(&search.stderr));
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(lines.contains(&nanhai) && lines.contains("all:published nanhai-xml:published"), "{lines}");
+    let search = ex.exhub(&["archive", "search", "--doc-type", "tax.registration", "--org", "nanhai.tax"]);
+    assert_eq!(stdout(&search).lines().count(), 2, "{}", stdout(&search));
+    let search = ex.exhub(&["archive", "search", "--since", "2000-01-01", "--until", "2001-01-01"]);
+    assert_eq!(stdout(&search).lines().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_routes_filters_masks_and_encodes_with_sqlite_archive() {
+    routes_filters_masks_and_encodes(ArchiveKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_routes_filters_masks_and_encodes_with_postgres_archive() {
+    routes_filters_masks_and_encodes(ArchiveKind::Postgres).await;
+}
+
+/// Every refusal lands in the hub DLQ with its reason, and the good documents around the bad
+/// ones flow on.
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
+    let mut ex = Exchange::new("dlq", ArchiveKind::Sqlite, "max_document_bytes = 4000", GRAPH);
+    ex.start_hub().await;
+    let (good1, good1_doc) = tax_doc("nanhai.tax", 10, "南海");
+    let (good2, good2_doc) = tax_doc("nanhai.tax", 11, "南海");
+    let fresh = || uuid::Uuid::now_v7().to_string();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let (id, doc) = tax_doc("nanhai.tax", 12, "南海");
+        let mut v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+        f(&mut v);
+        (id, serde_json::to_vec(&v).unwrap())
+    };
+    let (schema_id, schema) = edit(&|v| {
+        v["body"].as_object_mut().unwrap().remove("name");
+    });
+    let (invalid_id, invalid) = edit(&|v| v["header"]["op"] = "merge".into());
+    let (unknown_id, unknown) = edit(&|v| v["header"]["doc_type"] = "tax.nonexistent".into());
+    let (large_id, large) = edit(&|v| v["body"]["address"] = "长".repeat(2000).into());
+    let (forged_id, forged) = edit(&|v| v["header"]["sender"]["org"] = "nanhai.other".into());
+    let (forbidden_id, forbidden) = edit(&|v| v["header"]["sender"]["org"] = "nanhai.commerce".into());
+    let (hash_id, hash) = edit(&|v| v["header"]["content_hash"] = format!("sha256:{}", "0".repeat(64)).into());
+    let (nouser_id, nouser) = tax_doc("nanhai.tax", 13, "南海");
+    let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let deep = format!(r#"{{"header":{{"id":"{}"}},"body":{{"x":{deep}}}}}"#, fresh());
+    // Same id as good1, different content.
+    let conflict = String::from_utf8(good1_doc.clone()).unwrap().replace("陈志强", "李四");
+    let g = |id: &str| props(id, "guest");
+    ex.publish(vec![(good1_doc.clone(), g(&good1))]).await;
+    ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| doc_count(g) >= 1).await;
+    ex.publish(vec![
+        (b"{not json".to_vec(), g("m1")),
+        (schema, g(&schema_id)),
+        (invalid, g(&invalid_id)),
+        (unknown, g(&unknown_id)),
+        (large, g(&large_id)),
+        (deep.into_bytes(), g("deep")),
+        (forged, g(&forged_id)),
+        (forbidden, g(&forbidden_id)),
+        (hash, g(&hash_id)),
+        (
+            nouser,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(nouser_id.as_str().into()),
+        ),
+        (conflict.into_bytes(), g(&good1)),
+        (b"[1, 2".to_vec(), wire::batch_properties(Encoding::Json, 2, "guest")),
+        (good2_doc, g(&good2)),
+    ])
+    .await;
+    let got = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| doc_count(g) >= 1).await;
+    assert_eq!(doc_ids(&got), [good2.clone()], "the good document behind the bad ones arrives");
+
+    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |g| g.len() >= 12).await;
+    let reasons: HashMap<String, String> = dlq
+        .iter()
+        .map(|r| {
+            let id = r.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+            (id, wire::header_str(&r.properties, header::REASON).unwrap())
+        })
+        .collect();
+    let expect = [
+        ("m1", "malformed"),
+        (schema_id.as_str(), "schema"),
+        (invalid_id.as_str(), "invalid"),
+        (unknown_id.as_str(), "unknown_doc_type"),
+        (large_id.as_str(), "too_large"),
+        ("deep", "too_deep"),
+        (forged_id.as_str(), "unauthenticated"),
+        (forbidden_id.as_str(), "unauthorized"),
+        (hash_id.as_str(), "integrity"),
+        (good1.as_str(), "conflict"),
+        (nouser_id.as_str(), "unauthenticated"),
+    ];
+    for (id, reason) in expect {
+        assert_eq!(reasons.get(id).map(String::as_str), Some(reason), "{id}: {reasons:?}");
+    }
+    let reason_list: Vec<&String> = reasons.values().collect();
+    assert_eq!(reason_list.iter().filter(|r| r.as_str() == "malformed").count(), 2, "bad batch: {reasons:?}");
+    // Every dead letter says why in words, and who sent it.
+    for r in &dlq {
+        assert!(!wire::header_str(&r.properties, header::DETAIL).unwrap().is_empty());
+    }
+    let schema_detail = dlq
+        .iter()
+        .find(|r| r.properties.message_id().as_ref().is_some_and(|m| m.as_str() == schema_id))
+        .and_then(|r| wire::header_str(&r.properties, header::DETAIL))
+        .unwrap();
+    assert!(schema_detail.contains("name"), "{schema_detail}");
+    assert_eq!(ex.depth(&ex.topology.ingress_queue()).await, 0);
+    assert!(!ex.hub_log(0).contains("panicked"));
+}
+
+/// `dlq list` shows without consuming; after the cause is fixed, `dlq retry` sends the document
+/// through the hub again and it reaches its subscriber.
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_list_shows_and_retry_delivers_after_the_fix() {
+    let mut ex = Exchange::new("retry", ArchiveKind::Sqlite, "", GRAPH);
+    ex.start_hub().await;
+    let (id, doc) = tax_doc("nanhai.commerce", 20, "南海");
+    ex.publish(vec![(doc, props(&id, "guest"))]).await;
+    // Wait for the refusal, without taking it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while ex.depth(&ex.topology.hub_dlq()).await < 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", ex.hub_log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..2 {
+        let list = ex.exhub(&["dlq", "list"]);
+        let text = stdout(&list);
+        assert!(text.contains(&id) && text.contains("unauthorized") && text.contains("may not publish"), "{text}");
+        assert!(text.contains("1 dead-lettered document(s)"), "{text}");
+    }
+    assert_eq!(ex.depth(&ex.topology.hub_dlq()).await, 1, "listing must not consume");
+
+    // The fix: commerce may now publish tax registrations.
+    ex.kill_hubs();
+    let config = std::fs::read_to_string(&ex.config).unwrap().replace(
+        "publishes = [\"commerce.business_license\"]",
+        "publishes = [\"commerce.business_license\", \"tax.registration\"]",
+    );
+    std::fs::write(&ex.config, config).unwrap();
+    ex.start_hub().await;
+    let retry = ex.exhub(&["dlq", "retry", "--id", &id]);
+    assert!(stdout(&retry).contains("1 document(s) sent back"), "{}", stdout(&retry));
+    let got = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| doc_count(g) >= 1).await;
+    assert_eq!(doc_ids(&got), [id]);
+    assert_eq!(ex.depth(&ex.topology.hub_dlq()).await, 0);
+}
+
+/// A document published again (a publisher retry) or twice in one batch is archived and routed
+/// once; batches go in and come out as batches, per subscriber.
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_route_once_and_batches_stay_batches() {
+    let mut ex = Exchange::new("dedupe", ArchiveKind::Sqlite, "", GRAPH);
+    ex.start_hub().await;
+    let docs: Vec<(String, Vec<u8>)> = (0..10).map(|n| tax_doc("nanhai.tax", 100 + n, "南海")).collect();
+    let bodies: Vec<&[u8]> = docs.iter().map(|(_, d)| d.as_slice()).chain([docs[0].1.as_slice()]).collect();
+    let batch = wire::encode_batch(Encoding::Json, &bodies);
+    let batch_props = wire::batch_properties(Encoding::Json, bodies.len(), "guest");
+    ex.publish(vec![(batch.clone(), batch_props.clone())]).await;
+    let first = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| doc_count(g) >= 10).await;
+    assert_eq!(first.len(), 1, "one batch in, one batch out");
+    assert!(wire::is_batch(&first[0].properties));
+    let xml = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |g| doc_count(g) >= 10).await;
+    assert_eq!(xml.len(), 1);
+    assert!(xml[0].docs.iter().all(|d| d.starts_with(b"<document")));
+
+    // Republished: the batch again, and one document alone.
+    ex.publish(vec![(batch, batch_props), (docs[3].1.clone(), props(&docs[3].0, "guest"))])
+        .await;
+    // A marker published after them arrives only once they were processed.
+    let (marker, marker_doc) = tax_doc("nanhai.tax", 999, "南海");
+    ex.publish(vec![(marker_doc, props(&marker, "guest"))]).await;
+    let again = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| doc_ids(g).contains(&marker)).await;
+    assert_eq!(doc_ids(&again), [marker], "nothing routed twice");
+    let (ids, rows) = ex.archived_ids().await;
+    assert_eq!((ids.len(), rows), (11, 11));
+}
+
+/// `exhub tail` shows what is routed to a subscriber and leaves it in the subscriber's queue;
+/// `exhub replay` sends archived documents again.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_watches_without_taking_and_replay_resends() {
+    let mut ex = Exchange::new("tail", ArchiveKind::Sqlite, "", GRAPH);
+    ex.start_hub().await;
+    let mut tail = std::process::Command::new(crate::exhub_bin())
+        .args(["tail", "nanhai-xml", "--count", "2"])
+        .env("EXHUB_CONFIG", &ex.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the tail's queue is bound: its banner goes to stderr after binding.
+    let mut stderr = std::io::BufReader::new(tail.stderr.take().unwrap());
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut banner).unwrap();
+    assert!(banner.starts_with("tailing nanhai-xml"), "{banner}");
+    let docs: Vec<(String, Vec<u8>)> = (0..3).map(|n| tax_doc("nanhai.tax", 200 + n, "南海")).collect();
+    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect()).await;
+    let out = tail.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains(&docs[0].0) && text.contains("tax.registration\tupsert") && text.contains("xml"), "{text}");
+    let got = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |g| doc_count(g) >= 3).await;
+    assert_eq!(doc_count(&got), 3, "the tail took nothing from the subscriber");
+
+    let replay = ex.exhub(&["replay", "--to", "nanhai-xml", "--key", &format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(201))]);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(stdout(&replay).contains("replayed 1 document(s) to nanhai-xml"), "{}", stdout(&replay));
+    let again = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |g| doc_count(g) >= 1).await;
+    assert_eq!(doc_ids(&again), [docs[1].0.clone()]);
+    assert_eq!(wire::header_str(&again[0].properties, header::REPLAY).as_deref(), Some("true"));
+    assert!(String::from_utf8_lossy(&again[0].docs[0]).starts_with("<?xml"));
+    let all = ex.exhub(&["replay", "--to", "all", "--doc-type", "tax.registration"]);
+    assert!(stdout(&all).contains("replayed 3 document(s) to all"), "{}", stdout(&all));
+}
+
+/// SIGTERM: the hub stops consuming, finishes what it holds, and exits 0; nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
+    let mut ex = Exchange::new("sigterm", ArchiveKind::Sqlite, "", GRAPH);
+    ex.start_hub().await;
+    let docs: Vec<(String, Vec<u8>)> = (0..2000).map(|n| tax_doc("nanhai.tax", 300 + n, "顺德")).collect();
+    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect()).await;
+    // Stop it mid-stream: as soon as the first documents are through.
+    let first = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| doc_count(g) >= 1).await;
+    let status = ex.terminate_hub();
+    assert!(status.success(), "exit {status:?}; log: {}", ex.hub_log(0));
+    assert!(ex.hub_log(0).contains("hub stopped cleanly"));
+    // What it did not finish is still in the ingress queue; a new hub takes it from there.
+    ex.start_hub().await;
+    let rest = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |g| {
+        let ids: HashSet<String> = doc_ids(g).into_iter().collect();
+        ids.len() + doc_count(&first) >= 2000
+    })
+    .await;
+    let ids: HashSet<String> = doc_ids(&first).into_iter().chain(doc_ids(&rest)).collect();
+    assert_eq!(ids.len(), 2000);
+    let _ = doc_id;
+}
