@@ -37,6 +37,7 @@ pub struct Exchange {
     subscribers: Vec<String>,
     pg_db: Option<String>,
     hubs: Vec<Child>,
+    owner: bool,
 }
 
 /// Orgs every test exchange has: `nanhai.tax` (guest; tax.registration), `nanhai.commerce`
@@ -94,6 +95,22 @@ impl Exchange {
             subscribers,
             pg_db,
             hubs: Vec::new(),
+            owner: true,
+        }
+    }
+
+    /// A handle on an existing exchange's queues only (for a second task to publish with); it
+    /// owns nothing and cleans up nothing.
+    pub fn attach(topology: Topology) -> Exchange {
+        Exchange {
+            dir: PathBuf::new(),
+            config: PathBuf::new(),
+            topology,
+            archive_url: String::new(),
+            subscribers: Vec::new(),
+            pg_db: None,
+            hubs: Vec::new(),
+            owner: false,
         }
     }
 
@@ -203,14 +220,9 @@ impl Exchange {
         p.publish(&out, &CancellationToken::new()).await.unwrap();
     }
 
-    /// Takes messages from `queue` (acknowledging them) until `want` returns true for what was
-    /// received, or `timeout` passes; returns every message as (properties, documents).
-    pub async fn take(
-        &self,
-        queue: &str,
-        timeout: Duration,
-        want: impl Fn(&[Received]) -> bool,
-    ) -> Vec<Received> {
+    /// Takes messages from `queue` (acknowledging them) until `want` is true of what was taken,
+    /// or `timeout` passes.
+    pub async fn take(&self, queue: &str, timeout: Duration, want: impl Fn(&Taken) -> bool) -> Taken {
         let conn = connect().await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         ch.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
@@ -218,18 +230,25 @@ impl Exchange {
             .basic_consume(queue.into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .unwrap();
-        let mut got = Vec::new();
+        let mut taken = Taken::default();
         let deadline = tokio::time::Instant::now() + timeout;
-        while !want(&got) {
+        while !want(&taken) {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(Ok(d))) => {
                     d.ack(BasicAckOptions::default()).await.unwrap();
                     // A batch is split into its documents (a malformed one, in a DLQ, stays whole).
-                    let docs = match wire::is_batch(&d.properties).then(|| wire::split_batch(&d.data)) {
+                    let docs: Vec<Vec<u8>> = match wire::is_batch(&d.properties).then(|| wire::split_batch(&d.data)) {
                         Some(Ok(parts)) => parts.into_iter().map(<[u8]>::to_vec).collect(),
                         _ => vec![d.data.clone()],
                     };
-                    got.push(Received {
+                    taken.docs += docs.len();
+                    for doc in &docs {
+                        if let Some(id) = doc_id(doc) {
+                            taken.order.push(id.clone());
+                            taken.ids.insert(id);
+                        }
+                    }
+                    taken.messages.push(Received {
                         properties: d.properties.clone(),
                         docs,
                     });
@@ -239,7 +258,7 @@ impl Exchange {
             }
         }
         let _ = conn.close(200, "".into()).await;
-        got
+        taken
     }
 
     /// The archive.
@@ -270,6 +289,9 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
         self.kill_hubs();
         let topology = self.topology.clone();
         let subscribers = self.subscribers.clone();
@@ -299,29 +321,29 @@ pub struct Received {
     pub docs: Vec<Vec<u8>>,
 }
 
-/// Number of documents in `got`.
-pub fn doc_count(got: &[Received]) -> usize {
-    got.iter().map(|r| r.docs.len()).sum()
+/// What [`Exchange::take`] took.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The messages.
+    pub messages: Vec<Received>,
+    /// Documents in them (a batch counts its documents).
+    pub docs: usize,
+    /// Distinct document ids.
+    pub ids: HashSet<String>,
+    /// Document ids in arrival order (repeats included).
+    pub order: Vec<String>,
 }
 
-/// Ids of the documents in `got`.
-pub fn doc_ids(got: &[Received]) -> Vec<String> {
-    got.iter()
-        .flat_map(|r| &r.docs)
-        .map(|d| doc_id(d))
-        .collect()
-}
-
-/// The header id of an encoded document (JSON or XML).
-pub fn doc_id(doc: &[u8]) -> String {
+/// The header id of an encoded document (JSON or XML), if it has one.
+pub fn doc_id(doc: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(doc);
     if text.trim_start().starts_with('<') {
-        let start = text.find("<id>").unwrap() + 4;
-        let end = text[start..].find("</id>").unwrap() + start;
-        return text[start..end].to_owned();
+        let start = text.find("<id>")? + 4;
+        let end = text[start..].find("</id>")? + start;
+        return Some(text[start..end].to_owned());
     }
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["header"]["id"].as_str().unwrap().to_owned()
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v["header"]["id"].as_str()?.to_owned())
 }
 
 pub async fn connect() -> lapin::Result<Connection> {

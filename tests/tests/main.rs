@@ -5,6 +5,7 @@
 mod cli;
 mod exchange;
 mod hub;
+mod recovery;
 mod services;
 
 use std::path::{Path, PathBuf};
