@@ -32,6 +32,17 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   rabbitmq-server -detached
 fi
 rabbitmqctl -q await_startup >/dev/null
+# The demo exchange's orgs publish as their own RabbitMQ users (routes.toml: amqp_user defaults
+# to the org id), so that the hub's authentication is real: RabbitMQ verifies each message's
+# user_id against the login. Demo passwords only; they may use the exhub.* resources.
+existing=$(rabbitmqctl -q list_users 2>/dev/null | awk '{print $1}')
+for org in nanhai.tax nanhai.commerce nanhai.social nanhai.science; do
+  if ! grep -qx "$org" <<<"$existing"; then
+    log "creating RabbitMQ user $org (demo)"
+    rabbitmqctl -q add_user "$org" "demo-$org" >/dev/null
+    rabbitmqctl -q set_permissions -p / "$org" '^exhub\..*' '^exhub\..*' '^exhub\..*' >/dev/null
+  fi
+done
 log "RabbitMQ ready"
 
 # ---- PostgreSQL --------------------------------------------------------------------------

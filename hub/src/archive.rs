@@ -210,7 +210,11 @@ impl Archive {
         let (backend, url, max) = match scheme {
             "sqlite" => {
                 let sep = if url.contains('?') { '&' } else { '?' };
-                let url = if url.contains("mode=") { url.to_owned() } else { format!("{url}{sep}mode=rwc") };
+                let url = if url.contains("mode=") {
+                    url.to_owned()
+                } else {
+                    format!("{url}{sep}mode=rwc")
+                };
                 // One writer at a time is SQLite's nature; one connection keeps it simple.
                 (Backend::Sqlite, url, 1)
             }
@@ -344,7 +348,8 @@ impl Archive {
             .flat_map(|(e, id)| e.subscribers.iter().map(move |s| (id.as_str(), *s)))
             .collect();
         for chunk in deliveries.chunks(CHUNK) {
-            let mut sql = Sql::new("INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ");
+            let mut sql =
+                Sql::new("INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ");
             for (i, (id, s)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -368,10 +373,7 @@ impl Archive {
             sql.bind(text(PUBLISHED)).push(" AND document_id IN ");
             sql.tuple(chunk.iter().map(|id| text(id)));
             for row in sql.query().fetch_all(&mut *tx).await? {
-                published
-                    .entry(row.try_get(0)?)
-                    .or_default()
-                    .insert(row.try_get(1)?);
+                published.entry(row.try_get(0)?).or_default().insert(row.try_get(1)?);
             }
         }
         tx.commit().await?;
@@ -400,7 +402,8 @@ impl Archive {
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
         for chunk in done.chunks(CHUNK) {
-            let mut sql = Sql::new("INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ");
+            let mut sql =
+                Sql::new("INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ");
             for (i, (id, s)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -418,7 +421,12 @@ impl Archive {
     }
 
     /// Documents matching `q`, oldest first, after the (received_at, id) cursor `after`.
-    pub async fn search(&self, q: &Query, after: Option<(i64, &str)>, limit: usize) -> Result<Vec<Record>, ArchiveError> {
+    pub async fn search(
+        &self,
+        q: &Query,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Record>, ArchiveError> {
         let mut sql = Sql::new(
             "SELECT id, doc_type, op, sender_org, doc_key, received_at, content_hash, raw FROM exhub_documents d WHERE 1 = 1",
         );
@@ -450,7 +458,8 @@ impl Archive {
     pub async fn deliveries(&self, ids: &[String]) -> Result<HashMap<String, Vec<(String, String)>>, ArchiveError> {
         let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for chunk in ids.chunks(CHUNK) {
-            let mut sql = Sql::new("SELECT document_id, subscriber, status FROM exhub_deliveries WHERE document_id IN ");
+            let mut sql =
+                Sql::new("SELECT document_id, subscriber, status FROM exhub_deliveries WHERE document_id IN ");
             sql.tuple(chunk.iter().map(|id| text(id)));
             sql.push(" ORDER BY subscriber");
             for row in sql.query().fetch_all(&self.pool).await? {
@@ -505,5 +514,8 @@ fn record(row: &AnyRow) -> Result<Record, ArchiveError> {
 
 /// `field=value, field=value`, for display.
 fn key_text(key: &[(&str, String)]) -> String {
-    key.iter().map(|(f, v)| format!("{f}={v}")).collect::<Vec<_>>().join(", ")
+    key.iter()
+        .map(|(f, v)| format!("{f}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -127,7 +127,10 @@ impl Gate {
             Some(u) => {
                 return Err(Rejection::new(
                     reason::UNAUTHENTICATED,
-                    format!("AMQP user {u:?} may not publish as org {:?} (its user is {:?})", h.sender.org, org.user),
+                    format!(
+                        "AMQP user {u:?} may not publish as org {:?} (its user is {:?})",
+                        h.sender.org, org.user
+                    ),
                 ));
             }
             None => {

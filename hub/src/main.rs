@@ -10,8 +10,8 @@ mod cmd;
 
 use exhub_hub::archive::Query;
 use exhub_hub::check::check;
-use exhub_hub::secret::SecretUrl;
 use exhub_hub::config::{ConfigFile, Severity};
+use exhub_hub::secret::SecretUrl;
 use exhub_schemas::{Document, Limits, Registry, decode, json, xml, xsd};
 
 /// exhub — a government data exchange hub.
@@ -246,7 +246,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             amqp,
             batch,
             files,
-        } => block_on(cmd::publish::publish(&config, &org, amqp.map(SecretUrl::new), batch, &files)),
+        } => block_on(cmd::publish::publish(
+            &config,
+            &org,
+            amqp.map(SecretUrl::new),
+            batch,
+            &files,
+        )),
         Command::Tail {
             config,
             subscriber,

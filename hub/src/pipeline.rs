@@ -124,7 +124,12 @@ impl Hub {
     }
 
     /// One worker: (re)connects until shutdown, running sessions.
-    async fn worker(&self, n: usize, shutdown: &CancellationToken, hard_stop: &CancellationToken) -> Result<(), HubError> {
+    async fn worker(
+        &self,
+        n: usize,
+        shutdown: &CancellationToken,
+        hard_stop: &CancellationToken,
+    ) -> Result<(), HubError> {
         let name = format!("exhub-hub-{}-{n}", std::process::id());
         let mut publisher = Publisher::new(
             self.amqp.expose(),
@@ -160,9 +165,7 @@ impl Hub {
     ) -> Result<(), Failure> {
         let conn = amqp::connect_with_retry(self.amqp.expose(), name, shutdown).await?;
         let channel = conn.create_channel().await.map_err(AmqpError::from)?;
-        self.topology
-            .declare_all(&channel, &self.router.subscribers())
-            .await?;
+        self.topology.declare_all(&channel, &self.router.subscribers()).await?;
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await
@@ -248,18 +251,30 @@ impl Hub {
             .iter()
             .map(|(item, a, targets)| entry(item, a, targets))
             .collect();
-        let stored = if entries.is_empty() { Vec::new() } else { self.archive.store(&entries).await? };
+        let stored = if entries.is_empty() {
+            Vec::new()
+        } else {
+            self.archive.store(&entries).await?
+        };
         // Copies per (ingress message, subscriber): a batch in, a batch out.
         let mut copies: BTreeMap<(usize, &str), (Encoding, bool, Vec<Vec<u8>>, Vec<BasicProperties>)> = BTreeMap::new();
         let mut confirmed: Vec<(uuid::Uuid, &str)> = Vec::new();
         for ((item, a, targets), stored) in admitted.iter().zip(stored) {
             let skip = match stored {
                 Stored::New => HashSet::new(),
-                Stored::Duplicate { same_content: true, published } => published,
-                Stored::Duplicate { same_content: false, .. } => {
+                Stored::Duplicate {
+                    same_content: true,
+                    published,
+                } => published,
+                Stored::Duplicate {
+                    same_content: false, ..
+                } => {
                     let r = Rejection::new(
                         reason::CONFLICT,
-                        format!("document {} was archived before with different content", a.doc.header.id),
+                        format!(
+                            "document {} was archived before with different content",
+                            a.doc.header.id
+                        ),
                     );
                     let props = &deliveries[item.delivery].properties;
                     out.push(self.dead_letter(item.raw, props, item.user.as_deref(), &r));
@@ -279,7 +294,10 @@ impl Hub {
         let exchange = self.topology.out_exchange();
         for ((_, subscriber), (format, batch, mut docs, mut props)) in copies {
             let (payload, properties) = if batch && docs.len() > 1 {
-                (wire::encode_batch(format, &docs), wire::batch_properties(format, docs.len(), &self.user))
+                (
+                    wire::encode_batch(format, &docs),
+                    wire::batch_properties(format, docs.len(), &self.user),
+                )
             } else {
                 // Single documents stay single messages, one per ingress message.
                 (docs.remove(0), props.remove(0))
@@ -404,7 +422,9 @@ fn delivered(next: Option<lapin::Result<Delivery>>) -> Result<Delivery, Failure>
     match next {
         Some(Ok(d)) => Ok(d),
         Some(Err(e)) => Err(AmqpError::from(e).into()),
-        None => Err(Failure::Amqp(AmqpError::Broken(lapin::Error::from(lapin::ErrorKind::FutureCompleted)))),
+        None => Err(Failure::Amqp(AmqpError::Broken(lapin::Error::from(
+            lapin::ErrorKind::FutureCompleted,
+        )))),
     }
 }
 

@@ -105,13 +105,23 @@ mod tests {
         assert_eq!(ts("1970-01-01T00:00:00Z").unix_micros(), 0);
         assert_eq!(ts("1970-01-01T08:00:00+08:00").unix_micros(), 0);
         assert_eq!(ts("1969-12-31T19:00:00.5-05:00").unix_micros(), 500_000);
-        assert_eq!(ts("2026-11-22T08:00:00.123456789Z").unix_micros(), 1_795_334_400_123_456);
+        assert_eq!(
+            ts("2026-11-22T08:00:00.123456789Z").unix_micros(),
+            1_795_334_400_123_456
+        );
         assert_eq!(ts("2000-02-29T00:00:00Z").unix_micros(), 951_782_400_000_000);
     }
 
     #[test]
     fn round_trips_through_micros() {
-        for micros in [0, 1, -1, 951_782_400_000_000, 1_795_334_400_123_456, -62_135_596_800_000_000] {
+        for micros in [
+            0,
+            1,
+            -1,
+            951_782_400_000_000,
+            1_795_334_400_123_456,
+            -62_135_596_800_000_000,
+        ] {
             let t = Timestamp::from_unix_micros(micros);
             assert_eq!(t.unix_micros(), micros, "{t}");
         }

@@ -141,7 +141,11 @@ impl Exchange {
         self.hubs.push(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.consumers().await < before + 2 {
-            assert!(Instant::now() < deadline, "hub did not start consuming; log: {}", self.hub_log(n));
+            assert!(
+                Instant::now() < deadline,
+                "hub did not start consuming; log: {}",
+                self.hub_log(n)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -179,7 +183,11 @@ impl Exchange {
             ..Default::default()
         };
         let n = match ch
-            .queue_declare(self.topology.ingress_queue().as_str().into(), passive, FieldTable::default())
+            .queue_declare(
+                self.topology.ingress_queue().as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
             .await
         {
             Ok(q) => q.consumer_count(),
@@ -227,7 +235,12 @@ impl Exchange {
         let ch = conn.create_channel().await.unwrap();
         ch.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
         let mut consumer = ch
-            .basic_consume(queue.into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.into(),
+                "test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let mut taken = Taken::default();
@@ -297,7 +310,10 @@ impl Drop for Exchange {
         let subscribers = self.subscribers.clone();
         // Drop may run inside a runtime: clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(conn) = connect().await
                     && let Ok(ch) = conn.create_channel().await
@@ -352,10 +368,24 @@ pub async fn connect() -> lapin::Result<Connection> {
 
 pub fn psql(sql: &str) {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-XAtq", "-c", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-c",
+            sql,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Properties of a document published by AMQP user `guest`.
@@ -371,5 +401,8 @@ pub fn props(id: &str, user: &str) -> BasicProperties {
 /// A valid tax registration from `org` with a fresh id: (id, bytes).
 pub fn tax_doc(org: &str, n: u64, district: &str) -> (String, Vec<u8>) {
     let id = uuid::Uuid::now_v7();
-    (id.to_string(), exhub_schemas::samples::tax_registration(id, org, n, district).into_bytes())
+    (
+        id.to_string(),
+        exhub_schemas::samples::tax_registration(id, org, n, district).into_bytes(),
+    )
 }

@@ -52,26 +52,51 @@ async fn routes_filters_masks_and_encodes(archive: ArchiveKind) {
     let licence = crate::root().join("examples/documents/commerce.business_license.xml");
     std::fs::write(ex.dir.join("a.json"), &nanhai_doc).unwrap();
     std::fs::write(ex.dir.join("b.json"), &other_doc).unwrap();
-    let out = ex.exhub(&["publish", "--as", "nanhai.tax", "a.json", "b.json", licence.to_str().unwrap()]);
+    let out = ex.exhub(&[
+        "publish",
+        "--as",
+        "nanhai.tax",
+        "a.json",
+        "b.json",
+        licence.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout(&out).contains(&format!("a.json\t{nanhai}\tconfirmed")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("a.json\t{nanhai}\tconfirmed")),
+        "{}",
+        stdout(&out)
+    );
 
-    let all = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 3).await;
+    let all = ex
+        .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 3)
+        .await;
     let ids: HashSet<String> = all.order.into_iter().collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(ids.contains(&nanhai) && ids.contains(&other));
     // The JSON subscriber gets JSON: the XML licence was converted, the JSON ones passed as sent.
     for r in &all.messages {
-        assert_eq!(r.properties.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert_eq!(
+            r.properties.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
         assert!(r.docs[0].starts_with(b"{"));
     }
     assert!(all.messages.iter().any(|r| r.docs[0] == nanhai_doc));
 
-    let xml = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 1).await;
-    assert_eq!(xml.order, [nanhai.clone()], "only the 南海 registration passes the filter");
+    let xml = ex
+        .take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 1)
+        .await;
+    assert_eq!(
+        xml.order,
+        [nanhai.clone()],
+        "only the 南海 registration passes the filter"
+    );
     let text = String::from_utf8(xml.messages[0].docs[0].clone()).unwrap();
     assert!(text.starts_with("<?xml"), "{text}");
-    assert!(!text.contains("<capital>") && !text.contains("<phone"), "masked fields leaked: {text}");
+    assert!(
+        !text.contains("<capital>") && !text.contains("<phone"),
+        "masked fields leaked: {text}"
+    );
     assert!(text.contains("<district>南海</district>"));
     // The masked copy is a valid document whose hash is of what it holds.
     let path = ex.dir.join("copy.xml");
@@ -80,15 +105,33 @@ async fn routes_filters_masks_and_encodes(archive: ArchiveKind) {
     assert!(v.status.success(), "{}", stdout(&v));
     let registry = exhub_schemas::Registry::builtin().unwrap();
     let doc = exhub_schemas::decode(text.as_bytes(), &registry, &Default::default()).unwrap();
-    assert_eq!(doc.header.content_hash, Some(exhub_schemas::canonical::content_hash(&doc)));
+    assert_eq!(
+        doc.header.content_hash,
+        Some(exhub_schemas::canonical::content_hash(&doc))
+    );
 
     // The archive has all three, with their delivery status per subscriber.
-    let search = ex.exhub(&["archive", "search", "--key", &format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(1))]);
+    let search = ex.exhub(&[
+        "archive",
+        "search",
+        "--key",
+        &format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(1)),
+    ]);
     let lines = stdout(&search);
     assert!(search.status.success(), "{}", String::from_utf8_lossy(&search.stderr));
     assert_eq!(lines.lines().count(), 1, "{lines}");
-    assert!(lines.contains(&nanhai) && lines.contains("all:published nanhai-xml:published"), "{lines}");
-    let search = ex.exhub(&["archive", "search", "--doc-type", "tax.registration", "--org", "nanhai.tax"]);
+    assert!(
+        lines.contains(&nanhai) && lines.contains("all:published nanhai-xml:published"),
+        "{lines}"
+    );
+    let search = ex.exhub(&[
+        "archive",
+        "search",
+        "--doc-type",
+        "tax.registration",
+        "--org",
+        "nanhai.tax",
+    ]);
     assert_eq!(stdout(&search).lines().count(), 2, "{}", stdout(&search));
     let search = ex.exhub(&["archive", "search", "--since", "2000-01-01", "--until", "2001-01-01"]);
     assert_eq!(stdout(&search).lines().count(), 0);
@@ -135,7 +178,8 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
     let conflict = String::from_utf8(good1_doc.clone()).unwrap().replace("陈志强", "李四");
     let g = |id: &str| props(id, "guest");
     ex.publish(vec![(good1_doc.clone(), g(&good1))]).await;
-    ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1).await;
+    ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1)
+        .await;
     ex.publish(vec![
         (b"{not json".to_vec(), g("m1")),
         (schema, g(&schema_id)),
@@ -157,15 +201,26 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
         (good2_doc, g(&good2)),
     ])
     .await;
-    let got = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1).await;
-    assert_eq!(got.order, [good2.clone()], "the good document behind the bad ones arrives");
+    let got = ex
+        .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1)
+        .await;
+    assert_eq!(
+        got.order,
+        [good2.clone()],
+        "the good document behind the bad ones arrives"
+    );
 
     let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| t.messages.len() >= 12).await;
     let reasons: HashMap<String, String> = dlq
         .messages
         .iter()
         .map(|r| {
-            let id = r.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+            let id = r
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
             (id, wire::header_str(&r.properties, header::REASON).unwrap())
         })
         .collect();
@@ -186,7 +241,11 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
         assert_eq!(reasons.get(id).map(String::as_str), Some(reason), "{id}: {reasons:?}");
     }
     let reason_list: Vec<&String> = reasons.values().collect();
-    assert_eq!(reason_list.iter().filter(|r| r.as_str() == "malformed").count(), 2, "bad batch: {reasons:?}");
+    assert_eq!(
+        reason_list.iter().filter(|r| r.as_str() == "malformed").count(),
+        2,
+        "bad batch: {reasons:?}"
+    );
     // Every dead letter says why in words, and who sent it.
     for r in &dlq.messages {
         assert!(!wire::header_str(&r.properties, header::DETAIL).unwrap().is_empty());
@@ -194,7 +253,12 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
     let schema_detail = dlq
         .messages
         .iter()
-        .find(|r| r.properties.message_id().as_ref().is_some_and(|m| m.as_str() == schema_id))
+        .find(|r| {
+            r.properties
+                .message_id()
+                .as_ref()
+                .is_some_and(|m| m.as_str() == schema_id)
+        })
         .and_then(|r| wire::header_str(&r.properties, header::DETAIL))
         .unwrap();
     assert!(schema_detail.contains("name"), "{schema_detail}");
@@ -219,7 +283,10 @@ async fn dlq_list_shows_and_retry_delivers_after_the_fix() {
     for _ in 0..2 {
         let list = ex.exhub(&["dlq", "list"]);
         let text = stdout(&list);
-        assert!(text.contains(&id) && text.contains("unauthorized") && text.contains("may not publish"), "{text}");
+        assert!(
+            text.contains(&id) && text.contains("unauthorized") && text.contains("may not publish"),
+            "{text}"
+        );
         assert!(text.contains("1 dead-lettered document(s)"), "{text}");
     }
     assert_eq!(ex.depth(&ex.topology.hub_dlq()).await, 1, "listing must not consume");
@@ -234,7 +301,9 @@ async fn dlq_list_shows_and_retry_delivers_after_the_fix() {
     ex.start_hub().await;
     let retry = ex.exhub(&["dlq", "retry", "--id", &id]);
     assert!(stdout(&retry).contains("1 document(s) sent back"), "{}", stdout(&retry));
-    let got = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1).await;
+    let got = ex
+        .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1)
+        .await;
     assert_eq!(got.order, [id]);
     assert_eq!(ex.depth(&ex.topology.hub_dlq()).await, 0);
 }
@@ -246,24 +315,37 @@ async fn duplicates_route_once_and_batches_stay_batches() {
     let mut ex = Exchange::new("dedupe", ArchiveKind::Sqlite, "", GRAPH);
     ex.start_hub().await;
     let docs: Vec<(String, Vec<u8>)> = (0..10).map(|n| tax_doc("nanhai.tax", 100 + n, "南海")).collect();
-    let bodies: Vec<&[u8]> = docs.iter().map(|(_, d)| d.as_slice()).chain([docs[0].1.as_slice()]).collect();
+    let bodies: Vec<&[u8]> = docs
+        .iter()
+        .map(|(_, d)| d.as_slice())
+        .chain([docs[0].1.as_slice()])
+        .collect();
     let batch = wire::encode_batch(Encoding::Json, &bodies);
     let batch_props = wire::batch_properties(Encoding::Json, bodies.len(), "guest");
     ex.publish(vec![(batch.clone(), batch_props.clone())]).await;
-    let first = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 10).await;
+    let first = ex
+        .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 10)
+        .await;
     assert_eq!(first.messages.len(), 1, "one batch in, one batch out");
     assert!(wire::is_batch(&first.messages[0].properties));
-    let xml = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 10).await;
+    let xml = ex
+        .take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 10)
+        .await;
     assert_eq!(xml.messages.len(), 1);
     assert!(xml.messages[0].docs.iter().all(|d| d.starts_with(b"<document")));
 
     // Republished: the batch again, and one document alone.
-    ex.publish(vec![(batch, batch_props), (docs[3].1.clone(), props(&docs[3].0, "guest"))])
-        .await;
+    ex.publish(vec![
+        (batch, batch_props),
+        (docs[3].1.clone(), props(&docs[3].0, "guest")),
+    ])
+    .await;
     // A marker published after them arrives only once they were processed.
     let (marker, marker_doc) = tax_doc("nanhai.tax", 999, "南海");
     ex.publish(vec![(marker_doc, props(&marker, "guest"))]).await;
-    let again = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.ids.contains(&marker)).await;
+    let again = ex
+        .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.ids.contains(&marker))
+        .await;
     assert_eq!(again.order, [marker], "nothing routed twice");
     let (ids, rows) = ex.archived_ids().await;
     assert_eq!((ids.len(), rows), (11, 11));
@@ -288,23 +370,48 @@ async fn tail_watches_without_taking_and_replay_resends() {
     std::io::BufRead::read_line(&mut stderr, &mut banner).unwrap();
     assert!(banner.starts_with("tailing nanhai-xml"), "{banner}");
     let docs: Vec<(String, Vec<u8>)> = (0..3).map(|n| tax_doc("nanhai.tax", 200 + n, "南海")).collect();
-    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect()).await;
+    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect())
+        .await;
     let out = tail.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 2, "{text}");
-    assert!(text.contains(&docs[0].0) && text.contains("tax.registration\tupsert") && text.contains("xml"), "{text}");
-    let got = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 3).await;
+    assert!(
+        text.contains(&docs[0].0) && text.contains("tax.registration\tupsert") && text.contains("xml"),
+        "{text}"
+    );
+    let got = ex
+        .take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 3)
+        .await;
     assert_eq!(got.docs, 3, "the tail took nothing from the subscriber");
 
-    let replay = ex.exhub(&["replay", "--to", "nanhai-xml", "--key", &format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(201))]);
+    let replay = ex.exhub(&[
+        "replay",
+        "--to",
+        "nanhai-xml",
+        "--key",
+        &format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(201)),
+    ]);
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
-    assert!(stdout(&replay).contains("replayed 1 document(s) to nanhai-xml"), "{}", stdout(&replay));
-    let again = ex.take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 1).await;
+    assert!(
+        stdout(&replay).contains("replayed 1 document(s) to nanhai-xml"),
+        "{}",
+        stdout(&replay)
+    );
+    let again = ex
+        .take(&ex.topology.subscriber_queue("nanhai-xml"), WAIT, |t| t.docs >= 1)
+        .await;
     assert_eq!(again.order, [docs[1].0.clone()]);
-    assert_eq!(wire::header_str(&again.messages[0].properties, header::REPLAY).as_deref(), Some("true"));
+    assert_eq!(
+        wire::header_str(&again.messages[0].properties, header::REPLAY).as_deref(),
+        Some("true")
+    );
     assert!(String::from_utf8_lossy(&again.messages[0].docs[0]).starts_with("<?xml"));
     let all = ex.exhub(&["replay", "--to", "all", "--doc-type", "tax.registration"]);
-    assert!(stdout(&all).contains("replayed 3 document(s) to all"), "{}", stdout(&all));
+    assert!(
+        stdout(&all).contains("replayed 3 document(s) to all"),
+        "{}",
+        stdout(&all)
+    );
 }
 
 /// SIGTERM: the hub stops consuming, finishes what it holds, and exits 0; nothing is lost.
@@ -313,16 +420,23 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let mut ex = Exchange::new("sigterm", ArchiveKind::Sqlite, "", GRAPH);
     ex.start_hub().await;
     let docs: Vec<(String, Vec<u8>)> = (0..2000).map(|n| tax_doc("nanhai.tax", 300 + n, "顺德")).collect();
-    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect()).await;
+    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect())
+        .await;
     // Stop it mid-stream: as soon as the first documents are through.
-    let first = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1).await;
+    let first = ex
+        .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1)
+        .await;
     let status = ex.terminate_hub();
     assert!(status.success(), "exit {status:?}; log: {}", ex.hub_log(0));
     assert!(ex.hub_log(0).contains("hub stopped cleanly"));
     // What it did not finish is still in the ingress queue; a new hub takes it from there.
     ex.start_hub().await;
     // (A document may come twice — at least once is the contract — so count, then compare ids.)
-    let rest = ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs + first.docs >= 2000).await;
+    let rest = ex
+        .take(&ex.topology.subscriber_queue("all"), WAIT, |t| {
+            t.docs + first.docs >= 2000
+        })
+        .await;
     let ids: HashSet<String> = first.ids.iter().chain(&rest.ids).cloned().collect();
     assert_eq!(ids.len(), 2000);
 }

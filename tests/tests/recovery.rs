@@ -38,7 +38,12 @@ async fn assert_nothing_lost(ex: &Exchange, docs: &[(String, Vec<u8>)]) {
         })
         .await;
     let missing = want.difference(&got.ids).count();
-    assert_eq!(missing, 0, "{missing} documents never reached the subscriber; hub log: {}", ex.hub_log(0));
+    assert_eq!(
+        missing,
+        0,
+        "{missing} documents never reached the subscriber; hub log: {}",
+        ex.hub_log(0)
+    );
     let (archived, rows) = ex.archived_ids().await;
     assert_eq!(rows, docs.len(), "archived rows");
     assert_eq!(archived, want, "the archive holds exactly the published documents");
@@ -55,7 +60,11 @@ async fn restart_rabbitmq_mid_stream_loses_nothing() {
         move || {
             let run = |arg: &str| {
                 let out = Command::new("rabbitmqctl").arg(arg).output().unwrap();
-                assert!(out.status.success(), "rabbitmqctl {arg}: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "rabbitmqctl {arg}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             };
             run("stop_app");
             stopped.store(true, Ordering::SeqCst);
@@ -78,7 +87,11 @@ async fn restart_rabbitmq_mid_stream_loses_nothing() {
     }
     restarter.unwrap().join().unwrap();
     assert_nothing_lost(&ex, &docs).await;
-    assert!(ex.hub_log(0).contains("connection lost"), "the hub saw the restart: {}", ex.hub_log(0));
+    assert!(
+        ex.hub_log(0).contains("connection lost"),
+        "the hub saw the restart: {}",
+        ex.hub_log(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

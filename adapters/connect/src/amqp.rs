@@ -53,7 +53,11 @@ impl From<lapin::Error> for AmqpError {
             ErrorKind::AuthProviderError(_) | ErrorKind::InvalidProtocolVersion(_) => true,
             _ => false,
         };
-        if fatal { AmqpError::Refused(e) } else { AmqpError::Broken(e) }
+        if fatal {
+            AmqpError::Refused(e)
+        } else {
+            AmqpError::Broken(e)
+        }
     }
 }
 

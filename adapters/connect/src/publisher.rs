@@ -93,7 +93,11 @@ impl Publisher {
 
     /// One attempt: publishes all of `pending`, then awaits every confirm. Returns the indexes
     /// (into `pending`) of the messages that were nacked or returned.
-    async fn try_publish(&mut self, pending: &[&Outgoing], cancel: &CancellationToken) -> Result<Vec<usize>, AmqpError> {
+    async fn try_publish(
+        &mut self,
+        pending: &[&Outgoing],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<usize>, AmqpError> {
         let channel = self.channel(cancel).await?;
         let options = BasicPublishOptions {
             mandatory: true,

@@ -126,7 +126,11 @@ impl Topology {
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;
         }
-        for exchange in [self.ingress_exchange(), self.out_exchange(), self.dead_letter_exchange()] {
+        for exchange in [
+            self.ingress_exchange(),
+            self.out_exchange(),
+            self.dead_letter_exchange(),
+        ] {
             channel
                 .exchange_delete(exchange.as_str().into(), Default::default())
                 .await?;
@@ -154,7 +158,10 @@ impl Topology {
             AMQPValue::LongString(self.dead_letter_exchange().as_str().into()),
         );
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dlq.into()));
-        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
         args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
         declare_queue(channel, name, args).await
     }

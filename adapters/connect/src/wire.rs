@@ -91,7 +91,13 @@ pub fn encode_batch<D: AsRef<[u8]>>(encoding: Encoding, docs: &[D]) -> Vec<u8> {
             out.push(b']');
         }
         Encoding::Xml => {
-            out.extend_from_slice(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<batch count=\"{}\">", docs.len()).as_bytes());
+            out.extend_from_slice(
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<batch count=\"{}\">",
+                    docs.len()
+                )
+                .as_bytes(),
+            );
             for doc in docs {
                 out.extend_from_slice(strip_declaration(doc.as_ref()));
             }
@@ -106,8 +112,8 @@ pub fn encode_batch<D: AsRef<[u8]>>(encoding: Encoding, docs: &[D]) -> Vec<u8> {
 pub fn split_batch(payload: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
     match Encoding::detect_any(payload) {
         Some(Encoding::Json) => {
-            let items: Vec<&serde_json::value::RawValue> =
-                serde_json::from_slice(payload).map_err(|e| BatchError(format!("not a JSON array of documents: {e}")))?;
+            let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(payload)
+                .map_err(|e| BatchError(format!("not a JSON array of documents: {e}")))?;
             Ok(items.into_iter().map(|raw| raw.get().as_bytes()).collect())
         }
         Some(Encoding::Xml) => split_xml(payload),

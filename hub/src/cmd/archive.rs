@@ -44,7 +44,11 @@ pub async fn search(path: &Path, q: &Query, limit: usize) -> Result<()> {
             r.op,
             r.sender_org,
             r.key,
-            if status.is_empty() { "(routed nowhere)".to_owned() } else { status.join(" ") }
+            if status.is_empty() {
+                "(routed nowhere)".to_owned()
+            } else {
+                status.join(" ")
+            }
         );
     }
     eprintln!("{} of {total} matching document(s) shown", records.len());
@@ -104,7 +108,11 @@ pub async fn replay(path: &Path, subscriber: &str, q: &Query) -> Result<()> {
             };
             let encoding = Encoding::detect(&r.raw).unwrap_or(Encoding::Json);
             let id = doc.header.id;
-            let props = wire::with_header(wire::document_properties(&doc, target.format, &user), header::REPLAY, "true");
+            let props = wire::with_header(
+                wire::document_properties(&doc, target.format, &user),
+                header::REPLAY,
+                "true",
+            );
             let admitted = Admitted {
                 doc,
                 encoding,

@@ -112,7 +112,13 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
         let matches = id.is_none_or(|id| p.message_id().as_ref().is_some_and(|m| m.as_str() == id));
         if !matches {
             channel
-                .basic_nack(m.delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: true })
+                .basic_nack(
+                    m.delivery.delivery_tag,
+                    BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    },
+                )
                 .await?;
             kept += 1;
             continue;
@@ -151,7 +157,13 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
             retried += 1;
         } else {
             channel
-                .basic_nack(m.delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: true })
+                .basic_nack(
+                    m.delivery.delivery_tag,
+                    BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    },
+                )
                 .await?;
             kept += 1;
         }

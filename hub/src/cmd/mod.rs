@@ -34,7 +34,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
         for p in &errors {
             eprintln!("{}: {p}", path.display());
         }
-        bail!("{} has {} error(s); `exhub check` lists them", path.display(), errors.len());
+        bail!(
+            "{} has {} error(s); `exhub check` lists them",
+            path.display(),
+            errors.len()
+        );
     }
     let Some(config) = file.config else {
         bail!("{} could not be read", path.display());
@@ -53,6 +57,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -94,7 +99,9 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     if let Some(t) = Timestamp::parse(&format!("{text}T00:00:00Z")) {
         return Ok(t.unix_micros());
     }
-    Err(format!("{text:?} is neither a date (2026-11-22) nor a timestamp (2026-11-22T08:00:00+08:00)"))
+    Err(format!(
+        "{text:?} is neither a date (2026-11-22) nor a timestamp (2026-11-22T08:00:00+08:00)"
+    ))
 }
 
 /// Parses `--key FIELD=VALUE`.

@@ -47,9 +47,15 @@ pub async fn publish(path: &Path, org: &str, amqp: Option<SecretUrl>, batch: usi
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         let encoding = Encoding::detect(&bytes).unwrap_or(Encoding::Json);
         let (id, properties) = match decode(&bytes, &loaded.registry, &limits) {
-            Ok(doc) => (Some(doc.header.id.to_string()), wire::document_properties(&doc, encoding, &user)),
+            Ok(doc) => (
+                Some(doc.header.id.to_string()),
+                wire::document_properties(&doc, encoding, &user),
+            ),
             Err(e) => {
-                eprintln!("{}: does not decode ({e}); sending it anyway: the hub will dead-letter it", p.display());
+                eprintln!(
+                    "{}: does not decode ({e}); sending it anyway: the hub will dead-letter it",
+                    p.display()
+                );
                 let props = BasicProperties::default()
                     .with_delivery_mode(2)
                     .with_user_id(user.as_str().into())
@@ -68,13 +74,19 @@ pub async fn publish(path: &Path, org: &str, amqp: Option<SecretUrl>, batch: usi
     let topology = config.hub.topology();
     let exchange = topology.ingress_exchange();
     let mut messages = Vec::new();
-    for chunk in docs.chunk_by(|a, b| a.encoding == b.encoding).flat_map(|run| run.chunks(batch.max(1))) {
+    for chunk in docs
+        .chunk_by(|a, b| a.encoding == b.encoding)
+        .flat_map(|run| run.chunks(batch.max(1)))
+    {
         let (payload, properties) = match chunk {
             [one] => (one.bytes.clone(), one.properties.clone()),
             many => {
                 let bodies: Vec<&[u8]> = many.iter().map(|f| f.bytes.as_slice()).collect();
                 let encoding = many[0].encoding;
-                (wire::encode_batch(encoding, &bodies), wire::batch_properties(encoding, many.len(), &user))
+                (
+                    wire::encode_batch(encoding, &bodies),
+                    wire::batch_properties(encoding, many.len(), &user),
+                )
             }
         };
         messages.push(Outgoing {

@@ -21,7 +21,11 @@ pub async fn tail(path: &Path, subscriber: &str, count: Option<u64>, full: bool)
     let config = &loaded.config;
     let router = Router::new(config)?;
     if !router.subscribers().iter().any(|s| s == subscriber) {
-        bail!("subscriber {subscriber:?} is not in {} (known: {})", path.display(), router.subscribers().join(", "));
+        bail!(
+            "subscriber {subscriber:?} is not in {} (known: {})",
+            path.display(),
+            router.subscribers().join(", ")
+        );
     }
     let topology = config.hub.topology();
     let cancel = shutdown_on_signal();
@@ -51,9 +55,17 @@ pub async fn tail(path: &Path, subscriber: &str, count: Option<u64>, full: bool)
         ..Default::default()
     };
     let mut consumer = channel
-        .basic_consume(queue.name().clone(), "exhub-tail".into(), consume, FieldTable::default())
+        .basic_consume(
+            queue.name().clone(),
+            "exhub-tail".into(),
+            consume,
+            FieldTable::default(),
+        )
         .await?;
-    eprintln!("tailing {subscriber} (what the hub routes to {})", topology.subscriber_queue(subscriber));
+    eprintln!(
+        "tailing {subscriber} (what the hub routes to {})",
+        topology.subscriber_queue(subscriber)
+    );
     let mut shown = 0u64;
     let limits = config.hub.limits();
     loop {
@@ -97,7 +109,11 @@ pub fn summary(raw: &[u8], registry: &Registry, limits: &exhub_schemas::Limits) 
                 .iter()
                 .map(|(k, v)| format!("{k}={}", v.scalar_text().unwrap_or_default()))
                 .collect();
-            let format = if raw.trim_ascii_start().starts_with(b"<") { "xml" } else { "json" };
+            let format = if raw.trim_ascii_start().starts_with(b"<") {
+                "xml"
+            } else {
+                "json"
+            };
             format!(
                 "{}\t{}\t{}\t{}\t{}\tfrom {}\t{format}",
                 h.created_at,
