@@ -34,12 +34,14 @@ const SUBSCRIBER: &str = "bench";
 struct Args {
     docs: u64,
     batch: usize,
+    workers: usize,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         docs: 200_000,
         batch: 100,
+        workers: 4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,7 +49,8 @@ fn args() -> Result<Args> {
         match flag.as_str() {
             "--docs" => a.docs = value.parse()?,
             "--batch" => a.batch = value.parse()?,
-            other => bail!("unknown flag {other} (known: --docs N, --batch N)"),
+            "--workers" => a.workers = value.parse()?,
+            other => bail!("unknown flag {other} (known: --docs N, --batch N, --workers N)"),
         }
     }
     Ok(a)
@@ -76,9 +79,9 @@ async fn main() -> Result<()> {
     let mut results = Vec::new();
     for batch in [1, args.batch] {
         let form = if batch == 1 { "single" } else { "batch" };
-        let relay = run_relay(&docs, batch).await?;
+        let relay = run_relay(&docs, batch, args.workers).await?;
         println!("raw relay ({form}): {relay:.0} docs/s");
-        let (hub, rss) = run_hub(&dir, &docs, batch).await?;
+        let (hub, rss) = run_hub(&dir, &docs, batch, args.workers).await?;
         println!("hub ({form}): {hub:.0} docs/s, peak RSS {rss:.1} MB");
         results.push((relay, hub, rss));
     }
@@ -182,15 +185,15 @@ async fn drain(t: &Topology, want: u64) -> Result<()> {
     Ok(())
 }
 
-/// The raw relay: two workers like the hub's, same batching, same confirms, no hub logic.
-async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize) -> Result<f64> {
+/// The raw relay: as many workers as the hub, same batching, same confirms, no hub logic.
+async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
     let t = topology().await?;
     preload(&t, docs, batch).await?;
     let started = Instant::now();
     let stop = CancellationToken::new();
     let relayed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
-    for n in 0..2 {
+    for n in 0..n_workers {
         let (t, stop, relayed) = (t.clone(), stop.clone(), Arc::clone(&relayed));
         workers.push(tokio::spawn(async move { relay(&t, n, &stop, &relayed).await }));
     }
@@ -265,7 +268,7 @@ async fn relay(t: &Topology, n: usize, stop: &CancellationToken, relayed: &Atomi
 }
 
 /// The real hub process on the same kind of topology; returns (docs/s, peak RSS in MB).
-async fn run_hub(dir: &Path, docs: &[(String, Vec<u8>)], batch: usize) -> Result<(f64, f64)> {
+async fn run_hub(dir: &Path, docs: &[(String, Vec<u8>)], batch: usize, workers: usize) -> Result<(f64, f64)> {
     let t = topology().await?;
     let config = dir.join(format!("routes-{}.toml", t.prefix()));
     let archive = dir.join(format!("archive-{}.db", t.prefix()));
@@ -276,7 +279,7 @@ async fn run_hub(dir: &Path, docs: &[(String, Vec<u8>)], batch: usize) -> Result
 amqp = "{AMQP}"
 archive = "sqlite://{}"
 prefix = "{}"
-workers = 2
+workers = {workers}
 
 [[org]]
 id = "nanhai.tax"

@@ -128,17 +128,19 @@ enum Arg {
     Null,
 }
 
-/// SQL text with numbered placeholders (`$1`, `$2`, …: both backends read them) and its
-/// arguments in order.
-#[derive(Default)]
+/// SQL text with placeholders in the backend's best form and its arguments in order:
+/// PostgreSQL's `$1, $2, …`; SQLite's anonymous `?`, because SQLite looks a named or numbered
+/// parameter up by a linear scan, which makes binding a multi-row insert quadratic.
 struct Sql {
+    backend: Backend,
     text: String,
     args: Vec<Arg>,
 }
 
 impl Sql {
-    fn new(text: &str) -> Self {
+    fn new(backend: Backend, text: &str) -> Self {
         Sql {
+            backend,
             text: text.to_owned(),
             args: Vec::new(),
         }
@@ -151,8 +153,13 @@ impl Sql {
 
     fn bind(&mut self, arg: Arg) -> &mut Self {
         self.args.push(arg);
-        let n = self.args.len();
-        self.text.push_str(&format!("${n}"));
+        match self.backend {
+            Backend::Sqlite => self.text.push('?'),
+            Backend::Postgres => {
+                let n = self.args.len();
+                self.text.push_str(&format!("${n}"));
+            }
+        }
         self
     }
 
@@ -171,7 +178,9 @@ impl Sql {
 
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
         // Safe: the text is built only from constants here; every value is a bound parameter.
-        let mut q = sqlx::query(AssertSqlSafe(self.text.as_str()));
+        // Not cached as a prepared statement: multi-row statements differ in length from batch to
+        // batch, and a cache of them holds megabytes of compiled programs.
+        let mut q = sqlx::query(AssertSqlSafe(self.text.as_str())).persistent(false);
         for a in &self.args {
             q = match a {
                 Arg::Text(s) => q.bind(s.as_str()),
@@ -296,6 +305,7 @@ impl Archive {
         let mut new: HashSet<String> = HashSet::new();
         for chunk in entries.chunks(CHUNK) {
             let mut sql = Sql::new(
+                self.backend,
                 "INSERT INTO exhub_documents (id, doc_type, schema_version, op, sender_org, sender_system, \
                  amqp_user, doc_key, created_at, received_at, content_type, content_hash, raw) VALUES ",
             );
@@ -332,7 +342,10 @@ impl Archive {
             .flat_map(|(e, id)| e.key.iter().map(move |(f, v)| (id.as_str(), *f, v.as_str())))
             .collect();
         for chunk in keys.chunks(CHUNK) {
-            let mut sql = Sql::new("INSERT INTO exhub_document_keys (document_id, field, value) VALUES ");
+            let mut sql = Sql::new(
+                self.backend,
+                "INSERT INTO exhub_document_keys (document_id, field, value) VALUES ",
+            );
             for (i, (id, f, v)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -348,8 +361,10 @@ impl Archive {
             .flat_map(|(e, id)| e.subscribers.iter().map(move |s| (id.as_str(), *s)))
             .collect();
         for chunk in deliveries.chunks(CHUNK) {
-            let mut sql =
-                Sql::new("INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ");
+            let mut sql = Sql::new(
+                self.backend,
+                "INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ",
+            );
             for (i, (id, s)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -364,12 +379,18 @@ impl Archive {
         let mut hashes: HashMap<String, String> = HashMap::new();
         let mut published: HashMap<String, HashSet<String>> = HashMap::new();
         for chunk in known.chunks(CHUNK) {
-            let mut sql = Sql::new("SELECT id, content_hash FROM exhub_documents WHERE id IN ");
+            let mut sql = Sql::new(
+                self.backend,
+                "SELECT id, content_hash FROM exhub_documents WHERE id IN ",
+            );
             sql.tuple(chunk.iter().map(|id| text(id)));
             for row in sql.query().fetch_all(&mut *tx).await? {
                 hashes.insert(row.try_get(0)?, row.try_get(1)?);
             }
-            let mut sql = Sql::new("SELECT document_id, subscriber FROM exhub_deliveries WHERE status = ");
+            let mut sql = Sql::new(
+                self.backend,
+                "SELECT document_id, subscriber FROM exhub_deliveries WHERE status = ",
+            );
             sql.bind(text(PUBLISHED)).push(" AND document_id IN ");
             sql.tuple(chunk.iter().map(|id| text(id)));
             for row in sql.query().fetch_all(&mut *tx).await? {
@@ -402,8 +423,10 @@ impl Archive {
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
         for chunk in done.chunks(CHUNK) {
-            let mut sql =
-                Sql::new("INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ");
+            let mut sql = Sql::new(
+                self.backend,
+                "INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ",
+            );
             for (i, (id, s)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -428,6 +451,7 @@ impl Archive {
         limit: usize,
     ) -> Result<Vec<Record>, ArchiveError> {
         let mut sql = Sql::new(
+            self.backend,
             "SELECT id, doc_type, op, sender_org, doc_key, received_at, content_hash, raw FROM exhub_documents d WHERE 1 = 1",
         );
         filter(&mut sql, q);
@@ -448,7 +472,7 @@ impl Archive {
 
     /// How many documents match `q`.
     pub async fn count(&self, q: &Query) -> Result<u64, ArchiveError> {
-        let mut sql = Sql::new("SELECT COUNT(*) FROM exhub_documents d WHERE 1 = 1");
+        let mut sql = Sql::new(self.backend, "SELECT COUNT(*) FROM exhub_documents d WHERE 1 = 1");
         filter(&mut sql, q);
         let n: i64 = sql.query().fetch_one(&self.pool).await?.try_get(0)?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -458,8 +482,10 @@ impl Archive {
     pub async fn deliveries(&self, ids: &[String]) -> Result<HashMap<String, Vec<(String, String)>>, ArchiveError> {
         let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for chunk in ids.chunks(CHUNK) {
-            let mut sql =
-                Sql::new("SELECT document_id, subscriber, status FROM exhub_deliveries WHERE document_id IN ");
+            let mut sql = Sql::new(
+                self.backend,
+                "SELECT document_id, subscriber, status FROM exhub_deliveries WHERE document_id IN ",
+            );
             sql.tuple(chunk.iter().map(|id| text(id)));
             sql.push(" ORDER BY subscriber");
             for row in sql.query().fetch_all(&self.pool).await? {

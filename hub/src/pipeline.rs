@@ -31,10 +31,22 @@ use crate::gate::{Admitted, Gate, Rejection, reason};
 use crate::router::{Router, RouterError, Target};
 use crate::secret::SecretUrl;
 
-/// Unacknowledged messages the broker may send one worker ahead.
-const PREFETCH: u16 = 1000;
-/// Most messages one batch takes.
+/// Bytes of unacknowledged messages one worker aims to hold: the prefetch count follows the
+/// observed message size so that memory stays bounded whether messages are single documents
+/// (~1 KB: up to 1000 ahead) or batches (~100 KB: a few dozen ahead). RabbitMQ applies a
+/// prefetch change only to consumers started after it, so a worker whose traffic changed shape
+/// starts a new session: once as soon as it has seen a few batches (it starts small, at
+/// [`PREFETCH_START`], not knowing the size yet), then at most once per [`RESIZE_EVERY`].
+const IN_FLIGHT_BYTES: usize = 2 << 20;
+/// Prefetch bounds.
+const PREFETCH_MIN: u16 = 8;
+const PREFETCH_START: u16 = 64;
+const PREFETCH_MAX: u16 = 1000;
+/// Least time between two prefetch resizes.
+const RESIZE_EVERY: Duration = Duration::from_secs(30);
+/// Most messages, and about the most bytes, one batch takes.
 const BATCH: usize = 500;
+const BATCH_BYTES: usize = 512 << 10;
 /// How long a batch waits for more messages once it has one.
 const LINGER: Duration = Duration::from_millis(5);
 /// How long in-flight work may take to finish after shutdown was asked for.
@@ -137,9 +149,14 @@ impl Hub {
             Declare::All(self.topology.clone(), self.router.subscribers()),
         );
         let mut backoff = Backoff::default();
+        let mut size = Size::default();
         loop {
-            match self.session(&name, &mut publisher, shutdown, hard_stop).await {
-                Ok(()) => return Ok(()),
+            match self
+                .session(&name, &mut publisher, &mut size, shutdown, hard_stop)
+                .await
+            {
+                Ok(Ended::Shutdown) => return Ok(()),
+                Ok(Ended::Resize) => continue,
                 Err(Failure::Amqp(AmqpError::Cancelled)) => return Ok(()),
                 Err(Failure::Amqp(e)) if !e.is_passing() => return Err(e.into()),
                 Err(Failure::Amqp(e)) => {
@@ -160,14 +177,16 @@ impl Hub {
         &self,
         name: &str,
         publisher: &mut Publisher,
+        size: &mut Size,
         shutdown: &CancellationToken,
         hard_stop: &CancellationToken,
-    ) -> Result<(), Failure> {
+    ) -> Result<Ended, Failure> {
         let conn = amqp::connect_with_retry(self.amqp.expose(), name, shutdown).await?;
         let channel = conn.create_channel().await.map_err(AmqpError::from)?;
         self.topology.declare_all(&channel, &self.router.subscribers()).await?;
+        let prefetch = size.prefetch();
         channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(AmqpError::from)?;
         let mut consumer = channel
@@ -179,7 +198,8 @@ impl Hub {
             )
             .await
             .map_err(AmqpError::from)?;
-        tracing::info!(queue = %self.topology.ingress_queue(), "consuming");
+        tracing::info!(queue = %self.topology.ingress_queue(), prefetch, "consuming");
+        let mut batches = 0u32;
         loop {
             let first = tokio::select! {
                 biased;
@@ -187,22 +207,43 @@ impl Hub {
                     // Stop taking new messages; prefetched ones go back to the queue on close.
                     let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
                     let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(());
+                    return Ok(Ended::Shutdown);
                 }
                 next = consumer.next() => next,
             };
             let mut deliveries = vec![delivered(first)?];
+            let mut bytes = deliveries[0].data.len();
             let deadline = Instant::now() + LINGER;
-            while deliveries.len() < BATCH {
+            while deliveries.len() < BATCH && bytes < BATCH_BYTES {
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(next) => deliveries.push(delivered(next)?),
+                    Ok(next) => {
+                        let d = delivered(next)?;
+                        bytes += d.data.len();
+                        deliveries.push(d);
+                    }
                     Err(_) => break,
                 }
             }
+            size.observe(bytes, deliveries.len());
             let span = tracing::debug_span!("batch", messages = deliveries.len());
             self.process(&channel, publisher, &deliveries, hard_stop)
                 .instrument(span)
                 .await?;
+            let wanted = size.prefetch();
+            batches += 1;
+            let changed = wanted > prefetch.saturating_mul(4) || wanted < prefetch / 4;
+            let may = batches >= 3 && size.resized.is_none_or(|at| at.elapsed() >= RESIZE_EVERY);
+            if changed && may {
+                size.resized = Some(Instant::now());
+                // Everything taken so far is acknowledged; prefetched messages go back on close.
+                tracing::info!(
+                    from = prefetch,
+                    to = wanted,
+                    "message size changed; resubscribing with a new prefetch"
+                );
+                let _ = conn.close(200, "resize".into()).await;
+                return Ok(Ended::Resize);
+            }
         }
     }
 
@@ -415,6 +456,45 @@ impl From<AmqpError> for Failure {
 impl From<ArchiveError> for Failure {
     fn from(e: ArchiveError) -> Self {
         Failure::Archive(e)
+    }
+}
+
+/// How a session ended without failing.
+enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The prefetch should change: start a new session.
+    Resize,
+}
+
+/// A moving average of ingress message sizes, which sets the prefetch count.
+#[derive(Default)]
+struct Size {
+    average: Option<f64>,
+    /// When the prefetch was last resized.
+    resized: Option<Instant>,
+}
+
+impl Size {
+    fn observe(&mut self, bytes: usize, messages: usize) {
+        let size = bytes as f64 / messages.max(1) as f64;
+        self.average = Some(match self.average {
+            Some(a) => 0.9 * a + 0.1 * size,
+            None => size,
+        });
+    }
+
+    /// The prefetch count that keeps about [`IN_FLIGHT_BYTES`] in flight.
+    fn prefetch(&self) -> u16 {
+        let Some(size) = self.average else {
+            return PREFETCH_START;
+        };
+        let n = IN_FLIGHT_BYTES as f64 / size.max(1.0);
+        if n >= f64::from(PREFETCH_MAX) {
+            PREFETCH_MAX
+        } else {
+            (n as u16).max(PREFETCH_MIN)
+        }
     }
 }
 

@@ -70,13 +70,16 @@ pub fn write_jcs(value: &serde_json::Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         J::String(s) => write_string(s, out),
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        // Writing to a Vec cannot fail.
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
 
 /// serde_json escapes exactly what RFC 8785 requires (and in lowercase hex).
 fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(serde_json::Value::String(s.to_owned()).to_string().as_bytes());
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]

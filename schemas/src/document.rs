@@ -167,7 +167,15 @@ impl Default for Limits {
 
 /// The JSON Pointer of a child: `/header/key` + `taxpayer_id`.
 pub(crate) fn child_pointer(parent: &str, name: &str) -> String {
-    format!("{parent}/{}", name.replace('~', "~0").replace('/', "~1"))
+    let mut pointer = String::with_capacity(parent.len() + 1 + name.len());
+    pointer.push_str(parent);
+    pointer.push('/');
+    if name.contains(['~', '/']) {
+        pointer.push_str(&name.replace('~', "~0").replace('/', "~1"));
+    } else {
+        pointer.push_str(name);
+    }
+    pointer
 }
 
 fn field(shape: Shape) -> Field {
