@@ -261,14 +261,14 @@ impl Hub {
             let user = self.effective_user(&d.properties);
             if wire::is_batch(&d.properties) {
                 match wire::split_batch(&d.data) {
-                    Ok(parts) => items.extend(parts.into_iter().map(|raw| Item::new(i, raw, true, &user))),
+                    Ok(parts) => items.extend(parts.into_iter().map(|raw| Item::new(i, raw, &user))),
                     Err(e) => {
                         let r = Rejection::new(reason::MALFORMED, e.to_string());
                         out.push(self.dead_letter(&d.data, &d.properties, user.as_deref(), &r));
                     }
                 }
             } else {
-                items.push(Item::new(i, &d.data, false, &user));
+                items.push(Item::new(i, &d.data, &user));
             }
         }
         // Gate every document; route the admitted ones; drop repeats inside this batch.
@@ -298,7 +298,7 @@ impl Hub {
             self.archive.store(&entries).await?
         };
         // Copies per (ingress message, subscriber): a batch in, a batch out.
-        let mut copies: BTreeMap<(usize, &str), (Encoding, bool, Vec<Vec<u8>>, Vec<BasicProperties>)> = BTreeMap::new();
+        let mut copies: BTreeMap<(usize, &str), Pack> = BTreeMap::new();
         let mut confirmed: Vec<(uuid::Uuid, &str)> = Vec::new();
         for ((item, a, targets), stored) in admitted.iter().zip(stored) {
             let skip = match stored {
@@ -324,24 +324,28 @@ impl Hub {
             };
             for t in targets.iter().filter(|t| !skip.contains(&t.subscriber)) {
                 let bytes = copy_for(a, item.raw, t, self.gate.registry());
-                let slot = copies
+                let pack = copies
                     .entry((item.delivery, t.subscriber.as_str()))
-                    .or_insert_with(|| (t.format, item.batch, Vec::new(), Vec::new()));
-                slot.3.push(wire::document_properties(&a.doc, t.format, &self.user));
-                slot.2.push(bytes);
+                    .or_insert_with(|| Pack {
+                        format: t.format,
+                        docs: Vec::new(),
+                        first: None,
+                    });
+                if pack.first.is_none() {
+                    pack.first = Some(wire::document_properties(&a.doc, t.format, &self.user));
+                }
+                pack.docs.push(bytes);
                 confirmed.push((a.doc.header.id, t.subscriber.as_str()));
             }
         }
         let exchange = self.topology.out_exchange();
-        for ((_, subscriber), (format, batch, mut docs, mut props)) in copies {
-            let (payload, properties) = if batch && docs.len() > 1 {
-                (
-                    wire::encode_batch(format, &docs),
-                    wire::batch_properties(format, docs.len(), &self.user),
-                )
-            } else {
-                // Single documents stay single messages, one per ingress message.
-                (docs.remove(0), props.remove(0))
+        for ((_, subscriber), mut pack) in copies {
+            let (payload, properties) = match (pack.docs.len(), pack.first) {
+                (1, Some(props)) => (pack.docs.remove(0), props),
+                (n, _) => (
+                    wire::encode_batch(pack.format, &pack.docs),
+                    wire::batch_properties(pack.format, n, &self.user),
+                ),
             };
             out.push(Outgoing {
                 exchange: exchange.clone(),
@@ -417,24 +421,31 @@ impl Hub {
     }
 }
 
+/// The copies for one subscriber out of one ingress message: a single document stays a single
+/// message; a batch in gives a batch out (or a single message, when only one of its documents
+/// goes to that subscriber).
+struct Pack {
+    format: Encoding,
+    docs: Vec<Vec<u8>>,
+    /// Properties of the first document (used when the pack is a single message).
+    first: Option<BasicProperties>,
+}
+
 /// One document of a batch being processed.
 struct Item<'a> {
     /// Index of the ingress message it came in.
     delivery: usize,
     /// Its bytes.
     raw: &'a [u8],
-    /// Whether it came inside a batch message.
-    batch: bool,
     /// Who published it.
     user: Option<String>,
 }
 
 impl<'a> Item<'a> {
-    fn new(delivery: usize, raw: &'a [u8], batch: bool, user: &Option<String>) -> Self {
+    fn new(delivery: usize, raw: &'a [u8], user: &Option<String>) -> Self {
         Item {
             delivery,
             raw,
-            batch,
             user: user.clone(),
         }
     }

@@ -37,6 +37,8 @@ pub struct Exchange {
     subscribers: Vec<String>,
     pg_db: Option<String>,
     hubs: Vec<Child>,
+    /// Hub processes started so far (each logs to `hub-<n>.log`).
+    started: usize,
     owner: bool,
 }
 
@@ -95,6 +97,7 @@ impl Exchange {
             subscribers,
             pg_db,
             hubs: Vec::new(),
+            started: 0,
             owner: true,
         }
     }
@@ -110,6 +113,7 @@ impl Exchange {
             subscribers: Vec::new(),
             pg_db: None,
             hubs: Vec::new(),
+            started: 0,
             owner: false,
         }
     }
@@ -124,11 +128,12 @@ impl Exchange {
             .unwrap()
     }
 
-    /// Starts a hub process and waits until it consumes the ingress queue.
+    /// Starts a hub process and waits until both its workers consume the ingress queue (each
+    /// logs `consuming` once its `basic.consume` was answered).
     pub async fn start_hub(&mut self) {
-        let n = self.hubs.len();
+        let n = self.started;
+        self.started += 1;
         let log = std::fs::File::create(self.dir.join(format!("hub-{n}.log"))).unwrap();
-        let before = self.consumers().await;
         let child = Command::new(exhub_bin())
             .args(["hub", "--workers", "2"])
             .env("EXHUB_CONFIG", &self.config)
@@ -140,7 +145,7 @@ impl Exchange {
             .unwrap();
         self.hubs.push(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.consumers().await < before + 2 {
+        while self.hub_log(n).matches("consuming").count() < 2 {
             assert!(
                 Instant::now() < deadline,
                 "hub did not start consuming; log: {}",
@@ -172,29 +177,6 @@ impl Exchange {
             .unwrap();
         assert!(ok.success());
         h.wait().unwrap()
-    }
-
-    /// Consumers on the ingress queue (0 when it does not exist yet).
-    async fn consumers(&self) -> u32 {
-        let Ok(conn) = connect().await else { return 0 };
-        let Ok(ch) = conn.create_channel().await else { return 0 };
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let n = match ch
-            .queue_declare(
-                self.topology.ingress_queue().as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(q) => q.consumer_count(),
-            Err(_) => 0,
-        };
-        let _ = conn.close(200, "".into()).await;
-        n
     }
 
     /// Messages waiting in `queue`.

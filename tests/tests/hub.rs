@@ -88,7 +88,7 @@ async fn routes_filters_masks_and_encodes(archive: ArchiveKind) {
         .await;
     assert_eq!(
         xml.order,
-        [nanhai.clone()],
+        std::slice::from_ref(&nanhai),
         "only the 南海 registration passes the filter"
     );
     let text = String::from_utf8(xml.messages[0].docs[0].clone()).unwrap();
@@ -206,7 +206,7 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
         .await;
     assert_eq!(
         got.order,
-        [good2.clone()],
+        std::slice::from_ref(&good2),
         "the good document behind the bad ones arrives"
     );
 
@@ -429,6 +429,11 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let status = ex.terminate_hub();
     assert!(status.success(), "exit {status:?}; log: {}", ex.hub_log(0));
     assert!(ex.hub_log(0).contains("hub stopped cleanly"));
+    assert!(
+        !ex.hub_log(0).contains("WARN"),
+        "a clean stop warns of nothing: {}",
+        ex.hub_log(0)
+    );
     // What it did not finish is still in the ingress queue; a new hub takes it from there.
     ex.start_hub().await;
     // (A document may come twice — at least once is the contract — so count, then compare ids.)
