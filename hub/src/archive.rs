@@ -19,6 +19,9 @@ pub const PENDING: &str = "pending";
 /// The broker confirmed the document in the subscriber's queue.
 pub const PUBLISHED: &str = "published";
 
+/// The delivery-status table and its columns.
+const DELIVERIES: &str = "exhub_deliveries (document_id, subscriber, status, updated_at)";
+
 /// Most rows written by one statement (keeps bind parameters well under both databases' limits).
 const CHUNK: usize = 300;
 
@@ -304,16 +307,8 @@ impl Archive {
         let mut tx = self.pool.begin().await?;
         let mut new: HashSet<String> = HashSet::new();
         for chunk in entries.chunks(CHUNK) {
-            let mut sql = Sql::new(
-                self.backend,
-                "INSERT INTO exhub_documents (id, doc_type, schema_version, op, sender_org, sender_system, \
-                 amqp_user, doc_key, created_at, received_at, content_type, content_hash, raw) VALUES ",
-            );
-            for (i, e) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.tuple([
+            let rows = chunk.iter().map(|e| {
+                [
                     Arg::Text(e.id.to_string()),
                     text(e.doc_type),
                     Arg::Int(i64::from(e.schema_version)),
@@ -327,8 +322,13 @@ impl Archive {
                     text(e.content_type),
                     text(e.content_hash),
                     Arg::Blob(e.raw.to_vec()),
-                ]);
-            }
+                ]
+            });
+            let mut sql = self.insert(
+                "exhub_documents (id, doc_type, schema_version, op, sender_org, sender_system, amqp_user, \
+                 doc_key, created_at, received_at, content_type, content_hash, raw)",
+                rows,
+            );
             sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
             for row in sql.query().fetch_all(&mut *tx).await? {
                 new.insert(row.try_get::<String, _>(0)?);
@@ -342,16 +342,8 @@ impl Archive {
             .flat_map(|(e, id)| e.key.iter().map(move |(f, v)| (id.as_str(), *f, v.as_str())))
             .collect();
         for chunk in keys.chunks(CHUNK) {
-            let mut sql = Sql::new(
-                self.backend,
-                "INSERT INTO exhub_document_keys (document_id, field, value) VALUES ",
-            );
-            for (i, (id, f, v)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.tuple([text(id), text(f), text(v)]);
-            }
+            let rows = chunk.iter().map(|(id, f, v)| [text(id), text(f), text(v)]);
+            let mut sql = self.insert("exhub_document_keys (document_id, field, value)", rows);
             sql.push(" ON CONFLICT DO NOTHING");
             sql.query().execute(&mut *tx).await?;
         }
@@ -361,16 +353,10 @@ impl Archive {
             .flat_map(|(e, id)| e.subscribers.iter().map(move |s| (id.as_str(), *s)))
             .collect();
         for chunk in deliveries.chunks(CHUNK) {
-            let mut sql = Sql::new(
-                self.backend,
-                "INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ",
-            );
-            for (i, (id, s)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.tuple([text(id), text(s), text(PENDING), Arg::Int(now)]);
-            }
+            let rows = chunk
+                .iter()
+                .map(|(id, s)| [text(id), text(s), text(PENDING), Arg::Int(now)]);
+            let mut sql = self.insert(DELIVERIES, rows);
             sql.push(" ON CONFLICT DO NOTHING");
             sql.query().execute(&mut *tx).await?;
         }
@@ -423,16 +409,10 @@ impl Archive {
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
         for chunk in done.chunks(CHUNK) {
-            let mut sql = Sql::new(
-                self.backend,
-                "INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES ",
-            );
-            for (i, (id, s)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.tuple([Arg::Text(id.to_string()), text(s), text(PUBLISHED), Arg::Int(now)]);
-            }
+            let rows = chunk
+                .iter()
+                .map(|(id, s)| [Arg::Text(id.to_string()), text(s), text(PUBLISHED), Arg::Int(now)]);
+            let mut sql = self.insert(DELIVERIES, rows);
             sql.push(
                 " ON CONFLICT (document_id, subscriber) DO UPDATE SET status = excluded.status, \
                  updated_at = excluded.updated_at",
@@ -495,6 +475,19 @@ impl Archive {
             }
         }
         Ok(out)
+    }
+
+    /// `INSERT INTO <into> VALUES (…), (…), …` with one tuple of bound values per row.
+    fn insert<R: IntoIterator<Item = Arg>>(&self, into: &str, rows: impl IntoIterator<Item = R>) -> Sql {
+        let mut sql = Sql::new(self.backend, "INSERT INTO ");
+        sql.push(into).push(" VALUES ");
+        for (i, row) in rows.into_iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.tuple(row);
+        }
+        sql
     }
 
     /// Closes the pool (waits for connections to finish).

@@ -349,8 +349,9 @@ pub async fn connect() -> lapin::Result<Connection> {
 }
 
 pub fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args([
+    crate::services::query(
+        "psql",
+        &[
             "-h",
             "127.0.0.1",
             "-U",
@@ -360,13 +361,7 @@ pub fn psql(sql: &str) {
             "-XAtq",
             "-c",
             sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 }
 

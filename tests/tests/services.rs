@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-fn query(cmd: &str, args: &[&str]) -> String {
+/// Runs `cmd args`, asserting success; its trimmed stdout.
+pub fn query(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();
     assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()

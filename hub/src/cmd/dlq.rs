@@ -88,6 +88,16 @@ fn reason(p: &BasicProperties) -> String {
     }
 }
 
+/// Returns a fetched message to its queue.
+async fn requeue(channel: &Channel, tag: u64) -> Result<()> {
+    let options = BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    };
+    channel.basic_nack(tag, options).await?;
+    Ok(())
+}
+
 /// Sends dead-lettered documents of the hub DLQ back through the hub: the one with message id
 /// `id`, or all of them.
 pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
@@ -111,15 +121,7 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
         let p = &m.delivery.properties;
         let matches = id.is_none_or(|id| p.message_id().as_ref().is_some_and(|m| m.as_str() == id));
         if !matches {
-            channel
-                .basic_nack(
-                    m.delivery.delivery_tag,
-                    BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    },
-                )
-                .await?;
+            requeue(&channel, m.delivery.delivery_tag).await?;
             kept += 1;
             continue;
         }
@@ -156,15 +158,7 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
                 .await?;
             retried += 1;
         } else {
-            channel
-                .basic_nack(
-                    m.delivery.delivery_tag,
-                    BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    },
-                )
-                .await?;
+            requeue(&channel, m.delivery.delivery_tag).await?;
             kept += 1;
         }
     }
