@@ -188,6 +188,15 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
                 format!("org {:?} is not defined", s.org),
             );
         }
+        if let Some(tz) = &s.time_zone
+            && crate::config::parse_offset(tz).is_none()
+        {
+            c.error(
+                &here(&["time_zone".into()]),
+                label.clone(),
+                format!("time_zone {tz:?} is not a UTC offset like \"+08:00\""),
+            );
+        }
         let mut tables = BTreeSet::new();
         for (t, table) in s.tables.iter().enumerate() {
             let at = |k: &str| here(&["table".into(), t.into(), k.into()]);
@@ -213,6 +222,15 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
             }
             if table.key.is_empty() {
                 c.error(&at("key"), tlabel.clone(), "key needs at least one column".into());
+            }
+            for field in table.values.keys() {
+                if !table.fields.contains_key(field) {
+                    c.error(
+                        &here(&["table".into(), t.into(), "values".into(), field.as_str().into()]),
+                        format!("{tlabel} → values.{field}"),
+                        format!("code table for {field:?}, which is not a mapped field"),
+                    );
+                }
             }
             let columns: BTreeSet<&str> = table.fields.values().map(String::as_str).collect();
             for (k, col) in table.key.iter().enumerate() {

@@ -92,17 +92,21 @@ impl OrgConfig {
     }
 }
 
-/// How a source starts.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotMode {
-    /// Snapshot once, then stream (default).
-    #[default]
-    Initial,
-    /// Never snapshot: stream from the current position.
-    Never,
-    /// Snapshot at every start.
-    Always,
+pub use exhub_connect::mapping::{SnapshotMode, TableMapping};
+
+/// Parses a UTC offset `+08:00`, `-05:00` or `Z` into seconds east of UTC.
+pub fn parse_offset(text: &str) -> Option<i32> {
+    if text == "Z" || text == "UTC" {
+        return Some(0);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 14 && m < 60 && h.to_string().len() <= 2).then_some(sign * (h * 3600 + m * 60))
 }
 
 /// `[[source]]`: one closed enum, one variant per database kind.
@@ -130,25 +134,20 @@ pub struct DbSource {
     /// Snapshot mode.
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// RabbitMQ URL with the org's own login (default: `[hub] amqp`); the hub accepts the
+    /// source's documents only from the org's AMQP user.
+    pub amqp: Option<SecretUrl>,
+    /// The checkpoint file (default: `exhub-state/<name>.json` beside routes.toml).
+    pub checkpoint: Option<PathBuf>,
+    /// MySQL: the replica server id, unique among the server's replicas (default: derived from
+    /// the source's name and URL).
+    pub server_id: Option<u32>,
+    /// The time zone of the legacy database's zone-less date-times, e.g. `+08:00` (default:
+    /// the server's).
+    pub time_zone: Option<String>,
     /// Tables and their mapping to documents.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableMapping>,
-}
-
-/// `[[source.table]]`: one legacy table → one doc type.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableMapping {
-    /// The legacy table.
-    pub table: String,
-    /// The doc type its rows become.
-    pub doc_type: String,
-    /// Schema version (default: the newest known).
-    pub schema_version: Option<u32>,
-    /// Key columns.
-    pub key: Vec<String>,
-    /// Document field → legacy column.
-    pub fields: BTreeMap<String, String>,
 }
 
 /// A subscriber's wire format.
@@ -198,6 +197,8 @@ pub struct DbSink {
     /// Wire format of its queue.
     #[serde(default)]
     pub format: Format,
+    /// RabbitMQ URL it consumes with (default: `[hub] amqp`).
+    pub amqp: Option<SecretUrl>,
     /// Doc type → target table.
     #[serde(default)]
     pub apply: Vec<ApplyConfig>,
@@ -211,6 +212,9 @@ pub struct ApplyConfig {
     pub doc_type: String,
     /// The target table.
     pub table: String,
+    /// Document field → column, where the names differ (default: the field's name).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
 }
 
 /// A plain AMQP subscriber.

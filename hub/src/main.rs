@@ -63,11 +63,30 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
-    /// Run the whole configured exchange in one process (today: the hub).
+    /// Run the whole configured exchange in one process: the hub, every source, every database sink.
     Run {
         /// The exchange description.
         #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
+    },
+    /// Run one source (a legacy database's change feed) until Ctrl-C or SIGTERM.
+    Source {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// The source's name in routes.toml.
+        name: String,
+        /// Forget the checkpoint first: start over with a new snapshot.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Run one database subscriber (applies its documents to its tables) until Ctrl-C or SIGTERM.
+    Sink {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// The subscriber's name in routes.toml.
+        name: String,
     },
     /// Publish documents (JSON or XML files) to the hub as an org, with publisher confirms.
     Publish {
@@ -239,7 +258,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Hub { config, workers } => block_on(cmd::serve::hub(&config, workers)),
-        Command::Run { config } => block_on(cmd::serve::hub(&config, None)),
+        Command::Run { config } => block_on(cmd::adapters::run(&config)),
+        Command::Source { config, name, reset } => block_on(cmd::adapters::source(&config, &name, reset)),
+        Command::Sink { config, name } => block_on(cmd::adapters::sink(&config, &name)),
         Command::Publish {
             config,
             org,

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exhub_connect::amqp::{self, AmqpError, Backoff};
+use exhub_connect::consumer::{BatchLimits, next_batch};
 use exhub_connect::publisher::Declare;
 use exhub_connect::wire::{self, header};
 use exhub_connect::{Outgoing, Publisher, Topology};
 use exhub_schemas::{Encoding, Registry, canonical, json, xml};
-use futures_util::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -201,29 +201,18 @@ impl Hub {
         tracing::info!(queue = %self.topology.ingress_queue(), prefetch, "consuming");
         let mut batches = 0u32;
         loop {
-            let first = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => {
-                    // Stop taking new messages; prefetched ones go back to the queue on close.
-                    let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
-                    let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(Ended::Shutdown);
-                }
-                next = consumer.next() => next,
+            let limits = BatchLimits {
+                messages: BATCH,
+                bytes: BATCH_BYTES,
+                linger: LINGER,
             };
-            let mut deliveries = vec![delivered(first)?];
-            let mut bytes = deliveries[0].data.len();
-            let deadline = Instant::now() + LINGER;
-            while deliveries.len() < BATCH && bytes < BATCH_BYTES {
-                match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(next) => {
-                        let d = delivered(next)?;
-                        bytes += d.data.len();
-                        deliveries.push(d);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let Some(deliveries) = next_batch(&mut consumer, limits, shutdown).await? else {
+                // Stop taking new messages; prefetched ones go back to the queue on close.
+                let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(Ended::Shutdown);
+            };
+            let bytes: usize = deliveries.iter().map(|d| d.data.len()).sum();
             size.observe(bytes, deliveries.len());
             let span = tracing::debug_span!("batch", messages = deliveries.len());
             self.process(&channel, publisher, &deliveries, hard_stop)
@@ -506,16 +495,6 @@ impl Size {
         } else {
             (n as u16).max(PREFETCH_MIN)
         }
-    }
-}
-
-fn delivered(next: Option<lapin::Result<Delivery>>) -> Result<Delivery, Failure> {
-    match next {
-        Some(Ok(d)) => Ok(d),
-        Some(Err(e)) => Err(AmqpError::from(e).into()),
-        None => Err(Failure::Amqp(AmqpError::Broken(lapin::Error::from(
-            lapin::ErrorKind::FutureCompleted,
-        )))),
     }
 }
 

@@ -15,21 +15,55 @@ impl Timestamp {
     /// The instant `micros` after 1970-01-01T00:00:00Z, written in UTC with six fraction digits.
     /// Instants outside years 0001–9999 are clamped to those bounds.
     pub fn from_unix_micros(micros: i64) -> Timestamp {
+        Timestamp::from_unix_micros_at(micros, 0)
+    }
+
+    /// The instant `micros` after the epoch, written as local time at `offset_secs` east of
+    /// UTC (whole minutes; e.g. `28800` gives `…+08:00`), with six fraction digits. Instants
+    /// outside years 0001–9999 are clamped.
+    pub fn from_unix_micros_at(micros: i64, offset_secs: i32) -> Timestamp {
         const MIN: i64 = -62_135_596_800_000_000; // 0001-01-01T00:00:00Z
         const MAX: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999Z
-        let micros = micros.clamp(MIN, MAX);
-        let secs = micros.div_euclid(1_000_000);
-        let frac = micros.rem_euclid(1_000_000);
+        let offset_secs = i64::from(offset_secs / 60 * 60).clamp(-86_340, 86_340);
+        let local = (micros + offset_secs * 1_000_000).clamp(MIN, MAX);
+        let secs = local.div_euclid(1_000_000);
+        let frac = local.rem_euclid(1_000_000);
         let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (y, m, d) = civil_from_days(days);
+        let zone = if offset_secs == 0 {
+            "Z".to_owned()
+        } else {
+            let sign = if offset_secs < 0 { '-' } else { '+' };
+            let o = offset_secs.abs();
+            format!("{sign}{:02}:{:02}", o / 3600, o / 60 % 60)
+        };
         let text = format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}{zone}",
             sod / 3600,
             sod / 60 % 60,
             sod % 60
         );
         // The text is in the grammar by construction; parse() only re-checks it.
         Timestamp::parse(&text).unwrap_or_else(|| Timestamp::from_unix_micros(0))
+    }
+
+    /// The local wall-clock time `y-m-d h:mi:s.micros` at `offset_secs` east of UTC, as an
+    /// instant (`None` when it is not a real date and time).
+    pub fn from_local(parts: [u32; 7], offset_secs: i32) -> Option<Timestamp> {
+        let [y, mo, d, h, mi, s, us] = parts;
+        if !(1..=9999).contains(&y) || !(1..=12).contains(&mo) || h > 23 || mi > 59 || s > 59 || us > 999_999 {
+            return None;
+        }
+        let days = days_from_civil(i64::from(y), i64::from(mo), i64::from(d));
+        if civil_from_days(days) != (i64::from(y), i64::from(mo), i64::from(d)) {
+            return None;
+        }
+        let local =
+            (days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s)) * 1_000_000 + i64::from(us);
+        Some(Timestamp::from_unix_micros_at(
+            local - i64::from(offset_secs / 60 * 60) * 1_000_000,
+            offset_secs,
+        ))
     }
 
     /// Microseconds since 1970-01-01T00:00:00Z of this instant (its offset applied; digits
@@ -127,5 +161,21 @@ mod tests {
         }
         assert_eq!(Timestamp::from_unix_micros(0).as_str(), "1970-01-01T00:00:00.000000Z");
         assert!(Timestamp::now().unix_micros() > 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn offsets_and_local_times() {
+        let t = Timestamp::from_unix_micros_at(0, 8 * 3600);
+        assert_eq!(t.as_str(), "1970-01-01T08:00:00.000000+08:00");
+        assert_eq!(t.unix_micros(), 0);
+        assert_eq!(
+            Timestamp::from_unix_micros_at(0, -5 * 3600).as_str(),
+            "1969-12-31T19:00:00.000000-05:00"
+        );
+        let local = Timestamp::from_local([2026, 11, 22, 16, 0, 0, 5], 8 * 3600).unwrap();
+        assert_eq!(local.as_str(), "2026-11-22T16:00:00.000005+08:00");
+        assert_eq!(local.unix_micros(), ts("2026-11-22T08:00:00.000005Z").unix_micros());
+        assert!(Timestamp::from_local([2026, 2, 30, 0, 0, 0, 0], 0).is_none());
+        assert!(Timestamp::from_local([0, 1, 1, 0, 0, 0, 0], 0).is_none());
     }
 }

@@ -8,16 +8,24 @@
 //! - [`wire`]: how documents travel — AMQP properties that mirror the header, and the batch form
 //!   that carries many documents in one message;
 //! - [`publisher`]: a publisher that returns only once the broker confirmed every message,
-//!   reconnecting and republishing whatever was not confirmed.
+//!   reconnecting and republishing whatever was not confirmed;
+//! - [`consumer`]: taking messages in batches;
+//! - [`mapping`]: legacy rows → typed exchange documents, for every source adapter;
+//! - [`checkpoint`]: a source's position, saved atomically.
 //!
 //! Delivery contract (every hop): at-least-once. A message counts as handed over only when the
 //! broker confirmed it; whoever consumes acknowledges only after its own effect is durable.
 
 pub mod amqp;
+pub mod checkpoint;
+pub mod consumer;
+pub mod mapping;
 pub mod publisher;
 pub mod topology;
 pub mod wire;
 
 pub use amqp::{AmqpError, Backoff};
+pub use checkpoint::{CheckpointError, CheckpointStore};
+pub use mapping::{Cell, Mapper, MappingError, TableMapping};
 pub use publisher::{Outgoing, Publisher};
 pub use topology::Topology;

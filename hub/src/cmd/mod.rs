@@ -1,6 +1,7 @@
 //! The commands that talk to the running exchange (RabbitMQ and the archive): one module per
 //! command family, sharing here how they load the config, start logging, and stop on a signal.
 
+pub mod adapters;
 pub mod archive;
 pub mod dlq;
 pub mod publish;

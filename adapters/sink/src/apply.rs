@@ -1,0 +1,356 @@
+//! Applying a batch of documents in one transaction, effectively once: the newest version of
+//! each key wins (by source position, see [`exhub_connect::mapping::order_key`]), versions not
+//! newer than what `exhub_applied` records are skipped, and the data and the bookkeeping commit
+//! together.
+
+use std::collections::{BTreeMap, HashMap};
+
+use exhub_connect::mapping::order_key;
+use exhub_schemas::{Document, Op, Value};
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, AssertSqlSafe, Row as _};
+
+use crate::dialect::Dialect;
+
+/// Rows per MySQL statement (its parameters are limited to 65,535).
+const MYSQL_ROWS: usize = 400;
+
+/// One doc type's target table.
+#[derive(Debug, Clone)]
+pub struct TableTarget {
+    /// The doc type.
+    pub doc_type: String,
+    /// The target table.
+    pub table: String,
+    /// Document field → column, where they differ (default: the field's name).
+    pub columns: BTreeMap<String, String>,
+}
+
+impl TableTarget {
+    fn column<'a>(&'a self, field: &'a str) -> &'a str {
+        self.columns.get(field).map_or(field, String::as_str)
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Rows upserted.
+    pub upserted: usize,
+    /// Rows deleted (or already absent).
+    pub deleted: usize,
+    /// Versions skipped: not newer than what was applied before (redeliveries, replays).
+    pub stale: usize,
+    /// Documents of doc types this subscriber does not apply.
+    pub ignored: usize,
+}
+
+/// Applies documents to one database.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    pool: AnyPool,
+    dialect: Dialect,
+    targets: HashMap<String, TableTarget>,
+}
+
+/// One version of one key, ready to apply.
+struct Version<'d> {
+    doc: &'d Document,
+    target: &'d TableTarget,
+    source: String,
+    key: String,
+    order: String,
+}
+
+impl Applier {
+    /// An applier on `pool` (a `dialect` database) for `targets`.
+    pub fn new(pool: AnyPool, dialect: Dialect, targets: Vec<TableTarget>) -> Applier {
+        let targets = targets.into_iter().map(|t| (t.doc_type.clone(), t)).collect();
+        Applier { pool, dialect, targets }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Applies `docs` (in delivery order) in one transaction.
+    pub async fn apply(&self, docs: &[&Document]) -> Result<Outcome, sqlx::Error> {
+        let mut outcome = Outcome::default();
+        // The newest version of each (table, source, key) in this batch.
+        let mut newest: BTreeMap<(String, String, String), Version<'_>> = BTreeMap::new();
+        for doc in docs {
+            let Some(target) = self.targets.get(&doc.header.doc_type) else {
+                outcome.ignored += 1;
+                continue;
+            };
+            if !matches!(doc.header.op, Op::Upsert | Op::Snapshot | Op::Delete) {
+                outcome.ignored += 1;
+                continue;
+            }
+            let v = version(doc, target);
+            let slot = (target.table.clone(), v.source.clone(), v.key.clone());
+            match newest.get(&slot) {
+                Some(old) if old.order >= v.order => outcome.stale += 1,
+                Some(_) => {
+                    outcome.stale += 1;
+                    newest.insert(slot, v);
+                }
+                None => {
+                    newest.insert(slot, v);
+                }
+            }
+        }
+        if newest.is_empty() {
+            return Ok(outcome);
+        }
+        let mut tx = self.pool.begin().await?;
+        // Group by (table, source) for the bookkeeping lookups.
+        let mut groups: BTreeMap<(String, String), Vec<Version<'_>>> = BTreeMap::new();
+        for ((table, source, _), v) in newest {
+            groups.entry((table, source)).or_default().push(v);
+        }
+        let mut applied: Vec<(String, String, String, String)> = Vec::new();
+        for ((table, source), versions) in groups {
+            let recorded = self.recorded(&mut tx, &source, &table, &versions).await?;
+            let fresh: Vec<Version<'_>> = versions
+                .into_iter()
+                .filter(|v| {
+                    let old = recorded.get(&v.key).is_some_and(|old| *old >= v.order);
+                    if old {
+                        outcome.stale += 1;
+                    }
+                    !old
+                })
+                .collect();
+            let (deletes, upserts): (Vec<&Version<'_>>, Vec<&Version<'_>>) =
+                fresh.iter().partition(|v| v.doc.header.op == Op::Delete);
+            outcome.deleted += deletes.len();
+            outcome.upserted += upserts.len();
+            self.delete(&mut tx, &deletes).await?;
+            self.upsert(&mut tx, &upserts).await?;
+            applied.extend(
+                fresh
+                    .iter()
+                    .map(|v| (v.source.clone(), table.clone(), v.key.clone(), v.order.clone())),
+            );
+        }
+        self.record(&mut tx, &applied).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn recorded(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        source: &str,
+        table: &str,
+        versions: &[Version<'_>],
+    ) -> Result<HashMap<String, String>, sqlx::Error> {
+        let mut recorded = HashMap::new();
+        let chunk = if self.dialect == Dialect::Mysql {
+            MYSQL_ROWS
+        } else {
+            usize::MAX
+        };
+        for part in versions.chunks(chunk) {
+            let sql = self.dialect.select_applied(part.len());
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(source.to_owned())
+                .bind(table.to_owned());
+            q = match self.dialect {
+                Dialect::Postgres => {
+                    let keys: Vec<&str> = part.iter().map(|v| v.key.as_str()).collect();
+                    q.bind(serde_json::to_string(&keys).unwrap_or_default())
+                }
+                Dialect::Mysql => part.iter().fold(q, |q, v| q.bind(v.key.clone())),
+            };
+            for row in q.fetch_all(&mut **tx).await? {
+                recorded.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+            }
+        }
+        Ok(recorded)
+    }
+
+    async fn delete(&self, tx: &mut sqlx::Transaction<'_, Any>, versions: &[&Version<'_>]) -> Result<(), sqlx::Error> {
+        // Same table for all (one group); key columns from the first.
+        let Some(first) = versions.first() else { return Ok(()) };
+        let target = first.target;
+        let key: Vec<String> = first
+            .doc
+            .header
+            .key
+            .keys()
+            .map(|f| target.column(f).to_owned())
+            .collect();
+        match self.dialect {
+            Dialect::Postgres => {
+                let rows: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| pg_row(v.doc.header.key.iter(), target))
+                    .collect();
+                let sql = self.dialect.delete(&target.table, &key, rows.len());
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(serde_json::Value::Array(rows).to_string())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Dialect::Mysql => {
+                for part in versions.chunks(MYSQL_ROWS) {
+                    let sql = self.dialect.delete(&target.table, &key, part.len());
+                    let q = part.iter().fold(sqlx::query(AssertSqlSafe(sql)), |q, v| {
+                        v.doc.header.key.values().fold(q, |q, value| bind_mysql(q, value))
+                    });
+                    q.execute(&mut **tx).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn upsert(&self, tx: &mut sqlx::Transaction<'_, Any>, versions: &[&Version<'_>]) -> Result<(), sqlx::Error> {
+        // Documents with the same fields share a statement (masks may leave some out).
+        let mut by_fields: BTreeMap<Vec<&str>, Vec<&Version<'_>>> = BTreeMap::new();
+        for v in versions {
+            by_fields
+                .entry(v.doc.body.keys().map(String::as_str).collect())
+                .or_default()
+                .push(v);
+        }
+        for (fields, group) in by_fields {
+            let Some(first) = group.first() else { continue };
+            let target = first.target;
+            let columns: Vec<String> = fields.iter().map(|f| target.column(f).to_owned()).collect();
+            let key: Vec<String> = first
+                .doc
+                .header
+                .key
+                .keys()
+                .map(|f| target.column(f).to_owned())
+                .collect();
+            match self.dialect {
+                Dialect::Postgres => {
+                    let rows: Vec<serde_json::Value> =
+                        group.iter().map(|v| pg_row(v.doc.body.iter(), target)).collect();
+                    let sql = self.dialect.upsert(&target.table, &columns, &key, rows.len());
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(serde_json::Value::Array(rows).to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Dialect::Mysql => {
+                    for part in group.chunks(MYSQL_ROWS) {
+                        let sql = self.dialect.upsert(&target.table, &columns, &key, part.len());
+                        let q = part.iter().fold(sqlx::query(AssertSqlSafe(sql)), |q, v| {
+                            v.doc.body.values().fold(q, |q, value| bind_mysql(q, value))
+                        });
+                        q.execute(&mut **tx).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        applied: &[(String, String, String, String)],
+    ) -> Result<(), sqlx::Error> {
+        if applied.is_empty() {
+            return Ok(());
+        }
+        match self.dialect {
+            Dialect::Postgres => {
+                let rows: Vec<serde_json::Value> = applied
+                    .iter()
+                    .map(|(source, tbl, key, position)| {
+                        serde_json::json!({"source": source, "tbl": tbl, "doc_key": key, "position": position})
+                    })
+                    .collect();
+                sqlx::query(AssertSqlSafe(self.dialect.upsert_applied(rows.len())))
+                    .bind(serde_json::Value::Array(rows).to_string())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Dialect::Mysql => {
+                for part in applied.chunks(MYSQL_ROWS) {
+                    let sql = self.dialect.upsert_applied(part.len());
+                    let q = part.iter().fold(sqlx::query(AssertSqlSafe(sql)), |q, (s, t, k, p)| {
+                        q.bind(s.clone()).bind(t.clone()).bind(k.clone()).bind(p.clone())
+                    });
+                    q.execute(&mut **tx).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn version<'d>(doc: &'d Document, target: &'d TableTarget) -> Version<'d> {
+    let h = &doc.header;
+    let source = format!("{}/{}", h.sender.org, h.sender.system.as_deref().unwrap_or("-"));
+    let key = h
+        .key
+        .values()
+        .map(|v| v.scalar_text().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\u{1f}");
+    // Documents without a known source position (published by hand) order by creation time.
+    let order = h
+        .source
+        .as_ref()
+        .and_then(order_key)
+        .unwrap_or_else(|| format!("t:{:020}", h.created_at.unix_micros()));
+    Version {
+        doc,
+        target,
+        source,
+        key,
+        order,
+    }
+}
+
+/// A row as PostgreSQL's `jsonb_populate_recordset` reads it (bytea as `\x…` hex).
+fn pg_row<'v>(fields: impl Iterator<Item = (&'v String, &'v Value)>, target: &TableTarget) -> serde_json::Value {
+    serde_json::Value::Object(
+        fields
+            .map(|(f, v)| {
+                let json = match v {
+                    Value::Binary(b) => serde_json::Value::String(format!(
+                        "\\x{}",
+                        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                    )),
+                    other => exhub_schemas::json::to_json_value(other),
+                };
+                (target.column(f).to_owned(), json)
+            })
+            .collect(),
+    )
+}
+
+/// Binds a value for MySQL, which converts text to the column's type. Timestamps keep the wall
+/// clock they were written in (`2026-11-22T16:00:00+08:00` → `2026-11-22 16:00:00`).
+fn bind_mysql<'q>(q: Query<'q, Any, AnyArguments>, value: &Value) -> Query<'q, Any, AnyArguments> {
+    match value {
+        Value::Null => q.bind(None::<String>),
+        Value::Bool(b) => q.bind(i64::from(*b)),
+        Value::Int(i) => q.bind(*i),
+        Value::Binary(b) => q.bind(b.clone()),
+        Value::Timestamp(t) => {
+            let s = t.as_str();
+            let wall = s.get(..19).unwrap_or(s).replace('T', " ");
+            let frac = s
+                .get(19..)
+                .and_then(|r| r.strip_prefix('.'))
+                .map(|r| r.chars().take_while(char::is_ascii_digit).take(6).collect::<String>());
+            q.bind(match frac {
+                Some(f) if !f.is_empty() => format!("{wall}.{f}"),
+                _ => wall,
+            })
+        }
+        Value::List(_) | Value::Map(_) => q.bind(exhub_schemas::json::to_json_value(value).to_string()),
+        scalar => q.bind(scalar.scalar_text().unwrap_or_default()),
+    }
+}

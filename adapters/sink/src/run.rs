@@ -1,0 +1,286 @@
+//! The sink's consumer: batches from the subscriber's queue, decoded (batch messages split),
+//! applied in one transaction, refused documents to the subscriber's DLQ with the reason, then
+//! one `ack multiple`. A lost connection (RabbitMQ or the database) ends the session without
+//! acknowledging; the broker redelivers and the bookkeeping makes the second pass harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exhub_connect::amqp::{self, AmqpError, Backoff};
+use exhub_connect::consumer::{BatchLimits, next_batch};
+use exhub_connect::publisher::Declare;
+use exhub_connect::wire::{self, header};
+use exhub_connect::{Outgoing, Publisher, Topology};
+use exhub_schemas::{Document, Encoding, Limits, Registry};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use sqlx::AssertSqlSafe;
+use sqlx::any::AnyPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::apply::TableTarget;
+use crate::apply::{Applier, Outcome};
+use crate::dialect::Dialect;
+
+/// Messages a batch takes at most (each may be a batch of documents).
+const BATCH: usize = 32;
+const BATCH_BYTES: usize = 1 << 20;
+const LINGER: Duration = Duration::from_millis(10);
+const PREFETCH: u16 = 64;
+
+/// What a database sink needs (built by the `exhub` binary from routes.toml).
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// The subscriber's name (its queue is `<prefix>.sub.<name>`).
+    pub name: String,
+    /// `postgres://…` or `mysql://…`.
+    pub url: String,
+    /// Doc type → table.
+    pub tables: Vec<TableTarget>,
+    /// RabbitMQ URL.
+    pub amqp: String,
+    /// The exchange's AMQP names.
+    pub topology: Topology,
+    /// The AMQP user in that URL.
+    pub amqp_user: String,
+}
+
+/// Why a sink stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The target database cannot be used as configured.
+    #[error("sink {sink}: {message}")]
+    Setup {
+        /// The subscriber.
+        sink: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// RabbitMQ refused for good.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+}
+
+/// A database subscriber.
+pub struct DbSink {
+    settings: SinkSettings,
+    registry: Arc<Registry>,
+    applier: Applier,
+}
+
+enum Failure {
+    Amqp(AmqpError),
+    Db(sqlx::Error),
+}
+
+impl From<AmqpError> for Failure {
+    fn from(e: AmqpError) -> Self {
+        Failure::Amqp(e)
+    }
+}
+
+impl DbSink {
+    /// Connects to the target database, creates the bookkeeping table if missing, and checks
+    /// every target table exists.
+    pub async fn connect(settings: SinkSettings, registry: Arc<Registry>) -> Result<DbSink, SinkError> {
+        let setup = |message: String| SinkError::Setup {
+            sink: settings.name.clone(),
+            message,
+        };
+        let dialect = Dialect::of_url(&settings.url)
+            .ok_or_else(|| setup("the URL must start with postgres:// or mysql://".into()))?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&settings.url)
+            .await
+            .map_err(|e| setup(format!("cannot connect to the target database: {e}")))?;
+        sqlx::query(AssertSqlSafe(dialect.create_applied()))
+            .execute(&pool)
+            .await
+            .map_err(|e| setup(format!("cannot create the bookkeeping table exhub_applied: {e}")))?;
+        for t in &settings.tables {
+            let probe = format!("SELECT * FROM {} WHERE 1 = 0", dialect.quote(&t.table));
+            sqlx::query(AssertSqlSafe(probe))
+                .execute(&pool)
+                .await
+                .map_err(|e| setup(format!("target table {} is not usable: {e}", t.table)))?;
+        }
+        let applier = Applier::new(pool, dialect, settings.tables.clone());
+        Ok(DbSink {
+            settings,
+            registry,
+            applier,
+        })
+    }
+
+    /// Consumes until `cancel`; retries passing failures.
+    pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SinkError> {
+        let name = format!("exhub-sink-{}-{}", self.settings.name, std::process::id());
+        let mut publisher = Publisher::new(self.settings.amqp.clone(), format!("{name}-dlq"), Declare::Nothing);
+        let mut backoff = Backoff::default();
+        loop {
+            match self.session(&name, &mut publisher, cancel).await {
+                Ok(()) => break,
+                Err(Failure::Amqp(AmqpError::Cancelled)) => break,
+                Err(Failure::Amqp(e)) if !e.is_passing() => return Err(e.into()),
+                Err(Failure::Amqp(e)) => {
+                    tracing::warn!(sink = %self.settings.name, error = %e, "RabbitMQ connection lost; unacknowledged messages will be redelivered");
+                }
+                Err(Failure::Db(e)) => {
+                    tracing::warn!(sink = %self.settings.name, error = %e, "target database failed; the batch will be redelivered");
+                }
+            }
+            if backoff.wait(cancel).await.is_err() {
+                break;
+            }
+        }
+        self.applier.pool().close().await;
+        Ok(())
+    }
+
+    async fn session(&self, name: &str, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), Failure> {
+        let topology = &self.settings.topology;
+        let conn = amqp::connect_with_retry(&self.settings.amqp, name, cancel).await?;
+        let channel = conn.create_channel().await.map_err(AmqpError::from)?;
+        topology.declare_all(&channel, &[self.settings.name.as_str()]).await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(AmqpError::from)?;
+        let queue = topology.subscriber_queue(&self.settings.name);
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                name.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::from)?;
+        tracing::info!(sink = %self.settings.name, queue = %queue, "consuming");
+        let limits = BatchLimits {
+            messages: BATCH,
+            bytes: BATCH_BYTES,
+            linger: LINGER,
+        };
+        loop {
+            let Some(deliveries) = next_batch(&mut consumer, limits, cancel).await? else {
+                let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
+            };
+            self.process(&channel, publisher, &deliveries, cancel).await?;
+        }
+    }
+
+    async fn process(
+        &self,
+        channel: &Channel,
+        publisher: &mut Publisher,
+        deliveries: &[Delivery],
+        cancel: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let limits = Limits::default();
+        let mut docs: Vec<(Document, &[u8], &BasicProperties)> = Vec::new();
+        let mut dead: Vec<Outgoing> = Vec::new();
+        for d in deliveries {
+            let parts: Vec<&[u8]> = if wire::is_batch(&d.properties) {
+                match wire::split_batch(&d.data) {
+                    Ok(parts) => parts,
+                    Err(e) => {
+                        dead.push(self.dead_letter(&d.data, &d.properties, "malformed", &e.to_string()));
+                        continue;
+                    }
+                }
+            } else {
+                vec![&d.data[..]]
+            };
+            for raw in parts {
+                match exhub_schemas::decode(raw, &self.registry, &limits) {
+                    Ok(doc) => docs.push((doc, raw, &d.properties)),
+                    Err(e) => dead.push(self.dead_letter(raw, &d.properties, "malformed", &e.to_string())),
+                }
+            }
+        }
+        let all: Vec<&Document> = docs.iter().map(|(d, _, _)| d).collect();
+        let outcome = match self.applier.apply(&all).await {
+            Ok(o) => o,
+            Err(e) if self.is_data_error(&e) => {
+                // Find the documents the database refuses: each alone.
+                let mut total = Outcome::default();
+                for (doc, raw, props) in &docs {
+                    match self.applier.apply(&[doc]).await {
+                        Ok(o) => {
+                            total.upserted += o.upserted;
+                            total.deleted += o.deleted;
+                            total.stale += o.stale;
+                            total.ignored += o.ignored;
+                        }
+                        Err(e) if self.is_data_error(&e) => {
+                            tracing::warn!(
+                                sink = %self.settings.name,
+                                document = %doc.header.id,
+                                error = %e,
+                                "the target refused a document; sent to the subscriber's DLQ"
+                            );
+                            dead.push(self.dead_letter(raw, props, "apply", &e.to_string()));
+                        }
+                        Err(e) => return Err(Failure::Db(e)),
+                    }
+                }
+                total
+            }
+            Err(e) => return Err(Failure::Db(e)),
+        };
+        tracing::debug!(
+            sink = %self.settings.name,
+            upserted = outcome.upserted,
+            deleted = outcome.deleted,
+            stale = outcome.stale,
+            ignored = outcome.ignored,
+            "batch applied"
+        );
+        if !dead.is_empty() {
+            publisher.publish(&dead, cancel).await?;
+        }
+        if let Some(last) = deliveries.last() {
+            channel
+                .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(AmqpError::from)?;
+        }
+        Ok(())
+    }
+
+    fn is_data_error(&self, e: &sqlx::Error) -> bool {
+        Dialect::of_url(&self.settings.url).is_some_and(|d| d.is_data_error(e))
+    }
+
+    fn dead_letter(&self, raw: &[u8], props: &BasicProperties, reason: &str, detail: &str) -> Outgoing {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_user_id(self.settings.amqp_user.as_str().into())
+            .with_content_type(
+                Encoding::detect(raw)
+                    .map_or("application/octet-stream", Encoding::content_type)
+                    .into(),
+            );
+        if let Some(t) = props.kind()
+            && !wire::is_batch(props)
+        {
+            properties = properties.with_type(t.clone());
+        }
+        properties = wire::with_header(properties, header::REASON, reason);
+        properties = wire::with_header(properties, header::DETAIL, detail);
+        Outgoing {
+            exchange: self.settings.topology.dead_letter_exchange(),
+            routing_key: self.settings.topology.subscriber_dlq(&self.settings.name),
+            payload: raw.to_vec(),
+            properties,
+        }
+    }
+}

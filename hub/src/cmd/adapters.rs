@@ -1,0 +1,220 @@
+//! `exhub source NAME`, `exhub sink NAME` and `exhub run`: the adapters configured in
+//! routes.toml, alone or together with the hub in one process. This module turns a config entry
+//! into each adapter's settings (the adapters do not know routes.toml).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use exhub_hub::config::{Config, DbSink, DbSource, SourceConfig, SubscriberConfig, parse_offset};
+use exhub_hub::pipeline::{Hub, amqp_user};
+use exhub_hub::secret::SecretUrl;
+use exhub_mysql::{MysqlSource, SourceSettings};
+use exhub_schemas::Registry;
+use exhub_sink::{DbSink as Sink, SinkSettings, TableTarget};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Loaded, init_logging, load, shutdown_on_signal};
+
+/// Runs one source until a signal.
+pub async fn source(path: &Path, name: &str, reset: bool) -> Result<()> {
+    init_logging();
+    let loaded = load(path)?;
+    let Some(source) = loaded.config.sources.iter().find(|s| s.common().name == name) else {
+        bail!("no source {name:?} in {}", path.display());
+    };
+    let shutdown = shutdown_on_signal();
+    let source = build_source(&loaded, source, path)?;
+    if reset {
+        source.reset().context("resetting the checkpoint")?;
+    }
+    source.run(&shutdown).await
+}
+
+/// Runs one database sink until a signal.
+pub async fn sink(path: &Path, name: &str) -> Result<()> {
+    init_logging();
+    let loaded = load(path)?;
+    let Some(db) = loaded
+        .config
+        .subscribers
+        .iter()
+        .find(|s| s.name() == name)
+        .and_then(SubscriberConfig::database)
+    else {
+        bail!("no database subscriber {name:?} in {}", path.display());
+    };
+    let shutdown = shutdown_on_signal();
+    let sink = build_sink(&loaded.config, db, &loaded.registry).await?;
+    sink.run(&shutdown).await?;
+    tracing::info!(sink = name, "sink stopped cleanly");
+    Ok(())
+}
+
+/// Runs the hub, every source and every database sink in this process until a signal. A part
+/// that fails stops the others.
+pub async fn run(path: &Path) -> Result<()> {
+    init_logging();
+    let loaded = load(path)?;
+    let shutdown = shutdown_on_signal();
+    let tracker = TaskTracker::new();
+    let mut parts: Vec<(String, tokio::task::JoinHandle<Result<()>>)> = Vec::new();
+    let hub = Arc::new(
+        Hub::new(&loaded.config, Arc::clone(&loaded.registry))
+            .await
+            .context("starting the hub")?,
+    );
+    let workers = loaded.config.hub.workers.unwrap_or(2);
+    let token = shutdown.clone();
+    parts.push((
+        "hub".into(),
+        tracker.spawn(async move { hub.run(workers, token).await.context("hub stopped") }),
+    ));
+    for sub in &loaded.config.subscribers {
+        let Some(db) = sub.database() else { continue };
+        if matches!(sub, SubscriberConfig::Mssql(_)) {
+            tracing::warn!(sink = %db.name, "SQL Server sinks are not built yet; skipped");
+            continue;
+        }
+        let sink = build_sink(&loaded.config, db, &loaded.registry).await?;
+        let token = shutdown.clone();
+        parts.push((
+            format!("sink {}", db.name),
+            tracker.spawn(async move { sink.run(&token).await.map_err(anyhow::Error::from) }),
+        ));
+    }
+    for source in &loaded.config.sources {
+        if !matches!(source, SourceConfig::Mysql(_)) {
+            tracing::warn!(source = %source.common().name, kind = source.kind(), "this source kind is not built yet; skipped");
+            continue;
+        }
+        let source = build_source(&loaded, source, path)?;
+        let token = shutdown.clone();
+        parts.push((
+            format!("source {}", source.name()),
+            tracker.spawn(async move { source.run(&token).await }),
+        ));
+    }
+    tracker.close();
+    tracing::info!(parts = parts.len(), "exchange running");
+    let mut failed = None;
+    for (name, handle) in parts {
+        let outcome = handle.await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(part = %name, error = format!("{e:#}"), "stopped with an error; stopping the exchange");
+                shutdown.cancel();
+                failed.get_or_insert(e.context(name));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                failed.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
+            }
+        }
+    }
+    tracker.wait().await;
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("exchange stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// A source of any kind built so far.
+enum Source {
+    Mysql(MysqlSource, String),
+}
+
+impl Source {
+    fn name(&self) -> &str {
+        match self {
+            Source::Mysql(_, name) => name,
+        }
+    }
+
+    fn reset(&self) -> Result<()> {
+        match self {
+            Source::Mysql(s, _) => Ok(s.reset()?),
+        }
+    }
+
+    async fn run(&self, cancel: &CancellationToken) -> Result<()> {
+        match self {
+            Source::Mysql(s, name) => {
+                s.run(cancel).await?;
+                tracing::info!(source = %name, "source stopped cleanly");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<Source> {
+    let config = &loaded.config;
+    let s: &DbSource = source.common();
+    let SourceConfig::Mysql(_) = source else {
+        bail!("source {:?}: {} sources are not built yet", s.name, source.kind());
+    };
+    let amqp: &SecretUrl = s.amqp.as_ref().unwrap_or(&config.hub.amqp);
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let checkpoint = match &s.checkpoint {
+        Some(p) => base.join(p),
+        None => base.join("exhub-state").join(format!("{}.json", s.name)),
+    };
+    let offset_secs = match &s.time_zone {
+        Some(tz) => Some(parse_offset(tz).with_context(|| format!("source {:?}: bad time_zone {tz:?}", s.name))?),
+        None => None,
+    };
+    let settings = SourceSettings {
+        name: s.name.clone(),
+        org: s.org.clone(),
+        url: s.url.expose().to_owned(),
+        snapshot: s.snapshot,
+        tables: s.tables.clone(),
+        server_id: s
+            .server_id
+            .unwrap_or_else(|| server_id(&format!("{}\n{}", s.name, s.url.expose()))),
+        checkpoint,
+        offset_secs,
+        amqp: amqp.expose().to_owned(),
+        topology: config.hub.topology(),
+        amqp_user: amqp_user(amqp),
+    };
+    let source = MysqlSource::new(settings, Arc::clone(&loaded.registry))?;
+    Ok(Source::Mysql(source, s.name.clone()))
+}
+
+async fn build_sink(config: &Config, db: &DbSink, registry: &Arc<Registry>) -> Result<Sink> {
+    let amqp: &SecretUrl = db.amqp.as_ref().unwrap_or(&config.hub.amqp);
+    let settings = SinkSettings {
+        name: db.name.clone(),
+        url: db.url.expose().to_owned(),
+        tables: db
+            .apply
+            .iter()
+            .map(|a| TableTarget {
+                doc_type: a.doc_type.clone(),
+                table: a.table.clone(),
+                columns: a.columns.clone(),
+            })
+            .collect(),
+        amqp: amqp.expose().to_owned(),
+        topology: config.hub.topology(),
+        amqp_user: amqp_user(amqp),
+    };
+    Ok(Sink::connect(settings, Arc::clone(registry)).await?)
+}
+
+/// A replica server id from the source's name and URL (FNV-1a), away from the small ids servers
+/// use. Two readers with one id would take turns: the server drops the older one.
+fn server_id(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    1_000_000 + h % 1_000_000_000
+}
