@@ -1,49 +1,72 @@
 #!/usr/bin/env bash
-# The main job: the demo exchange of routes.toml with the hub running. Departments publish
-# documents (`exhub publish`, as their own RabbitMQ users), the hub authenticates, validates,
-# archives and routes them, and the social security bureau's XML feed shows them arriving
-# (`exhub tail`), masked as its route says. A forged document lands in the DLQ with its reason.
-# (Legacy databases feeding the hub through change data capture join in the next issues.)
+# The main job: the demo exchange of routes.toml, all in one `exhub run` — the hub, the tax
+# bureau's CTAIS source (MariaDB binlog, nothing written to the legacy table), and the database
+# sinks of the commerce bureau (PostgreSQL) and the tax bureau (MariaDB). Legacy rows change;
+# documents flow through the hub; the commerce bureau's mirror table and the social security
+# bureau's XML feed (`exhub tail`) show them arriving, masked as the routes say. A licence
+# published by hand reaches the tax bureau's mirror; a forged document lands in the DLQ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 cargo build --locked --quiet --bin exhub
 exhub=$PWD/target/debug/exhub
 tmp=$(mktemp -d)
-hub_pid=
+run_pid=
+tail_pid=
 cleanup() {
-  [ -n "$hub_pid" ] && kill -TERM "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null
+  [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null
+  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+ctais() { mysql -uroot ctais -e "$1"; }
+mirror() { psql -h 127.0.0.1 -U postgres -d commerce_mirror -XAtq -F ' | ' -c "$1"; }
+wait_for() { for _ in $(seq 1 300); do [ "$(eval "$1")" = "$2" ] && return 0; sleep 0.1; done; echo "timed out waiting for: $1 = $2" >&2; return 1; }
+
+echo "== the legacy CTAIS database (MariaDB) with 4 registrations, an empty commerce mirror (PostgreSQL)"
+bash examples/legacy/setup.sh
+rm -rf exhub-state   # the databases are new: so is the source's checkpoint
 
 echo; echo "== exhub check (routes.toml: 4 departments, 2 sources, 3 subscribers, 2 routes)"
 $exhub check
 
 # Fresh ids, so that each run's documents are new to the archive (it deduplicates on id).
 fresh() { sed -E "0,/\"id\": \"[^\"]+\"|<id>[^<]+<\/id>/s//$(printf '"id": "%s"' "$(cat /proc/sys/kernel/random/uuid)")/" "$1"; }
-fresh examples/documents/tax.registration.json > "$tmp/tax.json"
 sed -E "0,/<id>[^<]+<\/id>/s//<id>$(cat /proc/sys/kernel/random/uuid)<\/id>/" \
   examples/documents/commerce.business_license.xml > "$tmp/licence.xml"
 
-echo; echo "== exhub hub (in the background; log in $tmp/hub.log)"
-EXHUB_LOG=info $exhub hub > "$tmp/hub.log" 2>&1 &
-hub_pid=$!
-
 echo; echo "== exhub tail social-feed (XML; capital and phone masked on tax registrations)"
-$exhub tail social-feed --count 2 --full > "$tmp/tail.out" 2> "$tmp/tail.err" &
+$exhub tail social-feed > "$tmp/tail.out" 2> "$tmp/tail.err" &
 tail_pid=$!
 for _ in $(seq 1 100); do grep -q tailing "$tmp/tail.err" 2>/dev/null && break; sleep 0.1; done
 
-echo; echo "== exhub publish: the tax bureau and the commerce bureau, each as its own AMQP user"
-EXHUB_AMQP_URL='amqp://nanhai.tax:demo-nanhai.tax@127.0.0.1:5672/%2f' \
-  $exhub publish --as nanhai.tax "$tmp/tax.json"
+echo; echo "== exhub run: hub + CTAIS source + both database sinks (log in $tmp/run.log)"
+EXHUB_LOG=info $exhub run > "$tmp/run.log" 2>&1 &
+run_pid=$!
+# The snapshot: the three Nanhai registrations (the route's filter keeps 禅城's out).
+wait_for 'mirror "SELECT count(*) FROM tax_registration"' 3
+echo "commerce_mirror.tax_registration after the snapshot:"
+mirror "SELECT taxpayer_id, name, registration_type, taxpayer_status, capital FROM tax_registration ORDER BY taxpayer_id"
+
+echo; echo "== the tax bureau works in CTAIS: a new taxpayer, a rename, a deregistration deleted, a two-row transaction"
+ctais "INSERT INTO nsr_djxx VALUES ('91440605MA4UJ7KX2M', '佛山市南海区云帆信息技术有限公司', '赵敏', CURDATE(), '173', '03', '南海', '佛山市南海区桂城街道融和路23号', 3000000.00, 'I6510', '国家税务总局佛山市南海区税务局桂城税务分局', '0757-86660001', NOW())"
+ctais "UPDATE nsr_djxx SET nsrmc = '佛山市南海区恒达智能五金有限公司', xgsj = NOW() WHERE nsrsbh = '91440605MA4UJ7KX1J'"
+ctais "DELETE FROM nsr_djxx WHERE nsrsbh = '92440605MA52LM8R4G'"
+ctais "START TRANSACTION; UPDATE nsr_djxx SET zczb = 6000000.00, xgsj = NOW() WHERE nsrsbh = '91440605MA51XQ2P35'; INSERT INTO nsr_djxx VALUES ('91440605MA4UJ7KX3Q', '佛山市南海区里水镇和顺食品厂', '何伟', CURDATE(), '171', '03', '南海', NULL, NULL, 'C1469', NULL, NULL, NOW()); COMMIT"
+wait_for 'mirror "SELECT count(*) FROM tax_registration WHERE taxpayer_id = '"'"'91440605MA4UJ7KX3Q'"'"'"' 1
+echo "commerce_mirror.tax_registration now:"
+mirror "SELECT taxpayer_id, name, registration_type, capital, updated_at FROM tax_registration ORDER BY taxpayer_id"
+
+echo; echo "== exhub publish: the commerce bureau publishes a licence by hand, as its own AMQP user"
 EXHUB_AMQP_URL='amqp://nanhai.commerce:demo-nanhai.commerce@127.0.0.1:5672/%2f' \
   $exhub publish --as nanhai.commerce "$tmp/licence.xml"
 
-for _ in $(seq 1 300); do kill -0 "$tail_pid" 2>/dev/null || break; sleep 0.1; done
-kill "$tail_pid" 2>/dev/null || true
-echo; echo "== what social-feed received:"
+echo; echo "== the licence reached the tax bureau's mirror (MariaDB tax_mirror.business_license):"
+wait_for 'mysql -uroot -N tax_mirror -e "SELECT count(*) FROM business_license"' 1
+mysql -uroot tax_mirror -e "SELECT credit_code, company_name, registered_capital, established_on FROM business_license"
+
+kill "$tail_pid" 2>/dev/null || true; tail_pid=
+echo; echo "== what social-feed received (one line per document):"
 cat "$tmp/tail.out"
 
 echo; echo "== a forged document: the commerce bureau's user sends a tax registration"
@@ -58,6 +81,6 @@ $exhub dlq list | grep -E "$forged_id|shown"
 echo; echo "== exhub archive search --doc-type tax.registration (latest 3, with delivery status)"
 $exhub archive search --doc-type tax.registration --limit 1000 2>/dev/null | tail -3
 
-echo; echo "== stopping the hub (SIGTERM: finish in-flight work, exit 0)"
-kill -TERM "$hub_pid"; wait "$hub_pid"; hub_pid=
-tail -1 "$tmp/hub.log"
+echo; echo "== stopping the exchange (SIGTERM: finish in-flight work, exit 0)"
+kill -TERM "$run_pid"; wait "$run_pid"; run_pid=
+tail -1 "$tmp/run.log"
