@@ -326,43 +326,45 @@ async fn mysql_changes_reach_postgres_equal() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn source_killed_mid_stream_loses_nothing() {
-    let mut cdc = Cdc::new("cdc-kill-source", false);
+/// Streams 6,000 inserts (and 2,000 updates) while `victim` (`source` or `sink`) is killed with
+/// SIGKILL as soon as the target shows progress, then restarted; the target must end equal.
+async fn kill_mid_stream(victim: &str, per_tx: u64) {
+    let mut cdc = Cdc::new(&format!("cdc-kill-{victim}"), false);
     cdc.exchange.start_hub().await;
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
     cdc.start("source", &["source", "tax"], "streaming the binlog").await;
-    let mut writer = run_script(&cdc.legacy, workload(0, 6000, 20));
-    // Kill the source once the target shows progress (the writer is still writing).
+    let mut writer = run_script(&cdc.legacy, workload(0, 6000, per_tx));
     let deadline = Instant::now() + Duration::from_secs(60);
     while cdc.target_sql("SELECT count(*) FROM tax_registration") == "0" {
         assert!(Instant::now() < deadline, "nothing arrived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cdc.kill("source");
-    cdc.start("source", &["source", "tax"], "streaming the binlog").await;
+    cdc.kill(victim);
+    let args: &[&str] = if victim == "sink" {
+        &["sink", "mirror"]
+    } else {
+        &["source", "tax"]
+    };
+    let ready = if victim == "sink" {
+        "consuming"
+    } else {
+        "streaming the binlog"
+    };
+    cdc.start(victim, args, ready).await;
     assert!(writer.wait().unwrap().success());
     cdc.wait_equal(Duration::from_secs(120)).await;
-    // One bookkeeping row per key: every key's newest version applied once, in order.
+    // One bookkeeping row per key: every key's newest version applied, none twice.
     assert_eq!(cdc.target_sql("SELECT count(*) FROM exhub_applied"), "6000");
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn source_killed_mid_stream_loses_nothing() {
+    kill_mid_stream("source", 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sink_killed_mid_batch_loses_nothing() {
-    let mut cdc = Cdc::new("cdc-kill-sink", false);
-    cdc.exchange.start_hub().await;
-    cdc.start("source", &["source", "tax"], "streaming the binlog").await;
-    cdc.start("sink", &["sink", "mirror"], "consuming").await;
-    let mut writer = run_script(&cdc.legacy, workload(0, 6000, 50));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cdc.target_sql("SELECT count(*) FROM tax_registration") == "0" {
-        assert!(Instant::now() < deadline, "nothing arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cdc.kill("sink");
-    assert!(writer.wait().unwrap().success());
-    cdc.start("sink", &["sink", "mirror"], "consuming").await;
-    cdc.wait_equal(Duration::from_secs(120)).await;
+    kill_mid_stream("sink", 50).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -349,20 +349,7 @@ pub async fn connect() -> lapin::Result<Connection> {
 }
 
 pub fn psql(sql: &str) {
-    crate::services::query(
-        "psql",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-XAtq",
-            "-c",
-            sql,
-        ],
-    );
+    crate::services::psql("postgres", sql);
 }
 
 /// Properties of a document published by AMQP user `guest`.

@@ -10,24 +10,17 @@ pub fn query(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Runs `sql` in PostgreSQL database `db`; its unaligned, tuples-only output.
+pub fn psql(db: &str, sql: &str) -> String {
+    query(
+        "psql",
+        &["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-XAtq", "-c", sql],
+    )
+}
+
 #[test]
 fn postgres_has_logical_replication() {
-    let psql = |sql: &str| {
-        query(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-XAtq",
-                "-c",
-                sql,
-            ],
-        )
-    };
+    let psql = |sql: &str| psql("postgres", sql);
     assert_eq!(psql("show wal_level"), "logical");
     assert!(psql("show max_replication_slots").parse::<u32>().unwrap() >= 20);
     assert!(psql("show max_wal_senders").parse::<u32>().unwrap() >= 20);
