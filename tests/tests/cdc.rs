@@ -126,20 +126,7 @@ to = ["mirror"]
     }
 
     fn target_sql(&self, sql: &str) -> String {
-        services::query(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                &self.target,
-                "-XAtq",
-                "-c",
-                sql,
-            ],
-        )
+        services::psql(&self.target, sql)
     }
 
     fn target_rows(&self) -> String {
@@ -213,20 +200,7 @@ fn mysql_file(db: &str, file: &str) {
 
 fn pg_file(db: &str, file: &str) {
     let path = root().join(file);
-    services::query(
-        "psql",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-XAtq",
-            "-f",
-            path.to_str().unwrap(),
-        ],
-    );
+    services::psql_with(db, &["-f", path.to_str().unwrap()]);
 }
 
 /// A valid unified social credit code for test row `n`.

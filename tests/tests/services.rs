@@ -12,10 +12,15 @@ pub fn query(cmd: &str, args: &[&str]) -> String {
 
 /// Runs `sql` in PostgreSQL database `db`; its unaligned, tuples-only output.
 pub fn psql(db: &str, sql: &str) -> String {
-    query(
-        "psql",
-        &["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-XAtq", "-c", sql],
-    )
+    psql_with(db, &["-c", sql])
+}
+
+/// Runs `psql` on database `db` with `args` (`-c SQL`, `-f FILE`); its unaligned, tuples-only
+/// output.
+pub fn psql_with(db: &str, args: &[&str]) -> String {
+    let mut all = vec!["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-XAtq"];
+    all.extend_from_slice(args);
+    query("psql", &all)
 }
 
 #[test]

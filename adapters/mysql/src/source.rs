@@ -204,7 +204,7 @@ struct Table {
     mapper: Mapper,
     /// Key columns (the mapping's), in order.
     key: Vec<String>,
-    /// The table's columns by name → (type, charset), from `information_schema`.
+    /// The server's row estimate (`information_schema.TABLES`), for the progress bar.
     estimated_rows: u64,
 }
 
@@ -663,6 +663,8 @@ impl MysqlSource {
                 let header = event.header();
                 let end = u64::from(header.log_pos());
                 let committed_micros = i64::from(header.timestamp()) * 1_000_000;
+                // Whether this event ends a transaction: the boundary moves past it.
+                let mut committed = false;
                 match event.read_data() {
                     Ok(Some(EventData::RotateEvent(r))) => {
                         file = binlog_name(&r.name());
@@ -685,22 +687,10 @@ impl MysqlSource {
                             && end > 0
                         {
                             // COMMIT of a non-XA engine, or a DDL statement: both end a transaction.
-                            in_tx = false;
-                            boundary = BinlogPos {
-                                file: file.clone(),
-                                pos: end,
-                            };
-                            seq = 0;
+                            committed = true;
                         }
                     }
-                    Ok(Some(EventData::XidEvent(_))) => {
-                        in_tx = false;
-                        boundary = BinlogPos {
-                            file: file.clone(),
-                            pos: end,
-                        };
-                        seq = 0;
-                    }
+                    Ok(Some(EventData::XidEvent(_))) => committed = true,
                     Ok(Some(EventData::RowsEvent(rows))) => {
                         let Some(tme) = tme.as_ref() else {
                             continue;
@@ -749,6 +739,14 @@ impl MysqlSource {
                     Err(e) => {
                         tracing::warn!(source = %self.settings.name, error = %e, position = end, "undecodable binlog event skipped");
                     }
+                }
+                if committed {
+                    in_tx = false;
+                    boundary = BinlogPos {
+                        file: file.clone(),
+                        pos: end,
+                    };
+                    seq = 0;
                 }
                 if header.timestamp() > 0 && lag_logged.elapsed() >= Duration::from_secs(60) {
                     lag_logged = Instant::now();

@@ -174,39 +174,11 @@ impl Applier {
     }
 
     async fn delete(&self, tx: &mut sqlx::Transaction<'_, Any>, versions: &[&Version<'_>]) -> Result<(), sqlx::Error> {
-        // Same table for all (one group); key columns from the first.
+        // Same table for all (one group).
         let Some(first) = versions.first() else { return Ok(()) };
-        let target = first.target;
-        let key: Vec<String> = first
-            .doc
-            .header
-            .key
-            .keys()
-            .map(|f| target.column(f).to_owned())
-            .collect();
-        match self.dialect {
-            Dialect::Postgres => {
-                let rows: Vec<serde_json::Value> = versions
-                    .iter()
-                    .map(|v| pg_row(v.doc.header.key.iter(), target))
-                    .collect();
-                let sql = self.dialect.delete(&target.table, &key, rows.len());
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(serde_json::Value::Array(rows).to_string())
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Dialect::Mysql => {
-                for part in versions.chunks(MYSQL_ROWS) {
-                    let sql = self.dialect.delete(&target.table, &key, part.len());
-                    let q = part.iter().fold(sqlx::query(AssertSqlSafe(sql)), |q, v| {
-                        v.doc.header.key.values().fold(q, |q, value| bind_mysql(q, value))
-                    });
-                    q.execute(&mut **tx).await?;
-                }
-            }
-        }
-        Ok(())
+        let (table, key) = (&first.target.table, key_columns(first));
+        self.write(tx, versions, Part::Key, |n| self.dialect.delete(table, &key, n))
+            .await
     }
 
     async fn upsert(&self, tx: &mut sqlx::Transaction<'_, Any>, versions: &[&Version<'_>]) -> Result<(), sqlx::Error> {
@@ -222,31 +194,45 @@ impl Applier {
             let Some(first) = group.first() else { continue };
             let target = first.target;
             let columns: Vec<String> = fields.iter().map(|f| target.column(f).to_owned()).collect();
-            let key: Vec<String> = first
-                .doc
-                .header
-                .key
-                .keys()
-                .map(|f| target.column(f).to_owned())
-                .collect();
-            match self.dialect {
-                Dialect::Postgres => {
-                    let rows: Vec<serde_json::Value> =
-                        group.iter().map(|v| pg_row(v.doc.body.iter(), target)).collect();
-                    let sql = self.dialect.upsert(&target.table, &columns, &key, rows.len());
-                    sqlx::query(AssertSqlSafe(sql))
-                        .bind(serde_json::Value::Array(rows).to_string())
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                Dialect::Mysql => {
-                    for part in group.chunks(MYSQL_ROWS) {
-                        let sql = self.dialect.upsert(&target.table, &columns, &key, part.len());
-                        let q = part.iter().fold(sqlx::query(AssertSqlSafe(sql)), |q, v| {
-                            v.doc.body.values().fold(q, |q, value| bind_mysql(q, value))
+            let key = key_columns(first);
+            self.write(tx, &group, Part::Body, |n| {
+                self.dialect.upsert(&target.table, &columns, &key, n)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `statement` (built for a number of rows) over `versions` of one table, each row
+    /// being `part` of its document: PostgreSQL gets the rows as one JSON parameter, MySQL
+    /// gets them as bound values, [`MYSQL_ROWS`] rows per statement.
+    async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        versions: &[&Version<'_>],
+        part: Part,
+        statement: impl Fn(usize) -> String,
+    ) -> Result<(), sqlx::Error> {
+        let Some(first) = versions.first() else { return Ok(()) };
+        match self.dialect {
+            Dialect::Postgres => {
+                let rows: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| pg_row(v.part(part).iter(), first.target))
+                    .collect();
+                sqlx::query(AssertSqlSafe(statement(rows.len())))
+                    .bind(serde_json::Value::Array(rows).to_string())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Dialect::Mysql => {
+                for chunk in versions.chunks(MYSQL_ROWS) {
+                    let q = chunk
+                        .iter()
+                        .fold(sqlx::query(AssertSqlSafe(statement(chunk.len()))), |q, v| {
+                            v.part(part).values().fold(q, |q, value| bind_mysql(q, value))
                         });
-                        q.execute(&mut **tx).await?;
-                    }
+                    q.execute(&mut **tx).await?;
                 }
             }
         }
@@ -286,6 +272,29 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// Which part of a document a statement's rows are made of.
+#[derive(Clone, Copy)]
+enum Part {
+    /// `header.key`: deletes.
+    Key,
+    /// The body: upserts.
+    Body,
+}
+
+impl Version<'_> {
+    fn part(&self, part: Part) -> &BTreeMap<String, Value> {
+        match part {
+            Part::Key => &self.doc.header.key,
+            Part::Body => &self.doc.body,
+        }
+    }
+}
+
+/// The target's key columns, from a document's key fields.
+fn key_columns(v: &Version<'_>) -> Vec<String> {
+    v.doc.header.key.keys().map(|f| v.target.column(f).to_owned()).collect()
 }
 
 fn version<'d>(doc: &'d Document, target: &'d TableTarget) -> Version<'d> {
