@@ -221,6 +221,9 @@ impl Mapper {
     /// The document for one row. `cell` gives a column's value, `None` when the row has no
     /// such column (it was dropped from the legacy table: a [`MappingError`]). A `delete`
     /// needs only the key columns; other columns it lacks are left out of the body.
+    ///
+    /// The same row at the same position always gives the same document, byte for byte: its
+    /// id comes from the position and `created_at` is the commit time.
     pub fn document(
         &self,
         op: Op,
@@ -269,7 +272,10 @@ impl Mapper {
                 }),
                 conversation_id: None,
                 in_reply_to: None,
-                created_at: Timestamp::now(),
+                // The commit time, not the clock: a row re-read after a crash must give the
+                // same document (same id *and* content), or the hub would refuse it as a
+                // conflicting version of an archived document.
+                created_at: Timestamp::from_unix_micros(at.committed_micros),
                 classification: Classification::Internal,
                 test: false,
                 content_hash: None,
@@ -521,9 +527,13 @@ mod tests {
             Value::Timestamp(Timestamp::parse("2026-11-22T16:00:00.000000+08:00").unwrap())
         );
         assert_eq!(doc.header.key.len(), 1);
-        // Same place in the stream, same id; another row, another id.
+        // Same place in the stream, same document; another row, another id.
         let again = mapper.document(Op::Upsert, row, &origin(), &at(1)).unwrap();
         assert_eq!(doc.header.id, again.header.id);
+        assert_eq!(
+            exhub_schemas::canonical::content_hash(&doc),
+            exhub_schemas::canonical::content_hash(&again)
+        );
         assert_eq!(doc.header.id.get_version_num(), 7);
         let next = mapper.document(Op::Upsert, row, &origin(), &at(2)).unwrap();
         assert_ne!(doc.header.id, next.header.id);
