@@ -3,7 +3,7 @@
 //! newer than what `exhub_applied` records are skipped, and the data and the bookkeeping commit
 //! together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use exhub_connect::mapping::order_key;
 use exhub_schemas::{Document, Op, Value};
@@ -111,17 +111,16 @@ impl Applier {
         for ((table, source, _), v) in newest {
             groups.entry((table, source)).or_default().push(v);
         }
-        let mut applied: Vec<(String, String, String, String)> = Vec::new();
         for ((table, source), versions) in groups {
-            let recorded = self.recorded(&mut tx, &source, &table, &versions).await?;
+            let claimed = self.claim(&mut tx, &source, &table, &versions).await?;
             let fresh: Vec<Version<'_>> = versions
                 .into_iter()
                 .filter(|v| {
-                    let old = recorded.get(&v.key).is_some_and(|old| *old >= v.order);
-                    if old {
+                    let fresh = claimed.contains(&v.key);
+                    if !fresh {
                         outcome.stale += 1;
                     }
-                    !old
+                    fresh
                 })
                 .collect();
             let (deletes, upserts): (Vec<&Version<'_>>, Vec<&Version<'_>>) =
@@ -130,47 +129,71 @@ impl Applier {
             outcome.upserted += upserts.len();
             self.delete(&mut tx, &deletes).await?;
             self.upsert(&mut tx, &upserts).await?;
-            applied.extend(
-                fresh
-                    .iter()
-                    .map(|v| (v.source.clone(), table.clone(), v.key.clone(), v.order.clone())),
-            );
         }
-        self.record(&mut tx, &applied).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 
-    async fn recorded(
+    /// Records in `exhub_applied` the versions newer than what it holds, and returns their
+    /// keys: those are the ones to apply; the others are stale. PostgreSQL does it in one
+    /// conditional upsert that only ever probes the primary key (a plan that does not depend
+    /// on the table's statistics); MySQL reads the recorded positions by key, then records.
+    async fn claim(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
         source: &str,
         table: &str,
         versions: &[Version<'_>],
-    ) -> Result<HashMap<String, String>, sqlx::Error> {
-        let mut recorded = HashMap::new();
-        let chunk = if self.dialect == Dialect::Mysql {
-            MYSQL_ROWS
-        } else {
-            usize::MAX
-        };
-        for part in versions.chunks(chunk) {
-            let sql = self.dialect.select_applied(part.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(source.to_owned())
-                .bind(table.to_owned());
-            q = match self.dialect {
-                Dialect::Postgres => {
-                    let keys: Vec<&str> = part.iter().map(|v| v.key.as_str()).collect();
-                    q.bind(serde_json::to_string(&keys).unwrap_or_default())
+    ) -> Result<HashSet<String>, sqlx::Error> {
+        let mut claimed = HashSet::new();
+        match self.dialect {
+            Dialect::Postgres => {
+                let rows: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| serde_json::json!({"source": source, "tbl": table, "doc_key": v.key, "position": v.order}))
+                    .collect();
+                let q = sqlx::query(AssertSqlSafe(self.dialect.record_applied(rows.len())))
+                    .bind(serde_json::Value::Array(rows).to_string());
+                for row in q.fetch_all(&mut **tx).await? {
+                    claimed.insert(row.try_get::<String, _>(0)?);
                 }
-                Dialect::Mysql => part.iter().fold(q, |q, v| q.bind(v.key.clone())),
-            };
-            for row in q.fetch_all(&mut **tx).await? {
-                recorded.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+            }
+            Dialect::Mysql => {
+                for part in versions.chunks(MYSQL_ROWS) {
+                    let q = sqlx::query(AssertSqlSafe(Dialect::mysql_select_applied(part.len())))
+                        .bind(source.to_owned())
+                        .bind(table.to_owned());
+                    let mut recorded = HashMap::new();
+                    for row in part
+                        .iter()
+                        .fold(q, |q, v| q.bind(v.key.clone()))
+                        .fetch_all(&mut **tx)
+                        .await?
+                    {
+                        recorded.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+                    }
+                    let fresh: Vec<&Version<'_>> = part
+                        .iter()
+                        .filter(|v| recorded.get(&v.key).is_none_or(|old| *old < v.order))
+                        .collect();
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    let q = fresh.iter().fold(
+                        sqlx::query(AssertSqlSafe(self.dialect.record_applied(fresh.len()))),
+                        |q, v| {
+                            q.bind(source.to_owned())
+                                .bind(table.to_owned())
+                                .bind(v.key.clone())
+                                .bind(v.order.clone())
+                        },
+                    );
+                    q.execute(&mut **tx).await?;
+                    claimed.extend(fresh.iter().map(|v| v.key.clone()));
+                }
             }
         }
-        Ok(recorded)
+        Ok(claimed)
     }
 
     async fn delete(&self, tx: &mut sqlx::Transaction<'_, Any>, versions: &[&Version<'_>]) -> Result<(), sqlx::Error> {
@@ -232,40 +255,6 @@ impl Applier {
                         .fold(sqlx::query(AssertSqlSafe(statement(chunk.len()))), |q, v| {
                             v.part(part).values().fold(q, |q, value| bind_mysql(q, value))
                         });
-                    q.execute(&mut **tx).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn record(
-        &self,
-        tx: &mut sqlx::Transaction<'_, Any>,
-        applied: &[(String, String, String, String)],
-    ) -> Result<(), sqlx::Error> {
-        if applied.is_empty() {
-            return Ok(());
-        }
-        match self.dialect {
-            Dialect::Postgres => {
-                let rows: Vec<serde_json::Value> = applied
-                    .iter()
-                    .map(|(source, tbl, key, position)| {
-                        serde_json::json!({"source": source, "tbl": tbl, "doc_key": key, "position": position})
-                    })
-                    .collect();
-                sqlx::query(AssertSqlSafe(self.dialect.upsert_applied(rows.len())))
-                    .bind(serde_json::Value::Array(rows).to_string())
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Dialect::Mysql => {
-                for part in applied.chunks(MYSQL_ROWS) {
-                    let sql = self.dialect.upsert_applied(part.len());
-                    let q = part.iter().fold(sqlx::query(AssertSqlSafe(sql)), |q, (s, t, k, p)| {
-                        q.bind(s.clone()).bind(t.clone()).bind(k.clone()).bind(p.clone())
-                    });
                     q.execute(&mut **tx).await?;
                 }
             }

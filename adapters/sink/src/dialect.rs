@@ -49,30 +49,27 @@ impl Dialect {
         }
     }
 
-    /// Reads the recorded positions of `n` keys of one (source, table): parameters are the
-    /// source, the table, then the keys (PostgreSQL: one JSON array of them).
-    pub fn select_applied(self, n: usize) -> String {
-        match self {
-            Dialect::Postgres => format!(
-                "SELECT doc_key, position FROM {APPLIED} WHERE source = $1 AND tbl = $2 \
-                 AND doc_key IN (SELECT jsonb_array_elements_text($3::jsonb))"
-            ),
-            Dialect::Mysql => format!(
-                "SELECT doc_key, position FROM {APPLIED} WHERE source = ? AND tbl = ? AND doc_key IN ({})",
-                vec!["?"; n.max(1)].join(", ")
-            ),
-        }
+    /// MySQL: reads the recorded positions of `n` keys of one (source, table); parameters are
+    /// the source, the table, then the keys.
+    pub fn mysql_select_applied(n: usize) -> String {
+        format!(
+            "SELECT doc_key, position FROM {APPLIED} WHERE source = ? AND tbl = ? AND doc_key IN ({})",
+            vec!["?"; n.max(1)].join(", ")
+        )
     }
 
-    /// Records positions: PostgreSQL takes one JSON array of `{source, tbl, doc_key, position}`;
-    /// MySQL `n` rows of four parameters.
-    pub fn upsert_applied(self, n: usize) -> String {
+    /// Records positions. PostgreSQL takes one JSON array of `{source, tbl, doc_key, position}`,
+    /// replaces only older positions (compared bytewise, as [`exhub_connect::mapping::order_key`]
+    /// is built) and returns the keys it recorded; MySQL takes `n` rows of four parameters
+    /// already known to be newer.
+    pub fn record_applied(self, n: usize) -> String {
         match self {
             Dialect::Postgres => format!(
                 "INSERT INTO {APPLIED} (source, tbl, doc_key, position) \
                  SELECT source, tbl, doc_key, position FROM jsonb_to_recordset($1::jsonb) \
                  AS x(source TEXT, tbl TEXT, doc_key TEXT, position TEXT) \
-                 ON CONFLICT (source, tbl, doc_key) DO UPDATE SET position = EXCLUDED.position, applied_at = now()"
+                 ON CONFLICT (source, tbl, doc_key) DO UPDATE SET position = EXCLUDED.position, applied_at = now() \
+                 WHERE {APPLIED}.position COLLATE \"C\" < EXCLUDED.position COLLATE \"C\" RETURNING doc_key"
             ),
             Dialect::Mysql => format!(
                 "INSERT INTO {APPLIED} (source, tbl, doc_key, position) VALUES {} \
@@ -192,7 +189,8 @@ mod tests {
                 .delete("t", &key, 1)
                 .contains("t.\"taxpayer_id\" = d.\"taxpayer_id\"")
         );
-        assert!(Dialect::Mysql.select_applied(3).ends_with("IN (?, ?, ?)"));
+        assert!(Dialect::mysql_select_applied(3).ends_with("IN (?, ?, ?)"));
+        assert!(Dialect::Postgres.record_applied(1).ends_with("RETURNING doc_key"));
         assert_eq!(Dialect::Mysql.quote("a`b"), "`a``b`");
         assert_eq!(Dialect::Postgres.quote("a\"b"), "\"a\"\"b\"");
         assert_eq!(Dialect::of_url("postgres://x/y"), Some(Dialect::Postgres));

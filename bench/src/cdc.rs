@@ -1,0 +1,255 @@
+//! Backlog catch-up from MySQL/MariaDB (`exhub-bench cdc-mysql`): the legacy CTAIS table in a
+//! fresh MariaDB database, a fresh PostgreSQL target, and the real `exhub source`, `exhub hub`
+//! and `exhub sink` processes between them.
+//!
+//! 1. The source runs once on the empty table (snapshot, checkpoint), and stops.
+//! 2. While the exchange is stopped, `--tx` transactions of `--rows` inserted rows are committed
+//!    (10 of the table's 13 columns filled, about 200 bytes a row).
+//! 3. Hub, sink and source start as separate processes; the clock runs from their start until
+//!    the target table holds every row.
+//!
+//! `--tx 1 --rows 1000000` is the one-huge-transaction case: the source's peak RSS shows that
+//! it streams a transaction instead of holding it.
+//!
+//! The last line is `RESULT cdc_mysql_events_per_s=… source_rss_mb=… hub_rss_mb=… sink_rss_mb=…`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use exhub_connect::{Topology, amqp};
+use sqlx::Connection as _;
+
+use crate::procs::{AMQP, Exhub, Flags};
+
+const MYSQL: &str = "mysql://root@127.0.0.1:3306";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+const LEGACY_TABLE: &str = include_str!("../../examples/legacy/tax_ctais.sql");
+const TARGET_TABLE: &str = include_str!("../../examples/legacy/commerce_mirror.sql");
+/// Rows per INSERT statement.
+const ROWS_PER_STATEMENT: u64 = 1_000;
+
+/// Runs the benchmark with `--tx N --rows N --workers N`.
+pub async fn run(flags: Flags) -> Result<()> {
+    let tx: u64 = flags.get("tx", 200)?;
+    let rows: u64 = flags.get("rows", 1_000)?;
+    let workers: usize = flags.get("workers", 2)?;
+    flags.done(&["tx", "rows", "workers"])?;
+    let bench = Bench::create(workers).await?;
+    let result = bench.measure(tx, rows).await;
+    bench.cleanup().await;
+    result
+}
+
+/// The databases, the scratch directory and the routes.toml of one run.
+struct Bench {
+    name: String,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Bench {
+    async fn create(workers: usize) -> Result<Bench> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let name = format!("exhub_bench_{}", &id[id.len() - 12..]);
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let mut my = sqlx::MySqlConnection::connect(MYSQL).await.context("MariaDB")?;
+        sql(format!("CREATE DATABASE {name} DEFAULT CHARSET utf8mb4"))
+            .execute(&mut my)
+            .await?;
+        sql(format!("USE {name}; {LEGACY_TABLE}")).execute(&mut my).await?;
+        let mut pg = sqlx::PgConnection::connect(POSTGRES).await.context("PostgreSQL")?;
+        sql(format!("CREATE DATABASE {name}")).execute(&mut pg).await?;
+        let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{name}")).await?;
+        sqlx::raw_sql(TARGET_TABLE).execute(&mut target).await?;
+        let config = dir.join("routes.toml");
+        std::fs::write(&config, routes(&name, &dir, workers))?;
+        Ok(Bench { name, dir, config })
+    }
+
+    fn spawn(&self, args: &[&str], log: &str) -> Result<Exhub> {
+        Exhub::spawn(&self.config, args, "info", &self.dir.join(log))
+    }
+
+    async fn measure(&self, tx: u64, rows: u64) -> Result<()> {
+        // The source's starting point: its checkpoint after an (empty) snapshot.
+        let mut source = self.spawn(&["source", "tax"], "prime.log")?;
+        source.wait_log("streaming the binlog", Duration::from_secs(60)).await?;
+        source.stop();
+        let made = Instant::now();
+        self.make_backlog(tx, rows).await?;
+        let total = tx * rows;
+        println!(
+            "backlog: {tx} transactions × {rows} rows made in {:.1} s while the exchange was stopped",
+            made.elapsed().as_secs_f64()
+        );
+
+        let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{}", self.name)).await?;
+        let started = Instant::now();
+        let mut procs = [
+            ("hub", self.spawn(&["hub"], "hub.log")?),
+            ("sink", self.spawn(&["sink", "mirror"], "sink.log")?),
+            ("source", self.spawn(&["source", "tax"], "source.log")?),
+        ];
+        let mut last_print = Instant::now();
+        loop {
+            let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM tax_registration")
+                .fetch_one(&mut target)
+                .await?;
+            if u64::try_from(count).unwrap_or(0) >= total {
+                break;
+            }
+            for (_, p) in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            if last_print.elapsed() > Duration::from_secs(10) {
+                println!(
+                    "  {count} rows in the target after {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+                last_print = Instant::now();
+            }
+            if started.elapsed() > Duration::from_secs(3600) {
+                bail!("only {count} of {total} rows after an hour");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let rate = total as f64 / secs;
+        let mut figures = Vec::new();
+        for (name, p) in procs.iter_mut() {
+            let (rss, cpu) = (p.peak_rss_mb()?, p.cpu_seconds()?);
+            println!(
+                "{name}: peak RSS {rss:.1} MB, CPU {cpu:.1} s ({:.0} % of one core)",
+                100.0 * cpu / secs
+            );
+            figures.push(rss);
+            p.stop();
+        }
+        println!("{total} rows in {secs:.1} s: {rate:.0} events/s end to end");
+        println!(
+            "RESULT cdc_mysql_events_per_s={rate:.0} source_rss_mb={:.1} hub_rss_mb={:.1} sink_rss_mb={:.1}",
+            figures[2], figures[0], figures[1]
+        );
+        Ok(())
+    }
+
+    /// `tx` committed transactions of `rows` inserts each, in multi-row statements.
+    async fn make_backlog(&self, tx: u64, rows: u64) -> Result<()> {
+        let mut my = sqlx::MySqlConnection::connect(&format!("{MYSQL}/{}", self.name)).await?;
+        let mut n = 0;
+        for _ in 0..tx {
+            let mut t = my.begin().await?;
+            let mut left = rows;
+            while left > 0 {
+                let chunk = left.min(ROWS_PER_STATEMENT);
+                sql(insert(n, chunk)).execute(&mut *t).await?;
+                n += chunk;
+                left -= chunk;
+            }
+            t.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the databases, the queues and the scratch directory; reports, never fails.
+    async fn cleanup(&self) {
+        let drop_my = async {
+            let mut my = sqlx::MySqlConnection::connect(MYSQL).await?;
+            sql(format!("DROP DATABASE IF EXISTS {}", self.name))
+                .execute(&mut my)
+                .await?;
+            let mut pg = sqlx::PgConnection::connect(POSTGRES).await?;
+            sql(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute(&mut pg)
+                .await?;
+            let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
+            let ch = conn.create_channel().await?;
+            Topology::new(self.name.clone()).delete_all(&ch, &["mirror"]).await?;
+            conn.close(200, "".into()).await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = drop_my.await {
+            eprintln!("cleanup of {}: {e:#}", self.name);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Generated SQL: names and values made here, not read from anywhere.
+fn sql(text: String) -> sqlx::RawSql {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+}
+
+/// One INSERT of `count` rows from row number `start`.
+fn insert(start: u64, count: u64) -> String {
+    let mut sql = String::from(
+        "INSERT INTO nsr_djxx (nsrsbh, nsrmc, fddbr, djrq, djzclx, nsrzt, ssqx, scjydz, zczb, xgsj) VALUES ",
+    );
+    for n in start..start + count {
+        if n > start {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "('{}','佛山市南海区桂城第{n}号测试企业有限公司','陈{n}','2020-01-{:02}','173','03','南海','佛山市南海区桂城街道南海大道北{n}号',{n}.25,'2026-11-22 10:00:{:02}')",
+            exhub_schemas::samples::taxpayer_id(n),
+            n % 28 + 1,
+            n % 60
+        ));
+    }
+    sql
+}
+
+/// The exchange: the CTAIS source, the hub (SQLite archive in `dir`), the PostgreSQL sink.
+fn routes(name: &str, dir: &Path, workers: usize) -> String {
+    format!(
+        r#"[hub]
+amqp = "{AMQP}"
+archive = "sqlite://{archive}"
+prefix = "{name}"
+workers = {workers}
+
+[[org]]
+id = "nanhai.tax"
+name = "南海区税务局"
+publishes = ["tax.registration"]
+amqp_user = "guest"
+
+[[org]]
+id = "nanhai.commerce"
+name = "南海区市场监督管理局"
+amqp_user = "guest"
+
+[[source]]
+name = "tax"
+org = "nanhai.tax"
+kind = "mysql"
+url = "{MYSQL}/{name}"
+time_zone = "+08:00"
+  [[source.table]]
+  table = "nsr_djxx"
+  doc_type = "tax.registration"
+  key = ["nsrsbh"]
+  fields = {{ taxpayer_id = "nsrsbh", name = "nsrmc", legal_representative = "fddbr", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", address = "scjydz", capital = "zczb", industry_code = "hydm", tax_authority = "zgswjg", phone = "lxdh", updated_at = "xgsj" }}
+  [source.table.values]
+  registration_type = {{ "173" = "limited_liability", "410" = "individual_business" }}
+  taxpayer_status = {{ "03" = "normal", "05" = "suspended" }}
+
+[[subscriber]]
+name = "mirror"
+org = "nanhai.commerce"
+kind = "postgres"
+url = "{POSTGRES}/{name}"
+  [[subscriber.apply]]
+  doc_type = "tax.registration"
+  table = "tax_registration"
+
+[[route]]
+name = "registrations"
+doc_types = ["tax.registration"]
+to = ["mirror"]
+"#,
+        archive = dir.join("archive.db").display()
+    )
+}

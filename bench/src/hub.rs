@@ -1,0 +1,298 @@
+//! The hub against a raw relay, on the real broker (`exhub-bench hub`).
+//!
+//! For each wire form (one document per message, then batches of `--batch` documents), the
+//! ingress queue is preloaded with `--docs` documents of about 1 KB, then timed until a
+//! consumer of the subscriber queue has acknowledged them all:
+//!
+//! - **raw relay**: consume the ingress queue, republish each message to the subscriber queue
+//!   with confirms, acknowledge — the same queues, batching and confirms as the hub, and no hub
+//!   logic: the ceiling;
+//! - **hub**: the real `exhub hub` process (decode, authenticate, validate, hash, archive to
+//!   SQLite, route, encode, publish with confirms, acknowledge).
+//!
+//! The last line is `RESULT hub_docs_per_s=… raw_relay_per_s=… ratio=… hub_rss_mb=… …`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use exhub_connect::publisher::Declare;
+use exhub_connect::{Outgoing, Publisher, Topology, amqp, wire};
+use exhub_schemas::Encoding;
+use futures_util::StreamExt as _;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::procs::{AMQP, Exhub, Flags};
+
+const SUBSCRIBER: &str = "bench";
+
+struct Args {
+    docs: u64,
+    batch: usize,
+    workers: usize,
+}
+
+/// Runs the benchmark with `--docs N --batch N --workers N`.
+pub async fn run(flags: Flags) -> Result<()> {
+    let args = Args {
+        docs: flags.get("docs", 200_000)?,
+        batch: flags.get("batch", 100)?,
+        workers: flags.get("workers", 4)?,
+    };
+    flags.done(&["docs", "batch", "workers"])?;
+    let dir = std::env::temp_dir().join(format!("exhub-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let docs: Vec<(String, Vec<u8>)> = (0..args.docs)
+        .map(|n| {
+            let id = uuid::Uuid::now_v7();
+            (
+                id.to_string(),
+                exhub_schemas::samples::tax_registration(id, "nanhai.tax", n, "南海").into_bytes(),
+            )
+        })
+        .collect();
+    let avg = docs.iter().map(|(_, d)| d.len()).sum::<usize>() / docs.len().max(1);
+    println!(
+        "{} documents of {avg} bytes on average; batches of {}",
+        args.docs, args.batch
+    );
+
+    let mut results = Vec::new();
+    for batch in [1, args.batch] {
+        let form = if batch == 1 { "single" } else { "batch" };
+        let relay = run_relay(&docs, batch, args.workers).await?;
+        println!("raw relay ({form}): {relay:.0} docs/s");
+        let (hub, rss) = run_hub(&dir, &docs, batch, args.workers).await?;
+        println!("hub ({form}): {hub:.0} docs/s, peak RSS {rss:.1} MB");
+        results.push((relay, hub, rss));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (relay, hub, rss) = results[0];
+    let (relay_b, hub_b, rss_b) = results[1];
+    println!(
+        "RESULT hub_docs_per_s={hub:.0} raw_relay_per_s={relay:.0} ratio={:.2} hub_rss_mb={rss:.1} \
+         hub_batch_docs_per_s={hub_b:.0} raw_relay_batch_per_s={relay_b:.0} batch_ratio={:.2} hub_batch_rss_mb={rss_b:.1}",
+        hub / relay,
+        hub_b / relay_b
+    );
+    Ok(())
+}
+
+/// A fresh topology with one subscriber.
+async fn topology() -> Result<Topology> {
+    let t = Topology::new(format!("bench{}", uuid::Uuid::now_v7().simple()));
+    let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
+    let ch = conn.create_channel().await?;
+    t.declare_all(&ch, &[SUBSCRIBER]).await?;
+    conn.close(200, "".into()).await?;
+    Ok(t)
+}
+
+async fn cleanup(t: &Topology) -> Result<()> {
+    let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
+    let ch = conn.create_channel().await?;
+    t.delete_all(&ch, &[SUBSCRIBER]).await?;
+    conn.close(200, "".into()).await?;
+    Ok(())
+}
+
+/// Fills the ingress queue: `batch` documents per message.
+async fn preload(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize) -> Result<()> {
+    let mut publisher = Publisher::new(AMQP, "exhub-bench-preload", Declare::Ingress(t.clone()));
+    let cancel = CancellationToken::new();
+    for chunk in docs.chunks(5_000) {
+        let messages: Vec<Outgoing> = chunk
+            .chunks(batch)
+            .map(|group| {
+                let (payload, properties) = if group.len() == 1 {
+                    let (id, d) = &group[0];
+                    let props = lapin::BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into())
+                        .with_message_id(id.as_str().into())
+                        .with_type("tax.registration".into())
+                        .with_user_id("guest".into());
+                    (d.clone(), props)
+                } else {
+                    let bodies: Vec<&[u8]> = group.iter().map(|(_, d)| d.as_slice()).collect();
+                    (
+                        wire::encode_batch(Encoding::Json, &bodies),
+                        wire::batch_properties(Encoding::Json, group.len(), "guest"),
+                    )
+                };
+                Outgoing {
+                    exchange: t.ingress_exchange(),
+                    routing_key: String::new(),
+                    payload,
+                    properties,
+                }
+            })
+            .collect();
+        publisher.publish(&messages, &cancel).await?;
+    }
+    Ok(())
+}
+
+/// Consumes the subscriber queue, acknowledging in groups, until `want` documents arrived.
+async fn drain(t: &Topology, want: u64) -> Result<()> {
+    let conn = amqp::connect(AMQP, "exhub-bench-drain").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(2_000, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            t.subscriber_queue(SUBSCRIBER).as_str().into(),
+            "drain".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut got = 0u64;
+    let mut unacked = 0;
+    while got < want {
+        let Some(d) = tokio::time::timeout(Duration::from_secs(120), consumer.next()).await? else {
+            bail!("subscriber queue consumer ended");
+        };
+        let d = d?;
+        got += wire::header_str(&d.properties, wire::header::COUNT)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        unacked += 1;
+        if unacked >= 200 || got >= want {
+            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true }).await?;
+            unacked = 0;
+        }
+    }
+    conn.close(200, "".into()).await?;
+    Ok(())
+}
+
+/// The raw relay: as many workers as the hub, same batching, same confirms, no hub logic.
+async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
+    let t = topology().await?;
+    preload(&t, docs, batch).await?;
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let relayed = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for n in 0..n_workers {
+        let (t, stop, relayed) = (t.clone(), stop.clone(), Arc::clone(&relayed));
+        workers.push(tokio::spawn(async move { relay(&t, n, &stop, &relayed).await }));
+    }
+    drain(&t, docs.len() as u64).await?;
+    let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    for w in workers {
+        w.await??;
+    }
+    cleanup(&t).await?;
+    Ok(rate)
+}
+
+async fn relay(t: &Topology, n: usize, stop: &CancellationToken, relayed: &AtomicU64) -> Result<()> {
+    let conn = amqp::connect(AMQP, &format!("exhub-bench-relay-{n}")).await?;
+    let publish_conn = amqp::connect(AMQP, &format!("exhub-bench-relay-{n}-publish")).await?;
+    let out = amqp::confirmed_channel(&publish_conn).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            t.ingress_queue().as_str().into(),
+            "relay".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => break,
+            d = consumer.next() => match d { Some(d) => d?, None => break },
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(5);
+        while batch.len() < 500 {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(d)) => batch.push(d?),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut confirms = Vec::with_capacity(batch.len());
+        for d in &batch {
+            let props = d.properties.clone();
+            confirms.push(
+                out.basic_publish(
+                    t.out_exchange().as_str().into(),
+                    SUBSCRIBER.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &d.data,
+                    props,
+                )
+                .await?,
+            );
+        }
+        for c in futures_util::future::join_all(confirms).await {
+            if !c?.is_ack() {
+                bail!("relay publish was nacked");
+            }
+        }
+        if let Some(last) = batch.last() {
+            ch.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        relayed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+    let _ = conn.close(200, "".into()).await;
+    let _ = publish_conn.close(200, "".into()).await;
+    Ok(())
+}
+
+/// The real hub process on the same kind of topology; returns (docs/s, peak RSS in MB).
+async fn run_hub(dir: &Path, docs: &[(String, Vec<u8>)], batch: usize, workers: usize) -> Result<(f64, f64)> {
+    let t = topology().await?;
+    let config = dir.join(format!("routes-{}.toml", t.prefix()));
+    let archive = dir.join(format!("archive-{}.db", t.prefix()));
+    std::fs::write(
+        &config,
+        format!(
+            r#"[hub]
+amqp = "{AMQP}"
+archive = "sqlite://{}"
+prefix = "{}"
+workers = {workers}
+
+[[org]]
+id = "nanhai.tax"
+name = "南海区税务局"
+publishes = ["tax.registration"]
+amqp_user = "guest"
+
+[[subscriber]]
+name = "{SUBSCRIBER}"
+org = "nanhai.tax"
+kind = "amqp"
+
+[[route]]
+name = "all"
+doc_types = ["tax.registration"]
+to = ["{SUBSCRIBER}"]
+"#,
+            archive.display(),
+            t.prefix()
+        ),
+    )?;
+    preload(&t, docs, batch).await?;
+    let started = Instant::now();
+    let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;
+    drain(&t, docs.len() as u64).await?;
+    let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
+    let rss = hub.peak_rss_mb()?;
+    hub.stop();
+    cleanup(&t).await?;
+    Ok((rate, rss))
+}

@@ -1,0 +1,159 @@
+//! What every benchmark needs around the code it measures: its flags, the broker's address, and
+//! the real `exhub` processes it starts, watches (log lines, peak RSS, CPU time) and stops.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The local broker, as scripts/services.sh leaves it.
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// `--name value` flags, taken one by one; [`Flags::done`] refuses the ones nobody took.
+pub struct Flags(BTreeMap<String, String>);
+
+impl Flags {
+    /// Parses `--name value` pairs.
+    pub fn parse(args: impl Iterator<Item = String>) -> Result<Flags> {
+        let mut map = BTreeMap::new();
+        let mut it = args;
+        while let Some(flag) = it.next() {
+            let name = flag
+                .strip_prefix("--")
+                .with_context(|| format!("expected a --flag, got {flag}"))?;
+            let value = it.next().with_context(|| format!("--{name} takes a value"))?;
+            map.insert(name.to_owned(), value);
+        }
+        Ok(Flags(map))
+    }
+
+    /// The value of `--name`, or `default`.
+    pub fn get<T: FromStr>(&self, name: &str, default: T) -> Result<T>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        match self.0.get(name) {
+            Some(v) => v.parse().with_context(|| format!("--{name} {v}")),
+            None => Ok(default),
+        }
+    }
+
+    /// Fails on a flag that is not `known`.
+    pub fn done(&self, known: &[&str]) -> Result<()> {
+        if let Some(unknown) = self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            bail!("unknown flag --{unknown} (known: --{})", known.join(", --"));
+        }
+        Ok(())
+    }
+}
+
+/// A running `exhub` process, stopped (SIGKILL) when dropped so that a failed benchmark leaves
+/// nothing running.
+pub struct Exhub {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Exhub {
+    /// Starts `exhub ARGS --config CONFIG` with `EXHUB_LOG=log_filter`, its log in `log`.
+    pub fn spawn(config: &Path, args: &[&str], log_filter: &str, log: &Path) -> Result<Exhub> {
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(exhub_bin()?)
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("EXHUB_LOG", log_filter)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting exhub {}", args.join(" ")))?;
+        Ok(Exhub {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// Waits until the log shows `line`; fails if the process exits or `timeout` passes.
+    pub async fn wait_log(&mut self, line: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if std::fs::read_to_string(&self.log)?.contains(line) {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("no `{line}` in {} after {timeout:?}", self.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fails, with the end of its log, if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("{} exited ({status}):\n{}", self.log.display(), tail.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// Peak resident set size (`VmHWM`), in MB.
+    pub fn peak_rss_mb(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmHWM not in /proc/<pid>/status")?;
+        Ok(kb / 1024.0)
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed /proc/<pid>/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+            .sum();
+        Ok(ticks / 100.0)
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Exhub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `exhub` next to this binary (the same profile), or `EXHUB_BIN`.
+fn exhub_bin() -> Result<PathBuf> {
+    if let Ok(bin) = std::env::var("EXHUB_BIN") {
+        return Ok(bin.into());
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("exhub");
+    if !bin.exists() {
+        bail!("{} not built: cargo build --release --bins", bin.display());
+    }
+    Ok(bin)
+}
