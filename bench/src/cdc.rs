@@ -13,7 +13,7 @@
 //!
 //! The last line is `RESULT cdc_mysql_events_per_s=… source_rss_mb=… hub_rss_mb=… sink_rss_mb=…`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -34,8 +34,9 @@ pub async fn run(flags: Flags) -> Result<()> {
     let tx: u64 = flags.get("tx", 200)?;
     let rows: u64 = flags.get("rows", 1_000)?;
     let workers: usize = flags.get("workers", 2)?;
-    flags.done(&["tx", "rows", "workers"])?;
-    let bench = Bench::create(workers).await?;
+    let archive: String = flags.get("archive", "sqlite".to_owned())?;
+    flags.done(&["tx", "rows", "workers", "archive"])?;
+    let bench = Bench::create(workers, &archive).await?;
     let result = bench.measure(tx, rows).await;
     bench.cleanup().await;
     result
@@ -49,7 +50,7 @@ struct Bench {
 }
 
 impl Bench {
-    async fn create(workers: usize) -> Result<Bench> {
+    async fn create(workers: usize, archive: &str) -> Result<Bench> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let name = format!("exhub_bench_{}", &id[id.len() - 12..]);
         let dir = std::env::temp_dir().join(&name);
@@ -63,8 +64,16 @@ impl Bench {
         sql(format!("CREATE DATABASE {name}")).execute(&mut pg).await?;
         let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{name}")).await?;
         sqlx::raw_sql(TARGET_TABLE).execute(&mut target).await?;
+        let archive = match archive {
+            "sqlite" => format!("sqlite://{}", dir.join("archive.db").display()),
+            "postgres" => {
+                sql(format!("CREATE DATABASE {name}_archive")).execute(&mut pg).await?;
+                format!("{POSTGRES}/{name}_archive")
+            }
+            other => bail!("--archive {other}: sqlite or postgres"),
+        };
         let config = dir.join("routes.toml");
-        std::fs::write(&config, routes(&name, &dir, workers))?;
+        std::fs::write(&config, routes(&name, &archive, workers))?;
         Ok(Bench { name, dir, config })
     }
 
@@ -161,9 +170,11 @@ impl Bench {
                 .execute(&mut my)
                 .await?;
             let mut pg = sqlx::PgConnection::connect(POSTGRES).await?;
-            sql(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut pg)
-                .await?;
+            for db in [self.name.clone(), format!("{}_archive", self.name)] {
+                sql(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .execute(&mut pg)
+                    .await?;
+            }
             let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
             let ch = conn.create_channel().await?;
             Topology::new(self.name.clone()).delete_all(&ch, &["mirror"]).await?;
@@ -201,12 +212,12 @@ fn insert(start: u64, count: u64) -> String {
     sql
 }
 
-/// The exchange: the CTAIS source, the hub (SQLite archive in `dir`), the PostgreSQL sink.
-fn routes(name: &str, dir: &Path, workers: usize) -> String {
+/// The exchange: the CTAIS source, the hub (its archive at `archive`), the PostgreSQL sink.
+fn routes(name: &str, archive: &str, workers: usize) -> String {
     format!(
         r#"[hub]
 amqp = "{AMQP}"
-archive = "sqlite://{archive}"
+archive = "{archive}"
 prefix = "{name}"
 workers = {workers}
 
@@ -249,7 +260,6 @@ url = "{POSTGRES}/{name}"
 name = "registrations"
 doc_types = ["tax.registration"]
 to = ["mirror"]
-"#,
-        archive = dir.join("archive.db").display()
+"#
     )
 }

@@ -46,7 +46,7 @@ const PREFETCH_MAX: u16 = 1000;
 const RESIZE_EVERY: Duration = Duration::from_secs(30);
 /// Most messages, and about the most bytes, one batch takes.
 const BATCH: usize = 250;
-const BATCH_BYTES: usize = 256 << 10;
+const BATCH_BYTES: usize = 512 << 10;
 /// How long a batch waits for more messages once it has one.
 const LINGER: Duration = Duration::from_millis(5);
 /// How long in-flight work may take to finish after shutdown was asked for.
