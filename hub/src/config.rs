@@ -143,8 +143,15 @@ pub struct DbSource {
     /// the source's name and URL).
     pub server_id: Option<u32>,
     /// The time zone of the legacy database's zone-less date-times, e.g. `+08:00` (default:
-    /// the server's).
+    /// the server's; PostgreSQL: UTC).
     pub time_zone: Option<String>,
+    /// PostgreSQL: the logical replication slot (default: `exhub_<name>`), created when missing.
+    pub slot: Option<String>,
+    /// PostgreSQL: the publication (default: `exhub_<name>`), created for the mapped tables
+    /// when missing, used as is otherwise.
+    pub publication: Option<String>,
+    /// PostgreSQL: warn when the slot retains more WAL than this many MB (default 1024).
+    pub lag_warn_mb: Option<u64>,
     /// Tables and their mapping to documents.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableMapping>,

@@ -79,6 +79,10 @@ enum Command {
         /// Forget the checkpoint first: start over with a new snapshot.
         #[arg(long)]
         reset: bool,
+        /// Retire the source: drop its replication slot and publication (PostgreSQL) and its
+        /// checkpoint, then exit.
+        #[arg(long)]
+        drop_slot: bool,
     },
     /// Run one database subscriber (applies its documents to its tables) until Ctrl-C or SIGTERM.
     Sink {
@@ -259,7 +263,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Hub { config, workers } => block_on(cmd::serve::hub(&config, workers)),
         Command::Run { config } => block_on(cmd::adapters::run(&config)),
-        Command::Source { config, name, reset } => block_on(cmd::adapters::source(&config, &name, reset)),
+        Command::Source {
+            config,
+            name,
+            reset,
+            drop_slot,
+        } => block_on(cmd::adapters::source(&config, &name, reset, drop_slot)),
         Command::Sink { config, name } => block_on(cmd::adapters::sink(&config, &name)),
         Command::Publish {
             config,

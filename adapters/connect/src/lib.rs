@@ -11,6 +11,7 @@
 //!   reconnecting and republishing whatever was not confirmed;
 //! - [`consumer`]: taking messages in batches;
 //! - [`mapping`]: legacy rows → typed exchange documents, for every source adapter;
+//! - [`outbox`]: a source's documents on their way to the hub, published with confirms;
 //! - [`checkpoint`]: a source's position, saved atomically.
 //!
 //! Delivery contract (every hop): at-least-once. A message counts as handed over only when the
@@ -20,6 +21,7 @@ pub mod amqp;
 pub mod checkpoint;
 pub mod consumer;
 pub mod mapping;
+pub mod outbox;
 pub mod publisher;
 pub mod topology;
 pub mod wire;

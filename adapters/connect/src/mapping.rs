@@ -72,6 +72,9 @@ pub enum Cell {
     DateTime([u32; 7]),
     /// An instant, microseconds since the Unix epoch.
     Instant(i64),
+    /// A value the source did not send because it did not change (PostgreSQL's unchanged
+    /// TOASTed columns): its field is left out of the body, so sinks leave the column as it is.
+    Unchanged,
 }
 
 /// A row that could not become a document: which field, which column, why.
@@ -234,6 +237,8 @@ impl Mapper {
         let mut body = BTreeMap::new();
         for (i, f) in self.fields.iter().enumerate() {
             match cell(&f.column) {
+                Some(Cell::Unchanged) if !self.key.contains(&i) => {}
+                Some(Cell::Unchanged) => return Err(self.error(f, "the key column's value was not sent".into())),
                 Some(c) => {
                     let value = self.value(f, c)?;
                     body.insert(f.field.clone(), value);
@@ -331,7 +336,7 @@ pub fn document_id(origin: &Origin<'_>, table: &str, at: &RowPosition) -> uuid::
 /// The text of a cell (for code tables and string fields).
 fn cell_text(cell: &Cell, offset_secs: i32) -> String {
     match cell {
-        Cell::Null => String::new(),
+        Cell::Null | Cell::Unchanged => String::new(),
         Cell::Bool(b) => b.to_string(),
         Cell::Int(i) => i.to_string(),
         Cell::UInt(u) => u.to_string(),
@@ -409,7 +414,7 @@ fn date(text: &str) -> Result<Value, String> {
 /// The value a cell has when the schema does not type its field.
 fn natural(cell: Cell, offset_secs: i32) -> Value {
     match cell {
-        Cell::Null => Value::Null,
+        Cell::Null | Cell::Unchanged => Value::Null,
         Cell::Bool(b) => Value::Bool(b),
         Cell::Int(i) => Value::Int(i),
         Cell::UInt(u) => i64::try_from(u).map_or_else(|_| Value::Text(u.to_string()), Value::Int),

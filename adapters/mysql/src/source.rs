@@ -13,16 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exhub_connect::mapping::{Origin, RowPosition, SnapshotMode};
+use exhub_connect::mapping::{RowPosition, SnapshotMode};
+use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
 use exhub_connect::publisher::Declare;
-use exhub_connect::wire::{self, header};
-use exhub_connect::{
-    AmqpError, Cell, CheckpointError, CheckpointStore, Mapper, MappingError, Outgoing, Publisher, TableMapping,
-    Topology,
-};
-use exhub_schemas::{Encoding, Op, Registry};
+use exhub_connect::{AmqpError, Cell, CheckpointError, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_schemas::{Op, Registry};
 use futures_util::StreamExt as _;
-use lapin::BasicProperties;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::binlog::value::BinlogValue;
@@ -33,12 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cells::cell;
 
-/// Documents per published AMQP message (the batch form).
-const DOCS_PER_MESSAGE: usize = 100;
-/// Documents held before they are published (bounds memory whatever the transaction size).
-const FLUSH_DOCS: usize = 2000;
-/// How long a document waits for others before it is published anyway.
-const LINGER: Duration = Duration::from_millis(20);
 /// Rows per snapshot chunk.
 const CHUNK_ROWS: usize = 2000;
 /// The server sends a heartbeat after this long without events (so lag shows when idle).
@@ -239,6 +229,19 @@ impl MysqlSource {
         })
     }
 
+    /// Who this source publishes as.
+    fn identity(&self) -> SourceIdentity {
+        let s = &self.settings;
+        SourceIdentity {
+            name: s.name.clone(),
+            org: s.org.clone(),
+            kind: "mysql",
+            db: self.db.clone(),
+            amqp_user: s.amqp_user.clone(),
+            topology: s.topology.clone(),
+        }
+    }
+
     /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`) or streams
     /// from the server's current position (mode `never`).
     pub fn reset(&self) -> Result<(), SourceError> {
@@ -290,7 +293,7 @@ impl MysqlSource {
             SnapshotMode::Initial => state.binlog.is_none() || state.snapshot.is_some(),
             SnapshotMode::Always => true,
         };
-        let mut out = Outbox::new(self, publisher);
+        let mut out = Outbox::new(self.identity(), publisher);
         if snapshot {
             if self.settings.snapshot == SnapshotMode::Always && state.snapshot.is_none() {
                 state.binlog = None;
@@ -563,8 +566,7 @@ impl MysqlSource {
                 }
                 let mut position = position.clone();
                 position.tx = format!("snapshot:{at}:{}", key_text(&key));
-                out.row(&table.mapper, Op::Snapshot, |c| cells.remove(c), &position, &self.db)
-                    .await?;
+                out.row(&table.mapper, Op::Snapshot, |c| cells.remove(c), &position);
                 after = Some(key);
             }
             out.flush(cancel).await?;
@@ -726,8 +728,7 @@ impl MysqlSource {
                                     committed_micros,
                                 };
                                 let mut cells = binlog_cells(row);
-                                out.row(&table.mapper, op, |c| cells.remove(c), &position, &self.db)
-                                    .await?;
+                                out.row(&table.mapper, op, |c| cells.remove(c), &position);
                             }
                         }
                         if out.pending() >= FLUSH_DOCS {
@@ -807,130 +808,6 @@ impl MysqlSource {
                 error,
             },
         }
-    }
-}
-
-/// Documents on their way to the broker, with the mapping failures that go to the DLQ.
-struct Outbox<'a> {
-    source: &'a MysqlSource,
-    publisher: &'a mut Publisher,
-    docs: Vec<Vec<u8>>,
-    dead: Vec<Outgoing>,
-    first_at: Option<Instant>,
-    flushed_at: Option<Instant>,
-}
-
-impl<'a> Outbox<'a> {
-    fn new(source: &'a MysqlSource, publisher: &'a mut Publisher) -> Self {
-        Outbox {
-            source,
-            publisher,
-            docs: Vec::new(),
-            dead: Vec::new(),
-            first_at: None,
-            flushed_at: None,
-        }
-    }
-
-    fn pending(&self) -> usize {
-        self.docs.len() + self.dead.len()
-    }
-
-    /// How long until the oldest pending document must go.
-    fn linger_left(&self) -> Option<Duration> {
-        self.first_at
-            .map(|t| LINGER.saturating_sub(t.elapsed()).max(Duration::from_millis(1)))
-    }
-
-    fn due(&self) -> bool {
-        self.first_at.is_some_and(|t| t.elapsed() >= LINGER)
-    }
-
-    fn flushed_since(&self, t: Instant) -> bool {
-        self.flushed_at.is_some_and(|f| f > t)
-    }
-
-    /// Maps one row and queues its document, or its mapping failure for the DLQ.
-    async fn row(
-        &mut self,
-        mapper: &Mapper,
-        op: Op,
-        cell: impl FnMut(&str) -> Option<Cell>,
-        position: &RowPosition,
-        db: &str,
-    ) -> Result<(), SourceError> {
-        let s = &self.source.settings;
-        let origin = Origin {
-            kind: "mysql",
-            source: &s.name,
-            org: &s.org,
-            db,
-        };
-        match mapper.document(op, cell, &origin, position) {
-            Ok(doc) => self.docs.push(exhub_schemas::json::encode(&doc)),
-            Err(e) => self.dead.push(self.dead_letter(&e, position)),
-        }
-        self.first_at.get_or_insert_with(Instant::now);
-        Ok(())
-    }
-
-    fn dead_letter(&self, e: &MappingError, position: &RowPosition) -> Outgoing {
-        let s = &self.source.settings;
-        tracing::error!(
-            source = %s.name,
-            table = %e.table,
-            field = %e.field,
-            column = %e.column,
-            position = %position.position,
-            seq = position.seq,
-            error = %e.message,
-            "row cannot be mapped; sent to the DLQ with reason `mapping`, the stream goes on"
-        );
-        let body = serde_json::json!({
-            "source": s.name,
-            "org": s.org,
-            "table": e.table,
-            "position": position.position,
-            "seq": position.seq,
-            "field": e.field,
-            "column": e.column,
-        });
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_app_id(s.org.as_str().into())
-            .with_user_id(s.amqp_user.as_str().into());
-        properties = wire::with_header(properties, header::REASON, "mapping");
-        properties = wire::with_header(properties, header::DETAIL, &e.to_string());
-        Outgoing {
-            exchange: s.topology.dead_letter_exchange(),
-            routing_key: s.topology.hub_dlq(),
-            payload: body.to_string().into_bytes(),
-            properties,
-        }
-    }
-
-    /// Publishes everything pending and waits for the broker's confirms.
-    async fn flush(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        if self.pending() == 0 {
-            return Ok(());
-        }
-        let s = &self.source.settings;
-        let mut messages: Vec<Outgoing> = std::mem::take(&mut self.dead);
-        for chunk in self.docs.chunks(DOCS_PER_MESSAGE) {
-            messages.push(Outgoing {
-                exchange: s.topology.ingress_exchange(),
-                routing_key: String::new(),
-                payload: wire::encode_batch(Encoding::Json, chunk),
-                properties: wire::batch_properties(Encoding::Json, chunk.len(), &s.amqp_user),
-            });
-        }
-        self.publisher.publish(&messages, cancel).await?;
-        tracing::debug!(source = %s.name, documents = self.docs.len(), dead = messages.len() - self.docs.len().div_ceil(DOCS_PER_MESSAGE), "published");
-        self.docs.clear();
-        self.first_at = None;
-        self.flushed_at = Some(Instant::now());
-        Ok(())
     }
 }
 

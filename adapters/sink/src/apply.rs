@@ -3,6 +3,7 @@
 //! newer than what `exhub_applied` records are skipped, and the data and the bookkeeping commit
 //! together.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use exhub_connect::mapping::order_key;
@@ -57,6 +58,9 @@ pub struct Applier {
 /// One version of one key, ready to apply.
 struct Version<'d> {
     doc: &'d Document,
+    /// The body to write: the document's, plus the fields it left out as unchanged that an
+    /// older version of the same key in the same batch had.
+    body: Cow<'d, BTreeMap<String, Value>>,
     target: &'d TableTarget,
     source: String,
     key: String,
@@ -91,11 +95,12 @@ impl Applier {
             }
             let v = version(doc, target);
             let slot = (target.table.clone(), v.source.clone(), v.key.clone());
-            match newest.get(&slot) {
-                Some(old) if old.order >= v.order => outcome.stale += 1,
-                Some(_) => {
+            match newest.remove(&slot) {
+                Some(old) => {
                     outcome.stale += 1;
-                    newest.insert(slot, v);
+                    let (mut newer, older) = if old.order >= v.order { (old, v) } else { (v, old) };
+                    newer.inherit(&older);
+                    newest.insert(slot, newer);
                 }
                 None => {
                     newest.insert(slot, v);
@@ -209,7 +214,7 @@ impl Applier {
         let mut by_fields: BTreeMap<Vec<&str>, Vec<&Version<'_>>> = BTreeMap::new();
         for v in versions {
             by_fields
-                .entry(v.doc.body.keys().map(String::as_str).collect())
+                .entry(v.body.keys().map(String::as_str).collect())
                 .or_default()
                 .push(v);
         }
@@ -273,10 +278,25 @@ enum Part {
 }
 
 impl Version<'_> {
+    /// Takes from `older` the fields this version left out (a source sends only what changed
+    /// of some columns, e.g. PostgreSQL's unchanged TOASTed values): once the batch keeps only
+    /// this version, the older one's values would otherwise never be written.
+    fn inherit(&mut self, older: &Version<'_>) {
+        let upserts = |v: &Version<'_>| v.doc.header.op != Op::Delete;
+        if !upserts(self) || !upserts(older) {
+            return;
+        }
+        for (field, value) in older.body.iter() {
+            if !self.body.contains_key(field) {
+                self.body.to_mut().insert(field.clone(), value.clone());
+            }
+        }
+    }
+
     fn part(&self, part: Part) -> &BTreeMap<String, Value> {
         match part {
             Part::Key => &self.doc.header.key,
-            Part::Body => &self.doc.body,
+            Part::Body => &self.body,
         }
     }
 }
@@ -303,6 +323,7 @@ fn version<'d>(doc: &'d Document, target: &'d TableTarget) -> Version<'d> {
         .unwrap_or_else(|| format!("t:{:020}", h.created_at.unix_micros()));
     Version {
         doc,
+        body: Cow::Borrowed(&doc.body),
         target,
         source,
         key,

@@ -10,6 +10,7 @@ use exhub_hub::config::{Config, DbSink, DbSource, SourceConfig, SubscriberConfig
 use exhub_hub::pipeline::{Hub, amqp_user};
 use exhub_hub::secret::SecretUrl;
 use exhub_mysql::{MysqlSource, SourceSettings};
+use exhub_postgres::PostgresSource;
 use exhub_schemas::Registry;
 use exhub_sink::{DbSink as Sink, SinkSettings, TableTarget};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::{Loaded, init_logging, load, shutdown_on_signal};
 
 /// Runs one source until a signal.
-pub async fn source(path: &Path, name: &str, reset: bool) -> Result<()> {
+pub async fn source(path: &Path, name: &str, reset: bool, drop_slot: bool) -> Result<()> {
     init_logging();
     let loaded = load(path)?;
     let Some(source) = loaded.config.sources.iter().find(|s| s.common().name == name) else {
@@ -26,6 +27,9 @@ pub async fn source(path: &Path, name: &str, reset: bool) -> Result<()> {
     };
     let shutdown = shutdown_on_signal();
     let source = build_source(&loaded, source, path)?;
+    if drop_slot {
+        return source.drop_slot().await;
+    }
     if reset {
         source.reset().context("resetting the checkpoint")?;
     }
@@ -85,7 +89,7 @@ pub async fn run(path: &Path) -> Result<()> {
         ));
     }
     for source in &loaded.config.sources {
-        if !matches!(source, SourceConfig::Mysql(_)) {
+        if matches!(source, SourceConfig::Mssql(_)) {
             tracing::warn!(source = %source.common().name, kind = source.kind(), "this source kind is not built yet; skipped");
             continue;
         }
@@ -127,38 +131,45 @@ pub async fn run(path: &Path) -> Result<()> {
 /// A source of any kind built so far.
 enum Source {
     Mysql(MysqlSource, String),
+    Postgres(PostgresSource, String),
 }
 
 impl Source {
     fn name(&self) -> &str {
         match self {
-            Source::Mysql(_, name) => name,
+            Source::Mysql(_, name) | Source::Postgres(_, name) => name,
         }
     }
 
     fn reset(&self) -> Result<()> {
         match self {
             Source::Mysql(s, _) => Ok(s.reset()?),
+            Source::Postgres(s, _) => Ok(s.reset()?),
+        }
+    }
+
+    async fn drop_slot(&self) -> Result<()> {
+        match self {
+            Source::Mysql(_, name) => {
+                bail!("source {name:?}: --drop-slot is for PostgreSQL sources (a MySQL source holds no slot)")
+            }
+            Source::Postgres(s, _) => Ok(s.drop_slot().await?),
         }
     }
 
     async fn run(&self, cancel: &CancellationToken) -> Result<()> {
         match self {
-            Source::Mysql(s, name) => {
-                s.run(cancel).await?;
-                tracing::info!(source = %name, "source stopped cleanly");
-                Ok(())
-            }
+            Source::Mysql(s, _) => s.run(cancel).await?,
+            Source::Postgres(s, _) => s.run(cancel).await?,
         }
+        tracing::info!(source = %self.name(), "source stopped cleanly");
+        Ok(())
     }
 }
 
 fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<Source> {
     let config = &loaded.config;
     let s: &DbSource = source.common();
-    let SourceConfig::Mysql(_) = source else {
-        bail!("source {:?}: {} sources are not built yet", s.name, source.kind());
-    };
     let amqp: &SecretUrl = s.amqp.as_ref().unwrap_or(&config.hub.amqp);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let checkpoint = match &s.checkpoint {
@@ -169,23 +180,62 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
         Some(tz) => Some(parse_offset(tz).with_context(|| format!("source {:?}: bad time_zone {tz:?}", s.name))?),
         None => None,
     };
-    let settings = SourceSettings {
-        name: s.name.clone(),
-        org: s.org.clone(),
-        url: s.url.expose().to_owned(),
-        snapshot: s.snapshot,
-        tables: s.tables.clone(),
-        server_id: s
-            .server_id
-            .unwrap_or_else(|| server_id(&format!("{}\n{}", s.name, s.url.expose()))),
-        checkpoint,
-        offset_secs,
-        amqp: amqp.expose().to_owned(),
-        topology: config.hub.topology(),
-        amqp_user: amqp_user(amqp),
-    };
-    let source = MysqlSource::new(settings, Arc::clone(&loaded.registry))?;
-    Ok(Source::Mysql(source, s.name.clone()))
+    let registry = Arc::clone(&loaded.registry);
+    match source {
+        SourceConfig::Mysql(_) => {
+            let settings = SourceSettings {
+                name: s.name.clone(),
+                org: s.org.clone(),
+                url: s.url.expose().to_owned(),
+                snapshot: s.snapshot,
+                tables: s.tables.clone(),
+                server_id: s
+                    .server_id
+                    .unwrap_or_else(|| server_id(&format!("{}\n{}", s.name, s.url.expose()))),
+                checkpoint,
+                offset_secs,
+                amqp: amqp.expose().to_owned(),
+                topology: config.hub.topology(),
+                amqp_user: amqp_user(amqp),
+            };
+            Ok(Source::Mysql(MysqlSource::new(settings, registry)?, s.name.clone()))
+        }
+        SourceConfig::Postgres(_) => {
+            // Slot and publication names: lower case letters, digits and underscores.
+            let default_name = format!(
+                "exhub_{}",
+                s.name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    })
+                    .collect::<String>()
+            );
+            let settings = exhub_postgres::SourceSettings {
+                name: s.name.clone(),
+                org: s.org.clone(),
+                url: s.url.expose().to_owned(),
+                snapshot: s.snapshot,
+                tables: s.tables.clone(),
+                slot: s.slot.clone().unwrap_or_else(|| default_name.clone()),
+                publication: s.publication.clone().unwrap_or(default_name),
+                checkpoint,
+                offset_secs,
+                amqp: amqp.expose().to_owned(),
+                topology: config.hub.topology(),
+                amqp_user: amqp_user(amqp),
+                lag_warn_bytes: i64::try_from(s.lag_warn_mb.unwrap_or(1024).saturating_mul(1 << 20))
+                    .unwrap_or(i64::MAX),
+            };
+            Ok(Source::Postgres(
+                PostgresSource::new(settings, registry)?,
+                s.name.clone(),
+            ))
+        }
+        SourceConfig::Mssql(_) => bail!("source {:?}: {} sources are not built yet", s.name, source.kind()),
+    }
 }
 
 async fn build_sink(config: &Config, db: &DbSink, registry: &Arc<Registry>) -> Result<Sink> {

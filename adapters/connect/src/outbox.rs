@@ -1,0 +1,159 @@
+//! A source adapter's way out: mapped rows become documents, published to the ingress exchange in
+//! the batch form with the broker's confirms; rows that cannot be mapped go to the hub's DLQ
+//! with reason `mapping`. Shared by every source adapter, so that they all keep the same
+//! delivery contract: a position may be checkpointed once [`Outbox::flush`] returned.
+
+use std::time::{Duration, Instant};
+
+use exhub_schemas::{Encoding, Op};
+use lapin::BasicProperties;
+use tokio_util::sync::CancellationToken;
+
+use crate::mapping::{Origin, RowPosition};
+use crate::wire::{self, header};
+use crate::{AmqpError, Cell, Mapper, MappingError, Outgoing, Publisher, Topology};
+
+/// Documents per published AMQP message (the batch form).
+const DOCS_PER_MESSAGE: usize = 100;
+/// How long a document waits for others before it is published anyway.
+const LINGER: Duration = Duration::from_millis(20);
+/// Documents a source should hold at most before it flushes (bounds memory whatever the
+/// transaction size).
+pub const FLUSH_DOCS: usize = 2000;
+
+/// Who publishes: what goes into every document's header and every message's properties.
+#[derive(Debug, Clone)]
+pub struct SourceIdentity {
+    /// The source's name (`header.sender.system`).
+    pub name: String,
+    /// The publishing org.
+    pub org: String,
+    /// `header.source.kind`: `mysql`, `postgres`, `sqlserver`.
+    pub kind: &'static str,
+    /// The legacy database's name (`header.source.db`).
+    pub db: String,
+    /// The AMQP user the source logs in as (`user_id` of every message).
+    pub amqp_user: String,
+    /// The exchange's AMQP names.
+    pub topology: Topology,
+}
+
+/// Documents on their way to the broker, with the mapping failures that go to the DLQ.
+pub struct Outbox<'a> {
+    source: SourceIdentity,
+    publisher: &'a mut Publisher,
+    docs: Vec<Vec<u8>>,
+    dead: Vec<Outgoing>,
+    first_at: Option<Instant>,
+    flushed_at: Option<Instant>,
+}
+
+impl<'a> Outbox<'a> {
+    /// An empty outbox publishing through `publisher`.
+    pub fn new(source: SourceIdentity, publisher: &'a mut Publisher) -> Self {
+        Outbox {
+            source,
+            publisher,
+            docs: Vec::new(),
+            dead: Vec::new(),
+            first_at: None,
+            flushed_at: None,
+        }
+    }
+
+    /// Documents and dead letters not yet published.
+    pub fn pending(&self) -> usize {
+        self.docs.len() + self.dead.len()
+    }
+
+    /// How long until the oldest pending document must go.
+    pub fn linger_left(&self) -> Option<Duration> {
+        self.first_at
+            .map(|t| LINGER.saturating_sub(t.elapsed()).max(Duration::from_millis(1)))
+    }
+
+    /// Whether the oldest pending document has waited long enough.
+    pub fn due(&self) -> bool {
+        self.first_at.is_some_and(|t| t.elapsed() >= LINGER)
+    }
+
+    /// Whether a flush completed after `t`.
+    pub fn flushed_since(&self, t: Instant) -> bool {
+        self.flushed_at.is_some_and(|f| f > t)
+    }
+
+    /// Maps one row and queues its document, or its mapping failure for the DLQ.
+    pub fn row(&mut self, mapper: &Mapper, op: Op, cell: impl FnMut(&str) -> Option<Cell>, position: &RowPosition) {
+        let s = &self.source;
+        let origin = Origin {
+            kind: s.kind,
+            source: &s.name,
+            org: &s.org,
+            db: &s.db,
+        };
+        match mapper.document(op, cell, &origin, position) {
+            Ok(doc) => self.docs.push(exhub_schemas::json::encode(&doc)),
+            Err(e) => self.dead.push(self.dead_letter(&e, position)),
+        }
+        self.first_at.get_or_insert_with(Instant::now);
+    }
+
+    fn dead_letter(&self, e: &MappingError, position: &RowPosition) -> Outgoing {
+        let s = &self.source;
+        tracing::error!(
+            source = %s.name,
+            table = %e.table,
+            field = %e.field,
+            column = %e.column,
+            position = %position.position,
+            seq = position.seq,
+            error = %e.message,
+            "row cannot be mapped; sent to the DLQ with reason `mapping`, the stream goes on"
+        );
+        let body = serde_json::json!({
+            "source": s.name,
+            "org": s.org,
+            "table": e.table,
+            "position": position.position,
+            "seq": position.seq,
+            "field": e.field,
+            "column": e.column,
+        });
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_app_id(s.org.as_str().into())
+            .with_user_id(s.amqp_user.as_str().into());
+        properties = wire::with_header(properties, header::REASON, "mapping");
+        properties = wire::with_header(properties, header::DETAIL, &e.to_string());
+        Outgoing {
+            exchange: s.topology.dead_letter_exchange(),
+            routing_key: s.topology.hub_dlq(),
+            payload: body.to_string().into_bytes(),
+            properties,
+        }
+    }
+
+    /// Publishes everything pending and waits for the broker's confirms.
+    pub async fn flush(&mut self, cancel: &CancellationToken) -> Result<(), AmqpError> {
+        if self.pending() == 0 {
+            return Ok(());
+        }
+        let s = &self.source;
+        let mut messages: Vec<Outgoing> = std::mem::take(&mut self.dead);
+        for chunk in self.docs.chunks(DOCS_PER_MESSAGE) {
+            messages.push(Outgoing {
+                exchange: s.topology.ingress_exchange(),
+                routing_key: String::new(),
+                payload: wire::encode_batch(Encoding::Json, chunk),
+                properties: wire::batch_properties(Encoding::Json, chunk.len(), &s.amqp_user),
+            });
+        }
+        self.publisher.publish(&messages, cancel).await?;
+        tracing::debug!(source = %s.name, documents = self.docs.len(), dead = messages.len() - self.docs.len().div_ceil(DOCS_PER_MESSAGE), "published");
+        self.docs.clear();
+        self.first_at = None;
+        self.flushed_at = Some(Instant::now());
+        Ok(())
+    }
+}

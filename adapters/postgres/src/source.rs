@@ -1,0 +1,1145 @@
+//! The PostgreSQL source: publication and slot, a snapshot consistent with the slot, then the
+//! slot's `pgoutput` stream, every mapped row published as an exchange document with confirms,
+//! the slot's confirmed position moved only past what the broker confirmed.
+//!
+//! Positions: a streamed row carries its transaction's commit LSN and its sequence inside the
+//! transaction (from 1); snapshot rows carry the slot's consistent point and sequence 0. Sinks
+//! keep the newest version of each key by that order (see
+//! [`exhub_connect::mapping::order_key`]).
+//!
+//! Snapshot: when the source creates its slot it asks for an exported snapshot and reads the
+//! tables in it — exactly the data before the slot's first change. A snapshot resumed after a
+//! crash (the export is gone with the session that made it) or forced with `always` reads a
+//! fresh snapshot but labels its rows with the slot's position: every change after that
+//! position is streamed again and, being newer by the sinks' order, wins — each key converges
+//! to its newest version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exhub_connect::mapping::{RowPosition, SnapshotMode};
+use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
+use exhub_connect::publisher::Declare;
+use exhub_connect::{AmqpError, Cell, CheckpointError, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_schemas::{Op, Registry};
+use pg_walstream::protocol::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, Connection as _, Row as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::values::cell;
+
+/// Rows per snapshot chunk.
+const CHUNK_ROWS: usize = 2000;
+/// Standby status updates at least this often (the server's `wal_sender_timeout` is 60 s).
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the slot's retained WAL and lag are read and logged.
+const SLOT_EVERY: Duration = Duration::from_secs(30);
+/// Session settings that make every value's text form the same in the snapshot and the stream.
+const SESSION: [(&str, &str); 4] = [
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "3"),
+];
+
+/// What the source needs to run (built by the `exhub` binary from routes.toml).
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    /// The source's name (`header.sender.system`).
+    pub name: String,
+    /// The publishing org.
+    pub org: String,
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Snapshot mode.
+    pub snapshot: SnapshotMode,
+    /// Tables (`table` or `schema.table`) and their mappings.
+    pub tables: Vec<TableMapping>,
+    /// The logical replication slot (created when missing).
+    pub slot: String,
+    /// The publication (created for the mapped tables when missing; used as is otherwise).
+    pub publication: String,
+    /// The checkpoint file.
+    pub checkpoint: PathBuf,
+    /// Time zone of `timestamp without time zone` values, seconds east of UTC (default: UTC).
+    pub offset_secs: Option<i32>,
+    /// RabbitMQ URL (the org's own login).
+    pub amqp: String,
+    /// The exchange's AMQP names.
+    pub topology: Topology,
+    /// The AMQP user in that URL (`user_id` of every message).
+    pub amqp_user: String,
+    /// WAL retained by the slot above which a warning is logged.
+    pub lag_warn_bytes: i64,
+}
+
+/// Why the source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The server, its settings or the tables cannot serve logical replication.
+    #[error("PostgreSQL source {source_name}: {message}")]
+    Setup {
+        /// The source.
+        source_name: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A mapping cannot be used.
+    #[error(transparent)]
+    Mapper(#[from] exhub_connect::mapping::MapperError),
+    /// The checkpoint file.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// RabbitMQ refused for good.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    /// A query failed (retried when passing).
+    #[error("PostgreSQL source {source_name}: {error}")]
+    Postgres {
+        /// The source.
+        source_name: String,
+        /// The driver's error.
+        error: sqlx::Error,
+    },
+    /// The replication stream failed (retried when passing).
+    #[error("PostgreSQL source {source_name}: replication: {error}")]
+    Replication {
+        /// The source.
+        source_name: String,
+        /// The protocol client's error.
+        error: PgWireError,
+    },
+}
+
+impl SourceError {
+    /// Whether retrying later may help (a lost connection, a server restart).
+    pub fn is_passing(&self) -> bool {
+        match self {
+            SourceError::Postgres { error, .. } => match error {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(e) => e.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            },
+            SourceError::Replication { error, .. } => match error {
+                PgWireError::Io(_) | PgWireError::Task(_) => true,
+                PgWireError::Server(m) => m.contains("57P0") || m.contains("08"),
+                _ => false,
+            },
+            SourceError::Amqp(e) => e.is_passing(),
+            _ => false,
+        }
+    }
+}
+
+/// The checkpoint.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// The end LSN of the last transaction whose every row the broker confirmed (the slot's
+    /// confirmed position follows it).
+    lsn: Option<String>,
+    /// A snapshot in progress.
+    snapshot: Option<SnapshotState>,
+    /// The slot's last reading.
+    slot: Option<SlotReading>,
+}
+
+/// How far a snapshot got.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotState {
+    /// The slot position its rows are labelled with.
+    start: String,
+    /// Attempts so far (a resumed snapshot reads new data, so its documents get new ids).
+    attempt: u32,
+    /// When the first attempt started (the snapshot rows' commit time), Unix micros.
+    started_micros: i64,
+    /// Tables finished.
+    done: Vec<String>,
+    /// Per table, the key (as text) of the last row confirmed.
+    after: BTreeMap<String, Vec<String>>,
+}
+
+/// The slot's WAL retention and lag, as last read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SlotReading {
+    /// WAL the server keeps for the slot (current LSN − restart LSN), bytes.
+    retained_bytes: i64,
+    /// WAL not yet confirmed (current LSN − confirmed flush LSN), bytes.
+    lag_bytes: i64,
+    /// When read, Unix micros.
+    at_micros: i64,
+}
+
+/// A column as the catalog describes it.
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    type_oid: u32,
+    /// `format_type` (for casting a resumed chunk's key back).
+    type_name: String,
+}
+
+/// One mapped table.
+struct Table {
+    mapper: Mapper,
+    /// `schema.table`, quoted.
+    qualified: String,
+    /// (schema, table) as the stream's Relation messages name them.
+    names: (String, String),
+    key: Vec<Column>,
+    /// Mapped columns (the key among them).
+    columns: Vec<Column>,
+    estimated_rows: i64,
+}
+
+/// A relation announced on the stream: its columns, and the mapped table it is, if any.
+struct Relation {
+    columns: Vec<(String, u32)>,
+    table: Option<usize>,
+}
+
+/// Where the stream is inside a transaction.
+struct Tx {
+    position: String,
+    xid: u32,
+    seq: u64,
+    committed_micros: i64,
+}
+
+/// The PostgreSQL source adapter.
+pub struct PostgresSource {
+    settings: SourceSettings,
+    registry: Arc<Registry>,
+    store: CheckpointStore,
+    connect: PgConnectOptions,
+}
+
+impl PostgresSource {
+    /// A source with `settings`; documents are typed by `registry`.
+    pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<PostgresSource, SourceError> {
+        let connect = PgConnectOptions::from_str(&settings.url)
+            .map_err(|e| setup(&settings.name, format!("bad URL: {e}")))?
+            .options(SESSION)
+            .application_name(&format!("exhub-source-{}", settings.name));
+        if connect.get_database().is_none_or(str::is_empty) {
+            return Err(setup(
+                &settings.name,
+                "the URL names no database (postgres://user@host:port/DATABASE)".into(),
+            ));
+        }
+        let store = CheckpointStore::new(settings.checkpoint.clone());
+        Ok(PostgresSource {
+            settings,
+            registry,
+            store,
+            connect,
+        })
+    }
+
+    /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`).
+    pub fn reset(&self) -> Result<(), SourceError> {
+        tracing::info!(source = %self.settings.name, checkpoint = %self.store.path().display(), "checkpoint removed");
+        Ok(self.store.clear()?)
+    }
+
+    /// Retires the source: drops its slot (so the server stops keeping WAL for it) and, when it
+    /// exists, the publication, then removes the checkpoint.
+    pub async fn drop_slot(&self) -> Result<(), SourceError> {
+        let mut db = self.db().await?;
+        let s = &self.settings;
+        let slot: Option<(Option<i32>,)> =
+            sqlx::query_as("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(&s.slot)
+                .fetch_optional(&mut db)
+                .await
+                .map_err(|e| self.pg(e))?;
+        match slot {
+            Some((Some(pid),)) => {
+                return Err(setup(
+                    &s.name,
+                    format!("slot {} is in use by process {pid}: stop the source first", s.slot),
+                ));
+            }
+            Some((None,)) => {
+                sqlx::query("SELECT pg_drop_replication_slot($1)")
+                    .bind(&s.slot)
+                    .execute(&mut db)
+                    .await
+                    .map_err(|e| self.pg(e))?;
+                tracing::info!(source = %s.name, slot = %s.slot, "replication slot dropped");
+            }
+            None => tracing::info!(source = %s.name, slot = %s.slot, "no such replication slot"),
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote(&s.publication)
+        )))
+        .execute(&mut db)
+        .await
+        .map_err(|e| self.pg(e))?;
+        tracing::info!(source = %s.name, publication = %s.publication, "publication dropped");
+        self.reset()
+    }
+
+    /// Runs until `cancel` or an error that retrying cannot fix. Passing failures (PostgreSQL
+    /// or RabbitMQ restarting) are retried with backoff from the slot's confirmed position.
+    pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
+        let mut publisher = Publisher::new(
+            self.settings.amqp.clone(),
+            format!("exhub-source-{}", self.settings.name),
+            Declare::Ingress(self.settings.topology.clone()),
+        );
+        let mut backoff = exhub_connect::Backoff::default();
+        loop {
+            match self.run_once(&mut publisher, cancel).await {
+                Ok(()) => return Ok(()),
+                Err(SourceError::Amqp(AmqpError::Cancelled)) => return Ok(()),
+                Err(e) if e.is_passing() => {
+                    tracing::warn!(source = %self.settings.name, error = %e, "source interrupted; resuming from the slot");
+                }
+                Err(e) => return Err(e),
+            }
+            if backoff.wait(cancel).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn identity(&self, db: &str) -> SourceIdentity {
+        let s = &self.settings;
+        SourceIdentity {
+            name: s.name.clone(),
+            org: s.org.clone(),
+            kind: "postgres",
+            db: db.to_owned(),
+            amqp_user: s.amqp_user.clone(),
+            topology: s.topology.clone(),
+        }
+    }
+
+    async fn run_once(&self, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), SourceError> {
+        let s = &self.settings;
+        let mut db = self.db().await?;
+        let tables = self.check(&mut db).await?;
+        self.ensure_publication(&mut db, &tables).await?;
+        let mut state: State = self.store.load()?.unwrap_or_default();
+        let slot = self.slot(&mut db).await?;
+        let mut repl = ReplicationClient::connect_gated(self.replication_config(Lsn::ZERO)?)
+            .await
+            .map_err(|e| self.repl(e))?;
+        let database = self.connect.get_database().unwrap_or_default().to_owned();
+        let mut out = Outbox::new(self.identity(&database), publisher);
+        let wants_snapshot = match s.snapshot {
+            SnapshotMode::Never => false,
+            SnapshotMode::Initial => state.lsn.is_none() || state.snapshot.is_some(),
+            SnapshotMode::Always => true,
+        };
+        let start = match slot {
+            None => {
+                if state.lsn.is_some() && s.snapshot != SnapshotMode::Always {
+                    return Err(setup(
+                        &s.name,
+                        format!(
+                            "replication slot {} is gone, so the changes since {} cannot be read. Take a new \
+                             snapshot: `exhub source {} --reset` (the next start snapshots and creates the slot)",
+                            s.slot,
+                            state.lsn.as_deref().unwrap_or_default(),
+                            s.name
+                        ),
+                    ));
+                }
+                let export = if wants_snapshot {
+                    "EXPORT_SNAPSHOT"
+                } else {
+                    "NOEXPORT_SNAPSHOT"
+                };
+                let rows = repl
+                    .simple_query(&format!(
+                        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {export}",
+                        quote(&s.slot)
+                    ))
+                    .await
+                    .map_err(|e| self.repl(e))?;
+                let field = |i: usize| {
+                    rows.first()
+                        .and_then(|r| r.get(i).cloned().flatten())
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                };
+                let point =
+                    field(1).ok_or_else(|| setup(&s.name, "CREATE_REPLICATION_SLOT returned no position".into()))?;
+                tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %point, "replication slot created");
+                state.snapshot = None;
+                if wants_snapshot {
+                    self.begin_snapshot(&mut state, &point);
+                    self.snapshot(&mut db, field(2).as_deref(), &tables, &mut state, &mut out, cancel)
+                        .await?;
+                }
+                point
+            }
+            Some(confirmed) => {
+                if wants_snapshot {
+                    if state.snapshot.is_none() {
+                        self.begin_snapshot(&mut state, &confirmed);
+                    }
+                    self.snapshot(&mut db, None, &tables, &mut state, &mut out, cancel)
+                        .await?;
+                }
+                state.lsn.clone().unwrap_or(confirmed)
+            }
+        };
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if let Some(snap) = state.snapshot.take() {
+            tracing::info!(source = %s.name, start = %snap.start, "snapshot complete; streaming");
+        }
+        state.lsn = Some(start.clone());
+        self.store.save(&state)?;
+        // The gated session served the slot commands; streaming needs one that starts at the
+        // checkpoint.
+        drop(repl);
+        let start = Lsn::parse(&start).map_err(|e| setup(&s.name, format!("bad LSN {start}: {}", e.0)))?;
+        self.stream(&mut db, start, &tables, &mut state, &mut out, cancel).await
+    }
+
+    fn begin_snapshot(&self, state: &mut State, start: &str) {
+        state.snapshot = Some(SnapshotState {
+            start: start.to_owned(),
+            attempt: 0,
+            started_micros: exhub_schemas::Timestamp::now().unix_micros(),
+            done: Vec::new(),
+            after: BTreeMap::new(),
+        });
+    }
+
+    async fn db(&self) -> Result<PgConnection, SourceError> {
+        PgConnection::connect_with(&self.connect).await.map_err(|e| match &e {
+            sqlx::Error::Database(d)
+                if d.code().as_deref() == Some("28P01") || d.code().as_deref() == Some("28000") =>
+            {
+                setup(&self.settings.name, format!("access denied: {}", d.message()))
+            }
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000") => {
+                setup(&self.settings.name, format!("no such database: {}", d.message()))
+            }
+            _ => self.pg(e),
+        })
+    }
+
+    fn replication_config(&self, start: Lsn) -> Result<ReplicationConfig, SourceError> {
+        let s = &self.settings;
+        let url = url::Url::parse(&s.url).map_err(|e| setup(&s.name, format!("bad URL: {e}")))?;
+        let decode = |v: &str| {
+            url::form_urlencoded::parse(format!("v={v}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = if url.username().is_empty() {
+            "postgres".to_owned()
+        } else {
+            decode(url.username())
+        };
+        let options: Vec<String> = SESSION
+            .iter()
+            .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "")))
+            .collect();
+        Ok(ReplicationConfig::new(
+            url.host_str().unwrap_or("localhost"),
+            user,
+            url.password().map(decode).unwrap_or_default(),
+            url.path().trim_start_matches('/'),
+            s.slot.clone(),
+            s.publication.clone(),
+        )
+        .with_port(url.port().unwrap_or(5432))
+        .with_tls(TlsConfig::disabled())
+        .with_start_lsn(start)
+        .with_status_interval(STATUS_INTERVAL)
+        .with_wakeup_interval(STATUS_INTERVAL)
+        .with_options(options.join(" "))
+        .with_application_name(format!("exhub-source-{}", s.name)))
+    }
+
+    /// Checks the server and the tables; names the cause of whatever is missing.
+    async fn check(&self, db: &mut PgConnection) -> Result<Vec<Table>, SourceError> {
+        let s = &self.settings;
+        let (wal_level,): (String,) = sqlx::query_as("SELECT current_setting('wal_level')")
+            .fetch_one(&mut *db)
+            .await
+            .map_err(|e| self.pg(e))?;
+        if wal_level != "logical" {
+            return Err(setup(
+                &s.name,
+                format!(
+                    "wal_level is {wal_level}; logical replication needs wal_level = logical \
+                     (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
+                ),
+            ));
+        }
+        let (user, may_replicate): (String, bool) = sqlx::query_as(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&mut *db)
+        .await
+        .map_err(|e| self.pg(e))?;
+        if !may_replicate {
+            return Err(setup(
+                &s.name,
+                format!(
+                    "permission denied: role {user} lacks the REPLICATION attribute (ALTER ROLE {user} REPLICATION)"
+                ),
+            ));
+        }
+        let offset = s.offset_secs.unwrap_or(0);
+        let mut tables = Vec::new();
+        for mapping in &s.tables {
+            let (schema, name) = match mapping.table.split_once('.') {
+                Some((schema, name)) => (schema.to_owned(), name.to_owned()),
+                None => ("public".to_owned(), mapping.table.clone()),
+            };
+            let qualified = format!("{}.{}", quote(&schema), quote(&name));
+            let found: Option<(i64, String, bool, f32)> = sqlx::query_as(
+                "SELECT c.oid::int8, c.relreplident::text, has_table_privilege(c.oid, 'SELECT'), c.reltuples \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            )
+            .bind(&schema)
+            .bind(&name)
+            .fetch_optional(&mut *db)
+            .await
+            .map_err(|e| self.pg(e))?;
+            let Some((oid, identity, may_select, reltuples)) = found else {
+                return Err(setup(&s.name, format!("table {schema}.{name} does not exist")));
+            };
+            if !may_select {
+                return Err(setup(
+                    &s.name,
+                    format!("permission denied: GRANT SELECT ON {schema}.{name} TO {user}"),
+                ));
+            }
+            let rows = sqlx::query(
+                "SELECT a.attname::text, a.atttypid::int8, format_type(a.atttypid, a.atttypmod), \
+                 COALESCE(a.attnum = ANY(i.indkey), false) \
+                 FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND \
+                 (CASE WHEN $2 = 'i' THEN i.indisreplident ELSE i.indisprimary END) \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            )
+            .bind(oid)
+            .bind(&identity)
+            .fetch_all(&mut *db)
+            .await
+            .map_err(|e| self.pg(e))?;
+            let mut all: HashMap<String, (Column, bool)> = HashMap::new();
+            for r in rows {
+                let name: String = r.try_get(0).map_err(|e| self.pg(e))?;
+                let type_oid: i64 = r.try_get(1).map_err(|e| self.pg(e))?;
+                let column = Column {
+                    name: name.clone(),
+                    type_oid: u32::try_from(type_oid).unwrap_or_default(),
+                    type_name: r.try_get(2).map_err(|e| self.pg(e))?,
+                };
+                all.insert(name, (column, r.try_get(3).map_err(|e| self.pg(e))?));
+            }
+            let identity_columns: Vec<&String> = all.iter().filter(|(_, (_, k))| *k).map(|(n, _)| n).collect();
+            let usable = match identity.as_str() {
+                "f" => true,
+                "n" => false,
+                _ => !identity_columns.is_empty(),
+            };
+            if !usable {
+                return Err(setup(
+                    &s.name,
+                    format!(
+                        "table {schema}.{name} has no usable key for deletes and updates (REPLICA IDENTITY {}): \
+                         add a primary key, or ALTER TABLE {schema}.{name} REPLICA IDENTITY USING INDEX … / FULL",
+                        match identity.as_str() {
+                            "n" => "NOTHING",
+                            "i" => "USING INDEX, no index",
+                            _ => "DEFAULT, no primary key",
+                        }
+                    ),
+                ));
+            }
+            if identity != "f"
+                && let Some(k) = mapping.key.iter().find(|k| !identity_columns.contains(k))
+            {
+                return Err(setup(
+                    &s.name,
+                    format!(
+                        "table {schema}.{name}: key column {k} is not in the table's replica identity, so deletes \
+                         would not carry it (make the mapping's key the primary key, or REPLICA IDENTITY FULL)"
+                    ),
+                ));
+            }
+            let mapper = Mapper::new(mapping, &self.registry, offset)?;
+            let column = |c: &str| {
+                all.get(c)
+                    .map(|(col, _)| col.clone())
+                    .ok_or_else(|| setup(&s.name, format!("table {schema}.{name} has no column {c}")))
+            };
+            let columns = mapper.columns().map(column).collect::<Result<Vec<_>, _>>()?;
+            let key = mapping.key.iter().map(|k| column(k)).collect::<Result<Vec<_>, _>>()?;
+            tables.push(Table {
+                mapper,
+                qualified,
+                names: (schema, name),
+                key,
+                columns,
+                estimated_rows: reltuples.max(0.0) as i64,
+            });
+        }
+        Ok(tables)
+    }
+
+    /// Creates the publication for the mapped tables when it is missing; an existing one is
+    /// used as is, but must publish every mapped table.
+    async fn ensure_publication(&self, db: &mut PgConnection, tables: &[Table]) -> Result<(), SourceError> {
+        let s = &self.settings;
+        let exists: Option<(bool,)> = sqlx::query_as("SELECT puballtables FROM pg_publication WHERE pubname = $1")
+            .bind(&s.publication)
+            .fetch_optional(&mut *db)
+            .await
+            .map_err(|e| self.pg(e))?;
+        if exists.is_none() {
+            let list: Vec<&str> = tables.iter().map(|t| t.qualified.as_str()).collect();
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote(&s.publication),
+                list.join(", ")
+            );
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .execute(&mut *db)
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(d) if d.code().as_deref() == Some("42501") => setup(
+                        &s.name,
+                        format!(
+                            "permission denied creating the publication ({}): have the tables' owner run `{sql}`",
+                            d.message()
+                        ),
+                    ),
+                    e => self.pg(e),
+                })?;
+            tracing::info!(source = %s.name, publication = %s.publication, tables = list.len(), "publication created");
+            return Ok(());
+        }
+        let published: Vec<(String, String)> =
+            sqlx::query_as("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1")
+                .bind(&s.publication)
+                .fetch_all(&mut *db)
+                .await
+                .map_err(|e| self.pg(e))?;
+        if let Some(t) = tables.iter().find(|t| !published.contains(&t.names)) {
+            return Err(setup(
+                &s.name,
+                format!(
+                    "publication {} does not publish {}.{} (ALTER PUBLICATION {} ADD TABLE {})",
+                    s.publication, t.names.0, t.names.1, s.publication, t.qualified
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The slot's confirmed position, if the slot exists; an error if it is not a pgoutput
+    /// slot of this database.
+    async fn slot(&self, db: &mut PgConnection) -> Result<Option<String>, SourceError> {
+        let s = &self.settings;
+        let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT plugin::text, database::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&s.slot)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(|e| self.pg(e))?;
+        let Some((plugin, database, confirmed)) = row else {
+            return Ok(None);
+        };
+        let ours = self.connect.get_database().unwrap_or_default();
+        if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(ours) {
+            return Err(setup(
+                &s.name,
+                format!(
+                    "slot {} exists but is not a pgoutput slot of database {ours} (plugin {plugin:?}, database {database:?}): \
+                     configure another slot name",
+                    s.slot
+                ),
+            ));
+        }
+        Ok(Some(confirmed.unwrap_or_else(|| "0/0".into())))
+    }
+
+    /// Reads every mapped table in key-ordered chunks, in the exported snapshot `export` when
+    /// there is one, and publishes the rows; resumes after the last confirmed chunk.
+    #[allow(clippy::too_many_arguments)]
+    async fn snapshot(
+        &self,
+        db: &mut PgConnection,
+        export: Option<&str>,
+        tables: &[Table],
+        state: &mut State,
+        out: &mut Outbox<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let name = &self.settings.name;
+        if let Some(snap) = state.snapshot.as_mut()
+            && export.is_none()
+        {
+            snap.attempt += 1;
+        }
+        self.store.save(state)?;
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *db)
+            .await
+            .map_err(|e| self.pg(e))?;
+        if let Some(id) = export {
+            sqlx::query(AssertSqlSafe(format!(
+                "SET TRANSACTION SNAPSHOT '{}'",
+                id.replace('\'', "''")
+            )))
+            .execute(&mut *db)
+            .await
+            .map_err(|e| self.pg(e))?;
+        }
+        for table in tables {
+            let t = table.mapper.table().to_owned();
+            let Some(snap) = state.snapshot.as_ref() else { break };
+            if snap.done.contains(&t) {
+                continue;
+            }
+            tracing::info!(source = %name, table = %t, estimated_rows = table.estimated_rows, start = %snap.start, "snapshot of table");
+            if !self.snapshot_table(db, table, state, out, cancel).await? {
+                return Ok(());
+            }
+            if let Some(snap) = state.snapshot.as_mut() {
+                snap.done.push(t.clone());
+                snap.after.remove(&t);
+            }
+            self.store.save(state)?;
+        }
+        sqlx::query("COMMIT").execute(&mut *db).await.map_err(|e| self.pg(e))?;
+        Ok(())
+    }
+
+    /// One table's chunks; `false` when cancelled before the end.
+    async fn snapshot_table(
+        &self,
+        db: &mut PgConnection,
+        table: &Table,
+        state: &mut State,
+        out: &mut Outbox<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, SourceError> {
+        let t = table.mapper.table().to_owned();
+        let select: Vec<String> = table
+            .key
+            .iter()
+            .chain(&table.columns)
+            .map(|c| format!("{}::text", quote(&c.name)))
+            .collect();
+        let keys: Vec<String> = table.key.iter().map(|c| quote(&c.name)).collect();
+        let bounds: Vec<String> = table
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::text::{}", i + 1, c.type_name))
+            .collect();
+        let mut done_rows = 0u64;
+        loop {
+            let Some(snap) = state.snapshot.as_ref() else {
+                return Ok(true);
+            };
+            let after = snap.after.get(&t).cloned();
+            let filter = if after.is_some() {
+                format!("WHERE ({}) > ({})", keys.join(", "), bounds.join(", "))
+            } else {
+                String::new()
+            };
+            let sql = format!(
+                "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {CHUNK_ROWS}",
+                select.join(", "),
+                table.qualified,
+                keys.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for k in after.iter().flatten() {
+                q = q.bind(k.clone());
+            }
+            let rows = q.fetch_all(&mut *db).await.map_err(|e| self.pg(e))?;
+            let mut last = None;
+            for row in &rows {
+                let texts: Vec<Option<String>> = (0..row.len()).map(|i| row.try_get(i).ok().flatten()).collect();
+                let (key, values) = texts.split_at(table.key.len());
+                let mut cells: HashMap<&str, Cell> = table
+                    .columns
+                    .iter()
+                    .zip(values)
+                    .map(|(c, v)| (c.name.as_str(), cell(c.type_oid, v.as_deref())))
+                    .collect();
+                let key: Vec<String> = key.iter().map(|k| k.clone().unwrap_or_default()).collect();
+                let position = RowPosition {
+                    position: snap.start.clone(),
+                    tx: format!("snapshot:{}:{}:{}", snap.start, snap.attempt, key.join("\u{1f}")),
+                    seq: 0,
+                    committed_micros: snap.started_micros,
+                };
+                out.row(&table.mapper, Op::Snapshot, |c| cells.remove(c), &position);
+                last = Some(key);
+            }
+            done_rows += rows.len() as u64;
+            out.flush(cancel).await?;
+            match last {
+                Some(key) => {
+                    if let Some(snap) = state.snapshot.as_mut() {
+                        snap.after.insert(t.clone(), key);
+                    }
+                    self.store.save(state)?;
+                }
+                None => break,
+            }
+            if rows.len() < CHUNK_ROWS {
+                break;
+            }
+            if cancel.is_cancelled() {
+                return Ok(false);
+            }
+            tracing::debug!(source = %self.settings.name, table = %t, rows = done_rows, "snapshot chunk");
+        }
+        tracing::info!(source = %self.settings.name, table = %t, rows = done_rows, "snapshot of table done");
+        Ok(true)
+    }
+
+    /// Streams the slot from `start` until `cancel`.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &self,
+        db: &mut PgConnection,
+        start: Lsn,
+        tables: &[Table],
+        state: &mut State,
+        out: &mut Outbox<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let s = &self.settings;
+        let mut repl = ReplicationClient::connect(self.replication_config(start)?)
+            .await
+            .map_err(|e| self.repl(e))?;
+        repl.wait_started().await.map_err(|e| self.repl(e))?;
+        tracing::info!(source = %s.name, slot = %s.slot, position = %start, "streaming the slot");
+        let mut parser = LogicalReplicationParser::with_protocol_version(1);
+        let mut relations: HashMap<u32, Relation> = HashMap::new();
+        let mut tx: Option<Tx> = None;
+        let (mut boundary, mut confirmed) = (start, start);
+        let mut saved_at = Instant::now();
+        let mut slot_at: Option<Instant> = None;
+        loop {
+            let wait = out.linger_left().unwrap_or(Duration::from_secs(1));
+            let event = tokio::select! {
+                () = cancel.cancelled() => break,
+                e = repl.recv() => Some(e),
+                () = tokio::time::sleep(wait) => None,
+            };
+            match event {
+                None => {}
+                Some(Ok(None)) => {
+                    return Err(self.repl(PgWireError::Task("the server ended the replication stream".into())));
+                }
+                Some(Err(e)) => return Err(self.repl(e)),
+                Some(Ok(Some(event))) => match event {
+                    ReplicationEvent::Begin {
+                        final_lsn,
+                        xid,
+                        commit_time_micros,
+                    } => {
+                        tx = Some(Tx {
+                            position: final_lsn.to_string(),
+                            xid,
+                            seq: 0,
+                            committed_micros: pg_to_unix_micros(commit_time_micros),
+                        });
+                    }
+                    ReplicationEvent::Commit { end_lsn, .. } => {
+                        tx = None;
+                        boundary = boundary.max(end_lsn);
+                    }
+                    ReplicationEvent::KeepAlive { wal_end, .. } => {
+                        // Nothing is open and everything before `wal_end` was received: an
+                        // idle source (or one whose tables do not change while others do)
+                        // still moves its slot, so the server does not keep WAL for it.
+                        if tx.is_none() {
+                            boundary = boundary.max(wal_end);
+                        }
+                    }
+                    ReplicationEvent::XLogData { data, .. } => match parser.parse_wal_message(&data) {
+                        Ok(m) => self.change(m.message, tables, &mut relations, tx.as_mut(), out),
+                        Err(e) => tracing::warn!(source = %s.name, error = %e, "undecodable pgoutput message skipped"),
+                    },
+                    ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+                },
+            }
+            if out.pending() >= FLUSH_DOCS || out.due() {
+                out.flush(cancel).await?;
+            }
+            if out.pending() == 0 && boundary > confirmed {
+                repl.update_applied_lsn(boundary);
+                confirmed = boundary;
+            }
+            if saved_at.elapsed() >= Duration::from_secs(1) && state.lsn.as_deref() != Some(&confirmed.to_string()) {
+                state.lsn = Some(confirmed.to_string());
+                self.store.save(state)?;
+                saved_at = Instant::now();
+            }
+            if slot_at.is_none_or(|t| t.elapsed() >= SLOT_EVERY) {
+                slot_at = Some(Instant::now());
+                match self.read_slot(db).await {
+                    Ok(r) => state.slot = Some(r),
+                    Err(e) => tracing::warn!(source = %s.name, error = %e, "slot statistics unavailable"),
+                }
+            }
+        }
+        out.flush(cancel).await.ok();
+        if out.pending() == 0 && boundary > confirmed {
+            repl.update_applied_lsn(boundary);
+            confirmed = boundary;
+        }
+        state.lsn = Some(confirmed.to_string());
+        self.store.save(state)?;
+        // The last status update goes out before the stream closes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
+        Ok(())
+    }
+
+    /// One decoded change: relations are remembered, rows of mapped tables become documents.
+    fn change(
+        &self,
+        message: LogicalReplicationMessage,
+        tables: &[Table],
+        relations: &mut HashMap<u32, Relation>,
+        tx: Option<&mut Tx>,
+        out: &mut Outbox<'_>,
+    ) {
+        match message {
+            LogicalReplicationMessage::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                let table = tables
+                    .iter()
+                    .position(|t| t.names.0 == *namespace && t.names.1 == *relation_name);
+                relations.insert(
+                    relation_id,
+                    Relation {
+                        columns: columns.iter().map(|c| (c.name.to_string(), c.type_id)).collect(),
+                        table,
+                    },
+                );
+            }
+            LogicalReplicationMessage::Insert { relation_id, tuple } => {
+                self.row(tables, relations, relation_id, Op::Upsert, &tuple, None, tx, out);
+            }
+            LogicalReplicationMessage::Update {
+                relation_id,
+                old_tuple,
+                new_tuple,
+                ..
+            } => {
+                let Some(rel) = relations.get(&relation_id) else { return };
+                let Some(table) = rel.table.map(|i| &tables[i]) else {
+                    return;
+                };
+                let Some(tx) = tx else { return };
+                // A key change arrives with the old key: delete it, then upsert the new row.
+                if let Some(old) = &old_tuple {
+                    let old_key = key_of(rel, table, old);
+                    if old_key.iter().any(Option::is_some) && old_key != key_of(rel, table, &new_tuple) {
+                        self.row(
+                            tables,
+                            relations,
+                            relation_id,
+                            Op::Delete,
+                            old,
+                            None,
+                            Some(&mut *tx),
+                            out,
+                        );
+                    }
+                }
+                self.row(
+                    tables,
+                    relations,
+                    relation_id,
+                    Op::Upsert,
+                    &new_tuple,
+                    old_tuple.as_ref(),
+                    Some(tx),
+                    out,
+                );
+            }
+            LogicalReplicationMessage::Delete {
+                relation_id, old_tuple, ..
+            } => {
+                self.row(tables, relations, relation_id, Op::Delete, &old_tuple, None, tx, out);
+            }
+            LogicalReplicationMessage::Truncate { .. } => {
+                tracing::warn!(source = %self.settings.name, "TRUNCATE on a published table is not propagated");
+            }
+            _ => {}
+        }
+    }
+
+    /// One row of a mapped table. Columns the server did not send because their TOASTed value
+    /// did not change are taken from `old` (sent under REPLICA IDENTITY FULL) or else left out
+    /// of the document ([`Cell::Unchanged`]), so that sinks keep what they have.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        tables: &[Table],
+        relations: &HashMap<u32, Relation>,
+        relation_id: u32,
+        op: Op,
+        tuple: &TupleData,
+        old: Option<&TupleData>,
+        tx: Option<&mut Tx>,
+        out: &mut Outbox<'_>,
+    ) {
+        let Some(rel) = relations.get(&relation_id) else { return };
+        let Some(table) = rel.table.map(|i| &tables[i]) else {
+            return;
+        };
+        let Some(tx) = tx else { return };
+        tx.seq += 1;
+        let mut cells: HashMap<&str, Cell> = HashMap::new();
+        for (i, (name, type_oid)) in rel.columns.iter().enumerate() {
+            let Some(value) = tuple.columns.get(i) else { continue };
+            let c = if value.is_unchanged() {
+                match old.and_then(|o| o.columns.get(i)).filter(|v| !v.is_unchanged()) {
+                    Some(v) if v.is_null() => Cell::Null,
+                    Some(v) => cell(*type_oid, v.as_str().as_deref()),
+                    None => Cell::Unchanged,
+                }
+            } else if value.is_null() {
+                // Under the default replica identity a delete sends only the key; the other
+                // columns come as nulls and are not the row's values.
+                if op == Op::Delete && !table.key.iter().any(|k| &k.name == name) {
+                    continue;
+                }
+                Cell::Null
+            } else {
+                cell(*type_oid, value.as_str().as_deref())
+            };
+            cells.insert(name.as_str(), c);
+        }
+        let position = RowPosition {
+            position: tx.position.clone(),
+            tx: tx.xid.to_string(),
+            seq: tx.seq,
+            committed_micros: tx.committed_micros,
+        };
+        out.row(&table.mapper, op, |c| cells.remove(c), &position);
+    }
+
+    /// Reads the slot's retained WAL and lag, logs them, warns past the threshold.
+    async fn read_slot(&self, db: &mut PgConnection) -> Result<SlotReading, SourceError> {
+        let s = &self.settings;
+        let (retained, lag): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::int8, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&s.slot)
+        .fetch_one(&mut *db)
+        .await
+        .map_err(|e| self.pg(e))?;
+        let reading = SlotReading {
+            retained_bytes: retained.unwrap_or(0),
+            lag_bytes: lag.unwrap_or(0),
+            at_micros: exhub_schemas::Timestamp::now().unix_micros(),
+        };
+        if reading.retained_bytes > s.lag_warn_bytes {
+            tracing::warn!(
+                source = %s.name,
+                slot = %s.slot,
+                retained_bytes = reading.retained_bytes,
+                lag_bytes = reading.lag_bytes,
+                threshold_bytes = s.lag_warn_bytes,
+                "the slot retains more WAL than the threshold: the source is behind or stopped; \
+                 the server's disk fills if this goes on (retire a source with --drop-slot)"
+            );
+        } else {
+            tracing::info!(source = %s.name, slot = %s.slot, retained_bytes = reading.retained_bytes, lag_bytes = reading.lag_bytes, "slot");
+        }
+        Ok(reading)
+    }
+
+    fn pg(&self, error: sqlx::Error) -> SourceError {
+        SourceError::Postgres {
+            source_name: self.settings.name.clone(),
+            error,
+        }
+    }
+
+    fn repl(&self, error: PgWireError) -> SourceError {
+        match &error {
+            PgWireError::Auth(m) => setup(&self.settings.name, format!("access denied: {m}")),
+            PgWireError::Server(m) if m.contains("42501") => {
+                setup(&self.settings.name, format!("permission denied for replication: {m}"))
+            }
+            _ => SourceError::Replication {
+                source_name: self.settings.name.clone(),
+                error,
+            },
+        }
+    }
+}
+
+/// The key columns' values of a tuple (text), to tell a key change.
+fn key_of(rel: &Relation, table: &Table, tuple: &TupleData) -> Vec<Option<String>> {
+    table
+        .key
+        .iter()
+        .map(|k| {
+            let i = rel.columns.iter().position(|(n, _)| *n == k.name)?;
+            let v = tuple.columns.get(i)?;
+            if v.is_null() || v.is_unchanged() {
+                None
+            } else {
+                v.as_string()
+            }
+        })
+        .collect()
+}
+
+fn setup(source: &str, message: String) -> SourceError {
+    SourceError::Setup {
+        source_name: source.to_owned(),
+        message,
+    }
+}
+
+/// A quoted identifier.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// PostgreSQL's epoch (2000-01-01) → Unix micros.
+fn pg_to_unix_micros(micros: i64) -> i64 {
+    micros + 946_684_800_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_and_quotes() {
+        assert_eq!(pg_to_unix_micros(0), 946_684_800_000_000);
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+    }
+}
