@@ -1,7 +1,7 @@
-//! Change data capture end to end: a legacy tax table in MariaDB (its own database per test),
-//! the real `exhub` processes (source, hub, sink), a PostgreSQL target (its own database), and
-//! the assertion that matters — the target table ends equal to the source table, whatever was
-//! killed on the way.
+//! Change data capture end to end: a legacy table (the tax bureau's in MariaDB, or the commerce
+//! bureau's in PostgreSQL; its own database per test), the real `exhub` processes (source, hub,
+//! sink), a target in the other database (its own database), and the assertion that matters —
+//! the target table ends equal to the source table, whatever was killed on the way.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +14,8 @@ struct Cdc {
     exchange: Exchange,
     legacy: String,
     target: String,
+    /// Legacy in PostgreSQL and target in MariaDB (otherwise the other way round).
+    from_postgres: bool,
     procs: Vec<(String, Child)>,
 }
 
@@ -69,6 +71,62 @@ to = ["mirror"]
             exchange,
             legacy,
             target,
+            from_postgres: false,
+            procs: Vec::new(),
+        }
+    }
+
+    /// A fresh legacy commerce database in PostgreSQL (with the example seed), a fresh MariaDB
+    /// target, and an exchange whose source `commerce` reads the one and whose sink `mirror`
+    /// writes the other.
+    fn from_postgres(tag: &str) -> Cdc {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let legacy = format!("scjg_{}", &id[id.len() - 12..]);
+        let target = format!("taxm_{}", &id[id.len() - 12..]);
+        psql(&format!("CREATE DATABASE {legacy}"));
+        pg_file(&legacy, "examples/legacy/commerce_saic.sql");
+        pg_file(&legacy, "examples/legacy/commerce_saic_seed.sql");
+        mysql_root(&format!("CREATE DATABASE {target} DEFAULT CHARSET utf8mb4"));
+        mysql_file(&target, "examples/legacy/tax_mirror.sql");
+        let graph = format!(
+            r#"
+[[source]]
+name = "commerce"
+org = "nanhai.commerce"
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:5432/{legacy}"
+slot = "{legacy}"
+publication = "{legacy}"
+  [[source.table]]
+  table = "scjg_yyzz"
+  doc_type = "commerce.business_license"
+  key = ["tyshxydm"]
+  fields = {{ credit_code = "tyshxydm", company_name = "qymc", company_type = "qylx", legal_representative = "fddbr", registered_capital = "zczb", currency = "bz", established_on = "clrq", business_term_end = "yyqxz", business_scope = "jyfw", address = "zs", district = "ssq", status = "djzt", registration_authority = "djjg", issued_on = "fzrq" }}
+  [source.table.values]
+  company_type = {{ "1100" = "limited_liability", "1200" = "joint_stock", "9100" = "individual_business" }}
+  status = {{ "1" = "active", "2" = "revoked", "3" = "cancelled" }}
+
+[[subscriber]]
+name = "mirror"
+org = "nanhai.tax"
+kind = "mysql"
+url = "mysql://root@127.0.0.1:3306/{target}"
+  [[subscriber.apply]]
+  doc_type = "commerce.business_license"
+  table = "business_license"
+
+[[route]]
+name = "licences"
+doc_types = ["commerce.business_license"]
+to = ["mirror"]
+"#
+        );
+        let exchange = Exchange::new(tag, ArchiveKind::Sqlite, "", &graph);
+        Cdc {
+            exchange,
+            legacy,
+            target,
+            from_postgres: true,
             procs: Vec::new(),
         }
     }
@@ -116,6 +174,15 @@ to = ["mirror"]
 
     /// The legacy table as comparable text (codes as the target spells them, DATETIME in +08:00).
     fn source_rows(&self) -> String {
+        if self.from_postgres {
+            return services::psql(
+                &self.legacy,
+                "SELECT concat_ws('|', tyshxydm, qymc, CASE qylx WHEN '1100' THEN 'limited_liability' WHEN '1200' THEN 'joint_stock' \
+                 WHEN '9100' THEN 'individual_business' END, fddbr, coalesce(zczb::text, '-'), bz, clrq, coalesce(yyqxz::text, '-'), \
+                 coalesce(md5(jyfw), '-'), zs, coalesce(ssq, '-'), CASE djzt WHEN '1' THEN 'active' WHEN '2' THEN 'revoked' \
+                 WHEN '3' THEN 'cancelled' END, coalesce(djjg, '-'), coalesce(fzrq::text, '-')) FROM scjg_yyzz ORDER BY tyshxydm COLLATE \"C\"",
+            );
+        }
         self.legacy_sql(
             "SELECT CONCAT_WS('|', nsrsbh, nsrmc, IFNULL(fddbr,'-'), djrq, \
              CASE djzclx WHEN '173' THEN 'limited_liability' WHEN '410' THEN 'individual_business' END, \
@@ -130,6 +197,21 @@ to = ["mirror"]
     }
 
     fn target_rows(&self) -> String {
+        if self.from_postgres {
+            return services::query(
+                "mysql",
+                &[
+                    "-uroot",
+                    "-N",
+                    "-B",
+                    &self.target,
+                    "-e",
+                    "SELECT CONCAT_WS('|', credit_code, company_name, company_type, legal_representative, IFNULL(registered_capital,'-'), \
+                     currency, established_on, IFNULL(business_term_end,'-'), IFNULL(MD5(business_scope),'-'), address, IFNULL(district,'-'), \
+                     status, IFNULL(registration_authority,'-'), IFNULL(issued_on,'-')) FROM business_license ORDER BY credit_code",
+                ],
+            );
+        }
         self.target_sql(
             "SELECT concat_ws('|', taxpayer_id, name, coalesce(legal_representative,'-'), registered_at, \
              registration_type, taxpayer_status, district, coalesce(address,'-'), coalesce(capital::text,'-'), \
@@ -178,10 +260,34 @@ impl Drop for Cdc {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let (in_mysql, in_postgres) = if self.from_postgres {
+            (&self.target, &self.legacy)
+        } else {
+            (&self.legacy, &self.target)
+        };
         let _ = Command::new("mysql")
-            .args(["-uroot", "-e", &format!("DROP DATABASE IF EXISTS {}", self.legacy)])
+            .args(["-uroot", "-e", &format!("DROP DATABASE IF EXISTS {in_mysql}")])
             .status();
-        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.target));
+        // A replication slot pins its database; the killed source's walsender may take a moment
+        // to let go of it.
+        for _ in 0..50 {
+            let left = services::psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM (SELECT CASE WHEN active THEN NULL ELSE pg_drop_replication_slot(slot_name) END \
+                     FROM pg_replication_slots WHERE database = '{in_postgres}') s; \
+                     SELECT count(*) FROM pg_replication_slots WHERE database = '{in_postgres}'"
+                ),
+            );
+            if left.ends_with('0') {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-XAtq", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {in_postgres} WITH (FORCE)"))
+            .status();
     }
 }
 
@@ -380,5 +486,197 @@ async fn bad_source_settings_name_the_cause() {
     let missing = run(&format!("mysql://root@127.0.0.1:3306/{legacy}"));
     assert!(missing.contains("nsr_djxx does not exist"), "{missing}");
     let no_db = run("mysql://root@127.0.0.1:3306/no_such_db_exhub");
+    assert!(no_db.contains("no such database"), "{no_db}");
+}
+
+/// A long business scope: TOASTed out of line (the column is `STORAGE EXTERNAL`).
+fn long_scope(n: usize) -> String {
+    let words = [
+        "五金制品制造",
+        "金属材料销售",
+        "日用百货",
+        "技术服务",
+        "技术开发",
+        "咨询",
+        "进出口",
+    ];
+    (0..n)
+        .map(|i| words[(i * 7 + i / 3) % words.len()])
+        .collect::<Vec<_>>()
+        .join("；")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_changes_reach_mysql_equal() {
+    let mut cdc = Cdc::from_postgres("pgcdc-e2e");
+    cdc.start("run", &["run"], "streaming the slot").await;
+    cdc.wait_equal(Duration::from_secs(60)).await;
+    let pg = |sql: &str| services::psql(&cdc.legacy, sql);
+    pg(&format!(
+        "INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, zczb, clrq, jyfw, zs, ssq, djzt) VALUES \
+         ('91440605MA4UJ7KX2M', '佛山市南海区‘长范围’有限公司', '1200', '王五', 0.01, '2024-02-29', '{}', '桂城', NULL, '1');
+         UPDATE scjg_yyzz SET qymc = '佛山市南海区长范围有限公司（更名）', zczb = 99999999999999.99 WHERE tyshxydm = '91440605MA4UJ7KX2M';
+         DELETE FROM scjg_yyzz WHERE tyshxydm = '92440605MA52LM8R4G';
+         BEGIN;
+         INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, clrq, zs, djzt) VALUES ('91440605MA4UJ7KX3Q', '事务内新增', '9100', '赵六', '2000-01-01', '大沥', '1');
+         UPDATE scjg_yyzz SET djzt = '3', yyqxz = '2030-01-01', djjg = NULL WHERE tyshxydm = '91440605MA51XQ2P35';
+         UPDATE scjg_yyzz SET tyshxydm = '91440604MA4WQ3JN6T' WHERE tyshxydm = '91440605MA4UJ7KX1J';
+         COMMIT;",
+        long_scope(600)
+    ));
+    cdc.wait_equal(Duration::from_secs(30)).await;
+    // An update that leaves the TOASTed scope alone, in a later batch: the target keeps it.
+    pg("UPDATE scjg_yyzz SET fddbr = '王五五' WHERE tyshxydm = '91440605MA4UJ7KX2M'");
+    cdc.wait_equal(Duration::from_secs(30)).await;
+    assert_eq!(
+        services::query(
+            "mysql",
+            &[
+                "-uroot",
+                "-N",
+                "-B",
+                &cdc.target,
+                "-e",
+                "SELECT CHAR_LENGTH(business_scope) > 2000 FROM business_license WHERE credit_code = '91440605MA4UJ7KX2M'"
+            ]
+        ),
+        "1"
+    );
+    // A mapped column that disappears: its rows go to the DLQ with reason `mapping`.
+    pg("ALTER TABLE scjg_yyzz DROP COLUMN ssq;
+        INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, clrq, zs, djzt) VALUES ('91440605MA4UJ7KX4U', '删列后新增', '1100', '钱七', '2025-05-05', '九江', '1')");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = String::from_utf8_lossy(&cdc.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
+        if text.contains("mapping") {
+            assert!(text.contains("ssq"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mapping DLQ entry: {text}\n{}",
+            cdc.log("run-0.log")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Retiring the source removes its slot and publication.
+    for (_, child) in cdc.procs.iter_mut() {
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(child.wait().unwrap().success());
+    }
+    cdc.procs.clear();
+    let out = cdc.exchange.exhub(&["source", "commerce", "--drop-slot"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let slots = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+        cdc.legacy
+    );
+    assert_eq!(services::psql("postgres", &slots), "0");
+    assert_eq!(pg("SELECT count(*) FROM pg_publication"), "0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_source_killed_mid_stream_loses_nothing() {
+    let mut cdc = Cdc::from_postgres("pgcdc-kill");
+    cdc.exchange.start_hub().await;
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    cdc.start("source", &["source", "commerce"], "streaming the slot").await;
+    let mut sql = String::new();
+    for t in 0..150u64 {
+        sql.push_str("BEGIN;\n");
+        for n in t * 20..(t + 1) * 20 {
+            sql.push_str(&format!(
+                "INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, zczb, clrq, zs, djzt) VALUES ('{}', '第{n}号测试企业', '1100', '测试{n}', {n}.5, '2020-01-{:02}', '桂城', '1');\n",
+                taxpayer(n + 1000),
+                n % 28 + 1
+            ));
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    for n in (0..3000u64).step_by(3) {
+        sql.push_str(&format!(
+            "UPDATE scjg_yyzz SET qymc = qymc || '（更新）', djzt = '2' WHERE tyshxydm = '{}';\n",
+            taxpayer(n + 1000)
+        ));
+    }
+    let mut writer = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-XAtq", "-d", &cdc.legacy])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        let _ = stdin.write_all(sql.as_bytes());
+    });
+    let count = |cdc: &Cdc| {
+        services::query(
+            "mysql",
+            &[
+                "-uroot",
+                "-N",
+                "-B",
+                &cdc.target,
+                "-e",
+                "SELECT COUNT(*) FROM business_license",
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&cdc) == "3" {
+        assert!(Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cdc.kill("source");
+    cdc.start("source", &["source", "commerce"], "streaming the slot").await;
+    assert!(writer.wait().unwrap().success());
+    cdc.wait_equal(Duration::from_secs(120)).await;
+    let applied = services::query(
+        "mysql",
+        &[
+            "-uroot",
+            "-N",
+            "-B",
+            &cdc.target,
+            "-e",
+            "SELECT COUNT(*) FROM exhub_applied",
+        ],
+    );
+    assert_eq!(applied, "3003");
+    let dlq = String::from_utf8_lossy(&cdc.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
+    assert!(dlq.starts_with("0 dead-lettered"), "{dlq}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_bad_source_settings_name_the_cause() {
+    let cdc = Cdc::from_postgres("pgcdc-bad");
+    let run = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&cdc.exchange.config).unwrap();
+        let path = cdc.exchange.dir.join("bad.toml");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        let out = Command::new(exhub_bin())
+            .args(["source", "commerce", "--config", path.to_str().unwrap()])
+            .env_remove("EXHUB_CONFIG")
+            .current_dir(&cdc.exchange.dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let legacy = &cdc.legacy;
+    let url = format!("postgres://postgres@127.0.0.1:5432/{legacy}");
+    let role = format!("r{}", &legacy[legacy.len() - 8..]);
+    psql(&format!("CREATE ROLE {role} LOGIN"));
+    let no_replication = run(&url, &format!("postgres://{role}@127.0.0.1:5432/{legacy}"));
+    psql(&format!("DROP ROLE {role}"));
+    assert!(no_replication.contains("REPLICATION"), "{no_replication}");
+    // The same columns, no primary key.
+    services::psql(legacy, "CREATE TABLE no_key (LIKE scjg_yyzz)");
+    let no_key = run("table = \"scjg_yyzz\"", "table = \"no_key\"");
+    assert!(no_key.contains("no usable key"), "{no_key}");
+    let missing = run("table = \"scjg_yyzz\"", "table = \"scjg_gone\"");
+    assert!(missing.contains("scjg_gone does not exist"), "{missing}");
+    let no_db = run(&url, "postgres://postgres@127.0.0.1:5432/no_such_db_exhub");
     assert!(no_db.contains("no such database"), "{no_db}");
 }
