@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: the demo exchange of routes.toml, all in one `exhub run` — the hub, the tax
-# bureau's CTAIS source (MariaDB binlog, nothing written to the legacy table), and the database
-# sinks of the commerce bureau (PostgreSQL) and the tax bureau (MariaDB). Legacy rows change;
+# bureau's CTAIS source (MariaDB binlog, nothing written to the legacy table), the commerce
+# bureau's licence source (PostgreSQL logical replication), and the database sinks of the
+# commerce bureau (PostgreSQL) and the tax bureau (MariaDB). Legacy rows change;
 # documents flow through the hub; the commerce bureau's mirror table and the social security
 # bureau's XML feed (`exhub tail`) show them arriving, masked as the routes say. A licence
 # published by hand reaches the tax bureau's mirror; a forged document lands in the DLQ.
@@ -23,7 +24,7 @@ ctais() { mysql -uroot ctais -e "$1"; }
 mirror() { psql -h 127.0.0.1 -U postgres -d commerce_mirror -XAtq -F ' | ' -c "$1"; }
 wait_for() { for _ in $(seq 1 300); do [ "$(eval "$1")" = "$2" ] && return 0; sleep 0.1; done; echo "timed out waiting for: $1 = $2" >&2; return 1; }
 
-echo "== the legacy CTAIS database (MariaDB) with 4 registrations, an empty commerce mirror (PostgreSQL)"
+echo "== the legacy CTAIS database (MariaDB) with 4 registrations, the legacy licence system (PostgreSQL) with 3 licences, empty mirrors"
 bash examples/legacy/setup.sh
 rm -rf exhub-state   # the databases are new: so is the source's checkpoint
 
@@ -40,7 +41,7 @@ $exhub tail social-feed > "$tmp/tail.out" 2> "$tmp/tail.err" &
 tail_pid=$!
 for _ in $(seq 1 100); do grep -q tailing "$tmp/tail.err" 2>/dev/null && break; sleep 0.1; done
 
-echo; echo "== exhub run: hub + CTAIS source + both database sinks (log in $tmp/run.log)"
+echo; echo "== exhub run: hub + CTAIS source + licence source + both database sinks (log in $tmp/run.log)"
 EXHUB_LOG=info $exhub run > "$tmp/run.log" 2>&1 &
 run_pid=$!
 # The snapshot: the three Nanhai registrations (the route's filter keeps 禅城's out).
@@ -57,13 +58,22 @@ wait_for 'mirror "SELECT count(*) FROM tax_registration WHERE taxpayer_id = '"'"
 echo "commerce_mirror.tax_registration now:"
 mirror "SELECT taxpayer_id, name, registration_type, capital, updated_at FROM tax_registration ORDER BY taxpayer_id"
 
+taxm() { mysql -uroot -N tax_mirror -e "$1"; }
+echo; echo "== the commerce bureau's licences (PostgreSQL scjg) reached the tax mirror (MariaDB) through the snapshot:"
+wait_for 'taxm "SELECT count(*) FROM business_license"' 3
+mysql -uroot tax_mirror -e "SELECT credit_code, company_name, company_type, status FROM business_license ORDER BY credit_code"
+
+echo; echo "== the commerce bureau works in its PostgreSQL system: a new licence with a long business scope (TOASTed), a cancellation (TOASTed)"
+psql -h 127.0.0.1 -U postgres -d scjg -XAtq -c "INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, zczb, clrq, jyfw, zs, ssq, djzt, djjg, fzrq) VALUES ('91440605MA4UJ7KX2M', '佛山市南海区云帆信息技术有限公司', '1100', '赵敏', 3000000.00, CURRENT_DATE, repeat('软件开发；信息技术咨询服务；', 120), '佛山市南海区桂城街道融和路23号', '南海', '1', '佛山市南海区市场监督管理局', CURRENT_DATE)" \
+  -c "UPDATE scjg_yyzz SET djzt = '3' WHERE tyshxydm = '92440605MA52LM8R4G'"
+wait_for 'taxm "SELECT count(*) FROM business_license WHERE status = '"'"'cancelled'"'"' OR CHAR_LENGTH(business_scope) > 1000"' 2
+mysql -uroot tax_mirror -e "SELECT credit_code, company_name, status, CHAR_LENGTH(business_scope) AS scope_chars FROM business_license ORDER BY credit_code"
+
 echo; echo "== exhub publish: the commerce bureau publishes a licence by hand, as its own AMQP user"
 EXHUB_AMQP_URL='amqp://nanhai.commerce:demo-nanhai.commerce@127.0.0.1:5672/%2f' \
   $exhub publish --as nanhai.commerce "$tmp/licence.xml"
-
-echo; echo "== the licence reached the tax bureau's mirror (MariaDB tax_mirror.business_license):"
-wait_for 'mysql -uroot -N tax_mirror -e "SELECT count(*) FROM business_license"' 1
-mysql -uroot tax_mirror -e "SELECT credit_code, company_name, registered_capital, established_on FROM business_license"
+wait_for 'taxm "SELECT count(*) FROM business_license WHERE credit_code = '"'"'91440605MA51RD2K7Y'"'"'"' 1
+echo "it reached the tax mirror too."
 
 kill "$tail_pid" 2>/dev/null || true; tail_pid=
 echo; echo "== what social-feed received (one line per document):"
