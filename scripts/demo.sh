@@ -63,7 +63,7 @@ echo; echo "== the commerce bureau's licences (PostgreSQL scjg) reached the tax 
 wait_for 'taxm "SELECT count(*) FROM business_license"' 3
 mysql -uroot tax_mirror -e "SELECT credit_code, company_name, company_type, status FROM business_license ORDER BY credit_code"
 
-echo; echo "== the commerce bureau works in its PostgreSQL system: a new licence with a long business scope (TOASTed), a cancellation (TOASTed)"
+echo; echo "== the commerce bureau works in its PostgreSQL system: a new licence with a long business scope (TOASTed), a cancellation"
 psql -h 127.0.0.1 -U postgres -d scjg -XAtq -c "INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, zczb, clrq, jyfw, zs, ssq, djzt, djjg, fzrq) VALUES ('91440605MA4UJ7KX2M', '佛山市南海区云帆信息技术有限公司', '1100', '赵敏', 3000000.00, CURRENT_DATE, repeat('软件开发；信息技术咨询服务；', 120), '佛山市南海区桂城街道融和路23号', '南海', '1', '佛山市南海区市场监督管理局', CURRENT_DATE)" \
   -c "UPDATE scjg_yyzz SET djzt = '3' WHERE tyshxydm = '92440605MA52LM8R4G'"
 wait_for 'taxm "SELECT count(*) FROM business_license WHERE status = '"'"'cancelled'"'"' OR CHAR_LENGTH(business_scope) > 1000"' 2
