@@ -153,6 +153,15 @@ to = ["mirror"]
         }
     }
 
+    /// Waits until the target holds more than the seed (3 rows in the PostgreSQL scenario).
+    async fn wait_progress(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.target_rows().lines().count() <= 3 {
+            assert!(Instant::now() < deadline, "nothing arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn log(&self, file: &str) -> String {
         std::fs::read_to_string(self.exchange.dir.join(file)).unwrap_or_default()
     }
@@ -581,35 +590,7 @@ async fn postgres_source_killed_mid_stream_loses_nothing() {
     cdc.exchange.start_hub().await;
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
     cdc.start("source", &["source", "commerce"], "streaming the slot").await;
-    let mut sql = String::new();
-    for t in 0..150u64 {
-        sql.push_str("BEGIN;\n");
-        for n in t * 20..(t + 1) * 20 {
-            sql.push_str(&format!(
-                "INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, zczb, clrq, zs, djzt) VALUES ('{}', '第{n}号测试企业', '1100', '测试{n}', {n}.5, '2020-01-{:02}', '桂城', '1');\n",
-                taxpayer(n + 1000),
-                n % 28 + 1
-            ));
-        }
-        sql.push_str("COMMIT;\n");
-    }
-    for n in (0..3000u64).step_by(3) {
-        sql.push_str(&format!(
-            "UPDATE scjg_yyzz SET qymc = qymc || '（更新）', djzt = '2' WHERE tyshxydm = '{}';\n",
-            taxpayer(n + 1000)
-        ));
-    }
-    let mut writer = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-XAtq", "-d", &cdc.legacy])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = writer.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::Write as _;
-        let _ = stdin.write_all(sql.as_bytes());
-    });
+    let mut writer = pg_script(&cdc.legacy, pg_workload(0, 3000));
     let count = |cdc: &Cdc| {
         services::query(
             "mysql",
@@ -646,6 +627,68 @@ async fn postgres_source_killed_mid_stream_loses_nothing() {
     assert_eq!(applied, "3003");
     let dlq = String::from_utf8_lossy(&cdc.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
     assert!(dlq.starts_with("0 dead-lettered"), "{dlq}");
+}
+
+/// The source loses PostgreSQL (restarted mid-stream), reconnects on its own, and the target
+/// ends equal. Runs alone (it restarts the shared server).
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_postgres_mid_stream_target_ends_equal() {
+    let mut cdc = Cdc::from_postgres("pgcdc-restart");
+    cdc.exchange.start_hub().await;
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    cdc.start("source", &["source", "commerce"], "streaming the slot").await;
+    assert!(pg_script(&cdc.legacy, pg_workload(0, 1500)).wait().unwrap().success());
+    cdc.wait_progress().await;
+    services::restart_postgres();
+    // Changes made after the restart arrive too, through the reconnected source.
+    assert!(pg_script(&cdc.legacy, pg_workload(1500, 1500)).wait().unwrap().success());
+    cdc.wait_equal(Duration::from_secs(120)).await;
+    assert!(
+        cdc.log("source-0.log").contains("resuming from the slot"),
+        "the source did not notice the restart: {}",
+        cdc.log("source-0.log")
+    );
+    assert!(cdc.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none()), "a process stopped");
+}
+
+/// `count` licences inserted in transactions of 20 from number `start`, then every third of
+/// them updated, as one SQL script.
+fn pg_workload(start: u64, count: u64) -> String {
+    let mut sql = String::new();
+    for first in (start..start + count).step_by(20) {
+        sql.push_str("BEGIN;\n");
+        for n in first..(first + 20).min(start + count) {
+            sql.push_str(&format!(
+                "INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, zczb, clrq, zs, djzt) VALUES ('{}', '第{n}号测试企业', '1100', '测试{n}', {n}.5, '2020-01-{:02}', '桂城', '1');\n",
+                taxpayer(n + 1000),
+                n % 28 + 1
+            ));
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    for n in (start..start + count).step_by(3) {
+        sql.push_str(&format!(
+            "UPDATE scjg_yyzz SET qymc = qymc || '（更新）', djzt = '2' WHERE tyshxydm = '{}';\n",
+            taxpayer(n + 1000)
+        ));
+    }
+    sql
+}
+
+/// Runs a SQL script against a PostgreSQL database in the background.
+fn pg_script(db: &str, sql: String) -> Child {
+    let mut child = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        let _ = stdin.write_all(sql.as_bytes());
+    });
+    child
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -47,6 +47,30 @@ fn mariadb_binlog_is_row_with_full_metadata() {
     assert_eq!(row, "1\tROW\tFULL\tFULL\t1");
 }
 
+/// Restarts the local PostgreSQL cluster (fast shutdown: every connection is cut) and waits
+/// until it accepts connections again. Only for `restart_*` tests, which run alone.
+pub fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+        .unwrap();
+    let status = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart", "-m", "fast"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctlcluster restart");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-XAtq", "-c", "select 1"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(std::time::Instant::now() < deadline, "PostgreSQL did not come back");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn rabbitmq_is_up() {
     let status = query("rabbitmqctl", &["-q", "status"]);
