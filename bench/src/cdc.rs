@@ -1,17 +1,19 @@
-//! Backlog catch-up from MySQL/MariaDB (`exhub-bench cdc-mysql`): the legacy CTAIS table in a
-//! fresh MariaDB database, a fresh PostgreSQL target, and the real `exhub source`, `exhub hub`
-//! and `exhub sink` processes between them.
+//! Backlog catch-up from a legacy database's change log: `exhub-bench cdc-mysql` (the CTAIS
+//! table in a fresh MariaDB database → a fresh PostgreSQL target) and `exhub-bench cdc-postgres`
+//! (the commerce licence table in a fresh PostgreSQL database → a fresh MariaDB target), with
+//! the real `exhub source`, `exhub hub` and `exhub sink` processes between them.
 //!
-//! 1. The source runs once on the empty table (snapshot, checkpoint), and stops.
+//! 1. The source runs once on the empty table (snapshot, checkpoint or slot), and stops.
 //! 2. While the exchange is stopped, `--tx` transactions of `--rows` inserted rows are committed
-//!    (10 of the table's 13 columns filled, about 200 bytes a row).
+//!    (10 columns filled, about 200 bytes a row).
 //! 3. Hub, sink and source start as separate processes; the clock runs from their start until
 //!    the target table holds every row.
 //!
 //! `--tx 1 --rows 1000000` is the one-huge-transaction case: the source's peak RSS shows that
 //! it streams a transaction instead of holding it.
 //!
-//! The last line is `RESULT cdc_mysql_events_per_s=… source_rss_mb=… hub_rss_mb=… sink_rss_mb=…`.
+//! The last line is `RESULT cdc_<mysql|postgres>_events_per_s=… source_rss_mb=… hub_rss_mb=…
+//! sink_rss_mb=…`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,19 +26,54 @@ use crate::procs::{AMQP, Exhub, Flags};
 
 const MYSQL: &str = "mysql://root@127.0.0.1:3306";
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
-const LEGACY_TABLE: &str = include_str!("../../examples/legacy/tax_ctais.sql");
-const TARGET_TABLE: &str = include_str!("../../examples/legacy/commerce_mirror.sql");
+const CTAIS: &str = include_str!("../../examples/legacy/tax_ctais.sql");
+const COMMERCE_MIRROR: &str = include_str!("../../examples/legacy/commerce_mirror.sql");
+const SAIC: &str = include_str!("../../examples/legacy/commerce_saic.sql");
+const TAX_MIRROR: &str = include_str!("../../examples/legacy/tax_mirror.sql");
+
+/// Where the legacy table lives (the target is in the other database).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Legacy {
+    /// CTAIS `nsr_djxx` in MariaDB → `tax_registration` in PostgreSQL.
+    Mysql,
+    /// `scjg_yyzz` in PostgreSQL → `business_license` in MariaDB.
+    Postgres,
+}
+
+impl Legacy {
+    fn name(self) -> &'static str {
+        match self {
+            Legacy::Mysql => "mysql",
+            Legacy::Postgres => "postgres",
+        }
+    }
+
+    /// What the source logs once it streams.
+    fn streaming(self) -> &'static str {
+        match self {
+            Legacy::Mysql => "streaming the binlog",
+            Legacy::Postgres => "streaming the slot",
+        }
+    }
+
+    fn count_target(self) -> &'static str {
+        match self {
+            Legacy::Mysql => "SELECT count(*) FROM tax_registration",
+            Legacy::Postgres => "SELECT count(*) FROM business_license",
+        }
+    }
+}
 /// Rows per INSERT statement.
 const ROWS_PER_STATEMENT: u64 = 1_000;
 
-/// Runs the benchmark with `--tx N --rows N --workers N`.
-pub async fn run(flags: Flags) -> Result<()> {
+/// Runs the benchmark from `legacy` with `--tx N --rows N --workers N --archive sqlite|postgres`.
+pub async fn run(legacy: Legacy, flags: Flags) -> Result<()> {
     let tx: u64 = flags.get("tx", 200)?;
     let rows: u64 = flags.get("rows", 1_000)?;
     let workers: usize = flags.get("workers", 2)?;
     let archive: String = flags.get("archive", "sqlite".to_owned())?;
     flags.done(&["tx", "rows", "workers", "archive"])?;
-    let bench = Bench::create(workers, &archive).await?;
+    let bench = Bench::create(legacy, workers, &archive).await?;
     let result = bench.measure(tx, rows).await;
     bench.cleanup().await;
     result
@@ -44,13 +81,14 @@ pub async fn run(flags: Flags) -> Result<()> {
 
 /// The databases, the scratch directory and the routes.toml of one run.
 struct Bench {
+    legacy: Legacy,
     name: String,
     dir: PathBuf,
     config: PathBuf,
 }
 
 impl Bench {
-    async fn create(workers: usize, archive: &str) -> Result<Bench> {
+    async fn create(legacy: Legacy, workers: usize, archive: &str) -> Result<Bench> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let name = format!("exhub_bench_{}", &id[id.len() - 12..]);
         let dir = std::env::temp_dir().join(&name);
@@ -59,11 +97,15 @@ impl Bench {
         sql(format!("CREATE DATABASE {name} DEFAULT CHARSET utf8mb4"))
             .execute(&mut my)
             .await?;
-        sql(format!("USE {name}; {LEGACY_TABLE}")).execute(&mut my).await?;
+        let (in_mysql, in_postgres) = match legacy {
+            Legacy::Mysql => (CTAIS, COMMERCE_MIRROR),
+            Legacy::Postgres => (TAX_MIRROR, SAIC),
+        };
+        sql(format!("USE {name}; {in_mysql}")).execute(&mut my).await?;
         let mut pg = sqlx::PgConnection::connect(POSTGRES).await.context("PostgreSQL")?;
         sql(format!("CREATE DATABASE {name}")).execute(&mut pg).await?;
-        let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{name}")).await?;
-        sqlx::raw_sql(TARGET_TABLE).execute(&mut target).await?;
+        let mut db = sqlx::PgConnection::connect(&format!("{POSTGRES}/{name}")).await?;
+        sqlx::raw_sql(in_postgres).execute(&mut db).await?;
         let archive = match archive {
             "sqlite" => format!("sqlite://{}", dir.join("archive.db").display()),
             "postgres" => {
@@ -73,8 +115,13 @@ impl Bench {
             other => bail!("--archive {other}: sqlite or postgres"),
         };
         let config = dir.join("routes.toml");
-        std::fs::write(&config, routes(&name, &archive, workers))?;
-        Ok(Bench { name, dir, config })
+        std::fs::write(&config, routes(legacy, &name, &archive, workers))?;
+        Ok(Bench {
+            legacy,
+            name,
+            dir,
+            config,
+        })
     }
 
     fn spawn(&self, args: &[&str], log: &str) -> Result<Exhub> {
@@ -83,8 +130,8 @@ impl Bench {
 
     async fn measure(&self, tx: u64, rows: u64) -> Result<()> {
         // The source's starting point: its checkpoint after an (empty) snapshot.
-        let mut source = self.spawn(&["source", "tax"], "prime.log")?;
-        source.wait_log("streaming the binlog", Duration::from_secs(60)).await?;
+        let mut source = self.spawn(&["source", "legacy"], "prime.log")?;
+        source.wait_log(self.legacy.streaming(), Duration::from_secs(60)).await?;
         source.stop();
         let made = Instant::now();
         self.make_backlog(tx, rows).await?;
@@ -94,18 +141,16 @@ impl Bench {
             made.elapsed().as_secs_f64()
         );
 
-        let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{}", self.name)).await?;
+        let mut target = Target::connect(self.legacy, &self.name).await?;
         let started = Instant::now();
         let mut procs = [
             ("hub", self.spawn(&["hub"], "hub.log")?),
             ("sink", self.spawn(&["sink", "mirror"], "sink.log")?),
-            ("source", self.spawn(&["source", "tax"], "source.log")?),
+            ("source", self.spawn(&["source", "legacy"], "source.log")?),
         ];
         let mut last_print = Instant::now();
         loop {
-            let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM tax_registration")
-                .fetch_one(&mut target)
-                .await?;
+            let count = target.count(self.legacy.count_target()).await?;
             if u64::try_from(count).unwrap_or(0) >= total {
                 break;
             }
@@ -138,28 +183,22 @@ impl Bench {
         }
         println!("{total} rows in {secs:.1} s: {rate:.0} events/s end to end");
         println!(
-            "RESULT cdc_mysql_events_per_s={rate:.0} source_rss_mb={:.1} hub_rss_mb={:.1} sink_rss_mb={:.1}",
-            figures[2], figures[0], figures[1]
+            "RESULT cdc_{}_events_per_s={rate:.0} source_rss_mb={:.1} hub_rss_mb={:.1} sink_rss_mb={:.1}",
+            self.legacy.name(),
+            figures[2],
+            figures[0],
+            figures[1]
         );
         Ok(())
     }
 
     /// `tx` committed transactions of `rows` inserts each, in multi-row statements.
     async fn make_backlog(&self, tx: u64, rows: u64) -> Result<()> {
-        let mut my = sqlx::MySqlConnection::connect(&format!("{MYSQL}/{}", self.name)).await?;
-        let mut n = 0;
-        for _ in 0..tx {
-            let mut t = my.begin().await?;
-            let mut left = rows;
-            while left > 0 {
-                let chunk = left.min(ROWS_PER_STATEMENT);
-                sql(insert(n, chunk)).execute(&mut *t).await?;
-                n += chunk;
-                left -= chunk;
-            }
-            t.commit().await?;
-        }
-        Ok(())
+        let url = match self.legacy {
+            Legacy::Mysql => format!("{MYSQL}/{}", self.name),
+            Legacy::Postgres => format!("{POSTGRES}/{}", self.name),
+        };
+        backlog(&url, tx, rows, |n, c| insert(self.legacy, n, c)).await
     }
 
     /// Drops the databases, the queues and the scratch directory; reports, never fails.
@@ -170,6 +209,13 @@ impl Bench {
                 .execute(&mut my)
                 .await?;
             let mut pg = sqlx::PgConnection::connect(POSTGRES).await?;
+            // The source's slot pins the legacy database.
+            sql(format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{}'",
+                self.name
+            ))
+            .execute(&mut pg)
+            .await?;
             for db in [self.name.clone(), format!("{}_archive", self.name)] {
                 sql(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                     .execute(&mut pg)
@@ -193,17 +239,43 @@ fn sql(text: String) -> sqlx::RawSql {
     sqlx::raw_sql(sqlx::AssertSqlSafe(text))
 }
 
-/// One INSERT of `count` rows from row number `start`.
-fn insert(start: u64, count: u64) -> String {
-    let mut sql = String::from(
-        "INSERT INTO nsr_djxx (nsrsbh, nsrmc, fddbr, djrq, djzclx, nsrzt, ssqx, scjydz, zczb, xgsj) VALUES ",
-    );
+/// `tx` committed transactions of `rows` inserts each, in multi-row statements.
+async fn backlog(url: &str, tx: u64, rows: u64, insert: impl Fn(u64, u64) -> String) -> Result<()> {
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(url).await?;
+    let mut n = 0;
+    for _ in 0..tx {
+        let mut t = db.begin().await?;
+        let mut left = rows;
+        while left > 0 {
+            let chunk = left.min(ROWS_PER_STATEMENT);
+            sql(insert(n, chunk)).execute(&mut *t).await?;
+            n += chunk;
+            left -= chunk;
+        }
+        t.commit().await?;
+    }
+    Ok(())
+}
+
+/// One INSERT of `count` rows from row number `start` (10 columns, about 200 bytes a row).
+fn insert(legacy: Legacy, start: u64, count: u64) -> String {
+    let mut sql = String::from(match legacy {
+        Legacy::Mysql => {
+            "INSERT INTO nsr_djxx (nsrsbh, nsrmc, fddbr, djrq, djzclx, nsrzt, ssqx, scjydz, zczb, xgsj) VALUES "
+        }
+        Legacy::Postgres => "INSERT INTO scjg_yyzz (tyshxydm, qymc, fddbr, clrq, qylx, djzt, ssq, zs, zczb, gxsj) VALUES ",
+    });
+    let (company_type, status) = match legacy {
+        Legacy::Mysql => ("173", "03"),
+        Legacy::Postgres => ("1100", "1"),
+    };
     for n in start..start + count {
         if n > start {
             sql.push(',');
         }
         sql.push_str(&format!(
-            "('{}','佛山市南海区桂城第{n}号测试企业有限公司','陈{n}','2020-01-{:02}','173','03','南海','佛山市南海区桂城街道南海大道北{n}号',{n}.25,'2026-11-22 10:00:{:02}')",
+            "('{}','佛山市南海区桂城第{n}号测试企业有限公司','陈{n}','2020-01-{:02}','{company_type}','{status}','南海','佛山市南海区桂城街道南海大道北{n}号',{n}.25,'2026-11-22 10:00:{:02}')",
             exhub_schemas::samples::taxpayer_id(n),
             n % 28 + 1,
             n % 60
@@ -212,8 +284,96 @@ fn insert(start: u64, count: u64) -> String {
     sql
 }
 
-/// The exchange: the CTAIS source, the hub (its archive at `archive`), the PostgreSQL sink.
-fn routes(name: &str, archive: &str, workers: usize) -> String {
+/// The target, in whichever database it is.
+enum Target {
+    Mysql(sqlx::MySqlConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl Target {
+    async fn connect(legacy: Legacy, name: &str) -> Result<Target> {
+        Ok(match legacy {
+            Legacy::Mysql => Target::Postgres(sqlx::PgConnection::connect(&format!("{POSTGRES}/{name}")).await?),
+            Legacy::Postgres => Target::Mysql(sqlx::MySqlConnection::connect(&format!("{MYSQL}/{name}")).await?),
+        })
+    }
+
+    async fn count(&mut self, query: &'static str) -> Result<i64> {
+        let (count,): (i64,) = match self {
+            Target::Mysql(c) => sqlx::query_as(query).fetch_one(c).await?,
+            Target::Postgres(c) => sqlx::query_as(query).fetch_one(c).await?,
+        };
+        Ok(count)
+    }
+}
+
+/// The exchange: the source `legacy`, the hub (its archive at `archive`), the sink `mirror`.
+fn routes(legacy: Legacy, name: &str, archive: &str, workers: usize) -> String {
+    let graph = match legacy {
+        Legacy::Mysql => format!(
+            r#"[[source]]
+name = "legacy"
+org = "nanhai.tax"
+kind = "mysql"
+url = "{MYSQL}/{name}"
+time_zone = "+08:00"
+  [[source.table]]
+  table = "nsr_djxx"
+  doc_type = "tax.registration"
+  key = ["nsrsbh"]
+  fields = {{ taxpayer_id = "nsrsbh", name = "nsrmc", legal_representative = "fddbr", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", address = "scjydz", capital = "zczb", industry_code = "hydm", tax_authority = "zgswjg", phone = "lxdh", updated_at = "xgsj" }}
+  [source.table.values]
+  registration_type = {{ "173" = "limited_liability" }}
+  taxpayer_status = {{ "03" = "normal" }}
+
+[[subscriber]]
+name = "mirror"
+org = "nanhai.commerce"
+kind = "postgres"
+url = "{POSTGRES}/{name}"
+  [[subscriber.apply]]
+  doc_type = "tax.registration"
+  table = "tax_registration"
+
+[[route]]
+name = "all"
+doc_types = ["tax.registration"]
+to = ["mirror"]
+"#
+        ),
+        Legacy::Postgres => format!(
+            r#"[[source]]
+name = "legacy"
+org = "nanhai.commerce"
+kind = "postgres"
+url = "{POSTGRES}/{name}"
+slot = "{name}"
+publication = "{name}"
+  [[source.table]]
+  table = "scjg_yyzz"
+  doc_type = "commerce.business_license"
+  key = ["tyshxydm"]
+  fields = {{ credit_code = "tyshxydm", company_name = "qymc", company_type = "qylx", legal_representative = "fddbr", registered_capital = "zczb", currency = "bz", established_on = "clrq", business_term_end = "yyqxz", business_scope = "jyfw", address = "zs", district = "ssq", status = "djzt", registration_authority = "djjg", issued_on = "fzrq" }}
+  [source.table.values]
+  company_type = {{ "1100" = "limited_liability" }}
+  status = {{ "1" = "active" }}
+
+[[subscriber]]
+name = "mirror"
+org = "nanhai.tax"
+kind = "mysql"
+url = "{MYSQL}/{name}"
+  [[subscriber.apply]]
+  doc_type = "commerce.business_license"
+  table = "business_license"
+
+[[route]]
+name = "all"
+doc_types = ["commerce.business_license"]
+to = ["mirror"]
+"#
+        ),
+    };
     format!(
         r#"[hub]
 amqp = "{AMQP}"
@@ -230,36 +390,9 @@ amqp_user = "guest"
 [[org]]
 id = "nanhai.commerce"
 name = "南海区市场监督管理局"
+publishes = ["commerce.business_license"]
 amqp_user = "guest"
 
-[[source]]
-name = "tax"
-org = "nanhai.tax"
-kind = "mysql"
-url = "{MYSQL}/{name}"
-time_zone = "+08:00"
-  [[source.table]]
-  table = "nsr_djxx"
-  doc_type = "tax.registration"
-  key = ["nsrsbh"]
-  fields = {{ taxpayer_id = "nsrsbh", name = "nsrmc", legal_representative = "fddbr", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", address = "scjydz", capital = "zczb", industry_code = "hydm", tax_authority = "zgswjg", phone = "lxdh", updated_at = "xgsj" }}
-  [source.table.values]
-  registration_type = {{ "173" = "limited_liability", "410" = "individual_business" }}
-  taxpayer_status = {{ "03" = "normal", "05" = "suspended" }}
-
-[[subscriber]]
-name = "mirror"
-org = "nanhai.commerce"
-kind = "postgres"
-url = "{POSTGRES}/{name}"
-  [[subscriber.apply]]
-  doc_type = "tax.registration"
-  table = "tax_registration"
-
-[[route]]
-name = "registrations"
-doc_types = ["tax.registration"]
-to = ["mirror"]
-"#
+{graph}"#
     )
 }

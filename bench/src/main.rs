@@ -2,8 +2,10 @@
 //! binary next to this one (build both with `--release`).
 //!
 //! - `exhub-bench hub [--docs N --batch N --workers N]`: the hub against a raw relay.
-//! - `exhub-bench cdc-mysql [--tx N --rows N --workers N]`: a MariaDB binlog backlog through
-//!   source → hub → PostgreSQL sink.
+//! - `exhub-bench cdc-mysql [--tx N --rows N --workers N --archive sqlite|postgres]`: a MariaDB
+//!   binlog backlog through source → hub → PostgreSQL sink;
+//! - `exhub-bench cdc-postgres [same flags]`: a PostgreSQL slot backlog through source → hub →
+//!   MariaDB sink.
 //!
 //! Each prints one `RESULT name=value …` line last. BENCHMARKS.md has the commands and figures.
 
@@ -22,7 +24,8 @@ async fn main() -> Result<()> {
     let flags = Flags::parse(args)?;
     match which.as_str() {
         "hub" => hub::run(flags).await,
-        "cdc-mysql" => cdc::run(flags).await,
-        other => bail!("unknown benchmark `{other}` (known: hub, cdc-mysql)"),
+        "cdc-mysql" => cdc::run(cdc::Legacy::Mysql, flags).await,
+        "cdc-postgres" => cdc::run(cdc::Legacy::Postgres, flags).await,
+        other => bail!("unknown benchmark `{other}` (known: hub, cdc-mysql, cdc-postgres)"),
     }
 }
