@@ -131,7 +131,9 @@ impl Bench {
     async fn measure(&self, tx: u64, rows: u64) -> Result<()> {
         // The source's starting point: its checkpoint after an (empty) snapshot.
         let mut source = self.spawn(&["source", "legacy"], "prime.log")?;
-        source.wait_log(self.legacy.streaming(), Duration::from_secs(60)).await?;
+        source
+            .wait_log(self.legacy.streaming(), Duration::from_secs(60))
+            .await?;
         source.stop();
         let made = Instant::now();
         self.make_backlog(tx, rows).await?;
@@ -264,7 +266,9 @@ fn insert(legacy: Legacy, start: u64, count: u64) -> String {
         Legacy::Mysql => {
             "INSERT INTO nsr_djxx (nsrsbh, nsrmc, fddbr, djrq, djzclx, nsrzt, ssqx, scjydz, zczb, xgsj) VALUES "
         }
-        Legacy::Postgres => "INSERT INTO scjg_yyzz (tyshxydm, qymc, fddbr, clrq, qylx, djzt, ssq, zs, zczb, gxsj) VALUES ",
+        Legacy::Postgres => {
+            "INSERT INTO scjg_yyzz (tyshxydm, qymc, fddbr, clrq, qylx, djzt, ssq, zs, zczb, gxsj) VALUES "
+        }
     });
     let (company_type, status) = match legacy {
         Legacy::Mysql => ("173", "03"),

@@ -200,30 +200,50 @@ impl Hub {
             .map_err(AmqpError::from)?;
         tracing::info!(queue = %self.topology.ingress_queue(), prefetch, "consuming");
         let mut batches = 0u32;
+        // Two batches in flight: while one waits for the broker's confirms and is acknowledged
+        // (`finish`), the next is taken, gated and archived (`prepare`). Finishing stays in
+        // order, so `ack multiple` never covers a message whose copies are not confirmed.
+        let mut pending: Option<Prepared> = None;
         loop {
             let limits = BatchLimits {
                 messages: BATCH,
                 bytes: BATCH_BYTES,
                 linger: LINGER,
             };
-            let Some(deliveries) = next_batch(&mut consumer, limits, shutdown).await? else {
+            let (next, finished) = tokio::join!(
+                async {
+                    let Some(deliveries) = next_batch(&mut consumer, limits, shutdown).await? else {
+                        return Ok::<_, Failure>(None);
+                    };
+                    let bytes: usize = deliveries.iter().map(|d| d.data.len()).sum();
+                    size.observe(bytes, deliveries.len());
+                    let span = tracing::debug_span!("batch", messages = deliveries.len());
+                    Ok(Some(self.prepare(&deliveries).instrument(span).await?))
+                },
+                async {
+                    match pending.take() {
+                        Some(p) => self.finish(&channel, publisher, p, hard_stop).await,
+                        None => Ok(()),
+                    }
+                }
+            );
+            finished?;
+            let Some(prepared) = next? else {
                 // Stop taking new messages; prefetched ones go back to the queue on close.
                 let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
                 let _ = conn.close(200, "shutdown".into()).await;
                 return Ok(Ended::Shutdown);
             };
-            let bytes: usize = deliveries.iter().map(|d| d.data.len()).sum();
-            size.observe(bytes, deliveries.len());
-            let span = tracing::debug_span!("batch", messages = deliveries.len());
-            self.process(&channel, publisher, &deliveries, hard_stop)
-                .instrument(span)
-                .await?;
+            pending = Some(prepared);
             let wanted = size.prefetch();
             batches += 1;
             let changed = wanted > prefetch.saturating_mul(4) || wanted < prefetch / 4;
             let may = batches >= 3 && size.resized.is_none_or(|at| at.elapsed() >= RESIZE_EVERY);
             if changed && may {
                 size.resized = Some(Instant::now());
+                if let Some(p) = pending.take() {
+                    self.finish(&channel, publisher, p, hard_stop).await?;
+                }
                 // Everything taken so far is acknowledged; prefetched messages go back on close.
                 tracing::info!(
                     from = prefetch,
@@ -236,14 +256,9 @@ impl Hub {
         }
     }
 
-    /// Runs one batch of ingress messages all the way to their acknowledgement.
-    async fn process(
-        &self,
-        channel: &Channel,
-        publisher: &mut Publisher,
-        deliveries: &[Delivery],
-        hard_stop: &CancellationToken,
-    ) -> Result<(), Failure> {
+    /// Gates, archives and routes one batch of ingress messages: what remains is to publish
+    /// the copies and refusals, record the deliveries, and acknowledge.
+    async fn prepare(&self, deliveries: &[Delivery]) -> Result<Prepared, Failure> {
         let mut out: Vec<Outgoing> = Vec::new();
         let mut items: Vec<Item<'_>> = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
@@ -288,7 +303,7 @@ impl Hub {
         };
         // Copies per (ingress message, subscriber): a batch in, a batch out.
         let mut copies: BTreeMap<(usize, &str), Pack> = BTreeMap::new();
-        let mut confirmed: Vec<(uuid::Uuid, &str)> = Vec::new();
+        let mut confirmed: Vec<(uuid::Uuid, String)> = Vec::new();
         for ((item, a, targets), stored) in admitted.iter().zip(stored) {
             let skip = match stored {
                 Stored::New => HashSet::new(),
@@ -324,7 +339,7 @@ impl Hub {
                     pack.first = Some(wire::document_properties(&a.doc, t.format, &self.user));
                 }
                 pack.docs.push(bytes);
-                confirmed.push((a.doc.header.id, t.subscriber.as_str()));
+                confirmed.push((a.doc.header.id, t.subscriber.clone()));
             }
         }
         let exchange = self.topology.out_exchange();
@@ -343,20 +358,36 @@ impl Hub {
                 properties,
             });
         }
-        publisher.publish(&out, hard_stop).await?;
-        self.archive.mark_published(&confirmed).await?;
-        if let Some(last) = deliveries.last() {
-            channel
-                .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
-                .await
-                .map_err(AmqpError::from)?;
-        }
         tracing::debug!(
             documents = items.len(),
             archived = admitted.len(),
             copies = confirmed.len(),
-            "batch done"
+            "batch archived"
         );
+        Ok(Prepared {
+            out,
+            confirmed,
+            last_tag: deliveries.last().map(|d| d.delivery_tag),
+        })
+    }
+
+    /// Publishes a prepared batch with confirms, records its deliveries, acknowledges it.
+    async fn finish(
+        &self,
+        channel: &Channel,
+        publisher: &mut Publisher,
+        batch: Prepared,
+        hard_stop: &CancellationToken,
+    ) -> Result<(), Failure> {
+        publisher.publish(&batch.out, hard_stop).await?;
+        let confirmed: Vec<(uuid::Uuid, &str)> = batch.confirmed.iter().map(|(id, s)| (*id, s.as_str())).collect();
+        self.archive.mark_published(&confirmed).await?;
+        if let Some(tag) = batch.last_tag {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(AmqpError::from)?;
+        }
         Ok(())
     }
 
@@ -408,6 +439,16 @@ impl Hub {
             properties,
         }
     }
+}
+
+/// A batch gated and archived, not yet published.
+struct Prepared {
+    /// Copies and refusals to publish.
+    out: Vec<Outgoing>,
+    /// (document, subscriber) pairs delivered once `out` is confirmed.
+    confirmed: Vec<(uuid::Uuid, String)>,
+    /// The batch's last delivery tag (acknowledged with `multiple`).
+    last_tag: Option<u64>,
 }
 
 /// The copies for one subscriber out of one ingress message: a single document stays a single

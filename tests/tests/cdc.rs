@@ -641,14 +641,22 @@ async fn restart_postgres_mid_stream_target_ends_equal() {
     cdc.wait_progress().await;
     services::restart_postgres();
     // Changes made after the restart arrive too, through the reconnected source.
-    assert!(pg_script(&cdc.legacy, pg_workload(1500, 1500)).wait().unwrap().success());
+    assert!(
+        pg_script(&cdc.legacy, pg_workload(1500, 1500))
+            .wait()
+            .unwrap()
+            .success()
+    );
     cdc.wait_equal(Duration::from_secs(120)).await;
     assert!(
         cdc.log("source-0.log").contains("resuming from the slot"),
         "the source did not notice the restart: {}",
         cdc.log("source-0.log")
     );
-    assert!(cdc.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none()), "a process stopped");
+    assert!(
+        cdc.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none()),
+        "a process stopped"
+    );
 }
 
 /// `count` licences inserted in transactions of 20 from number `start`, then every third of
@@ -678,7 +686,17 @@ fn pg_workload(start: u64, count: u64) -> String {
 /// Runs a SQL script against a PostgreSQL database in the background.
 fn pg_script(db: &str, sql: String) -> Child {
     let mut child = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
