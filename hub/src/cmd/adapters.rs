@@ -130,8 +130,8 @@ pub async fn run(path: &Path) -> Result<()> {
 
 /// A source of any kind built so far.
 enum Source {
-    Mysql(MysqlSource, String),
-    Postgres(PostgresSource, String),
+    Mysql(Box<MysqlSource>, String),
+    Postgres(Box<PostgresSource>, String),
 }
 
 impl Source {
@@ -198,7 +198,8 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
                 topology: config.hub.topology(),
                 amqp_user: amqp_user(amqp),
             };
-            Ok(Source::Mysql(MysqlSource::new(settings, registry)?, s.name.clone()))
+            let source = MysqlSource::new(settings, registry)?;
+            Ok(Source::Mysql(Box::new(source), s.name.clone()))
         }
         SourceConfig::Postgres(_) => {
             // Slot and publication names: lower case letters, digits and underscores.
@@ -229,10 +230,8 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
                 lag_warn_bytes: i64::try_from(s.lag_warn_mb.unwrap_or(1024).saturating_mul(1 << 20))
                     .unwrap_or(i64::MAX),
             };
-            Ok(Source::Postgres(
-                PostgresSource::new(settings, registry)?,
-                s.name.clone(),
-            ))
+            let source = PostgresSource::new(settings, registry)?;
+            Ok(Source::Postgres(Box::new(source), s.name.clone()))
         }
         SourceConfig::Mssql(_) => bail!("source {:?}: {} sources are not built yet", s.name, source.kind()),
     }
