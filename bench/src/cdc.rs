@@ -314,70 +314,11 @@ impl Target {
 /// The exchange: the source `legacy`, the hub (its archive at `archive`), the sink `mirror`.
 fn routes(legacy: Legacy, name: &str, archive: &str, workers: usize) -> String {
     let graph = match legacy {
-        Legacy::Mysql => format!(
-            r#"[[source]]
-name = "legacy"
-org = "nanhai.tax"
-kind = "mysql"
-url = "{MYSQL}/{name}"
-time_zone = "+08:00"
-  [[source.table]]
-  table = "nsr_djxx"
-  doc_type = "tax.registration"
-  key = ["nsrsbh"]
-  fields = {{ taxpayer_id = "nsrsbh", name = "nsrmc", legal_representative = "fddbr", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", address = "scjydz", capital = "zczb", industry_code = "hydm", tax_authority = "zgswjg", phone = "lxdh", updated_at = "xgsj" }}
-  [source.table.values]
-  registration_type = {{ "173" = "limited_liability" }}
-  taxpayer_status = {{ "03" = "normal" }}
-
-[[subscriber]]
-name = "mirror"
-org = "nanhai.commerce"
-kind = "postgres"
-url = "{POSTGRES}/{name}"
-  [[subscriber.apply]]
-  doc_type = "tax.registration"
-  table = "tax_registration"
-
-[[route]]
-name = "all"
-doc_types = ["tax.registration"]
-to = ["mirror"]
-"#
-        ),
-        Legacy::Postgres => format!(
-            r#"[[source]]
-name = "legacy"
-org = "nanhai.commerce"
-kind = "postgres"
-url = "{POSTGRES}/{name}"
-slot = "{name}"
-publication = "{name}"
-  [[source.table]]
-  table = "scjg_yyzz"
-  doc_type = "commerce.business_license"
-  key = ["tyshxydm"]
-  fields = {{ credit_code = "tyshxydm", company_name = "qymc", company_type = "qylx", legal_representative = "fddbr", registered_capital = "zczb", currency = "bz", established_on = "clrq", business_term_end = "yyqxz", business_scope = "jyfw", address = "zs", district = "ssq", status = "djzt", registration_authority = "djjg", issued_on = "fzrq" }}
-  [source.table.values]
-  company_type = {{ "1100" = "limited_liability" }}
-  status = {{ "1" = "active" }}
-
-[[subscriber]]
-name = "mirror"
-org = "nanhai.tax"
-kind = "mysql"
-url = "{MYSQL}/{name}"
-  [[subscriber.apply]]
-  doc_type = "commerce.business_license"
-  table = "business_license"
-
-[[route]]
-name = "all"
-doc_types = ["commerce.business_license"]
-to = ["mirror"]
-"#
-        ),
-    };
+        Legacy::Mysql => include_str!("../../examples/legacy/cdc-mysql.toml"),
+        Legacy::Postgres => include_str!("../../examples/legacy/cdc-postgres.toml"),
+    }
+    .replace("LEGACY_DB", name)
+    .replace("TARGET_DB", name);
     format!(
         r#"[hub]
 amqp = "{AMQP}"

@@ -34,38 +34,7 @@ impl Cdc {
         }
         psql(&format!("CREATE DATABASE {target}"));
         pg_file(&target, "examples/legacy/commerce_mirror.sql");
-        let graph = format!(
-            r#"
-[[source]]
-name = "tax"
-org = "nanhai.tax"
-kind = "mysql"
-url = "mysql://root@127.0.0.1:3306/{legacy}"
-time_zone = "+08:00"
-  [[source.table]]
-  table = "nsr_djxx"
-  doc_type = "tax.registration"
-  key = ["nsrsbh"]
-  fields = {{ taxpayer_id = "nsrsbh", name = "nsrmc", legal_representative = "fddbr", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", address = "scjydz", capital = "zczb", industry_code = "hydm", tax_authority = "zgswjg", phone = "lxdh", updated_at = "xgsj" }}
-  [source.table.values]
-  registration_type = {{ "173" = "limited_liability", "410" = "individual_business" }}
-  taxpayer_status = {{ "03" = "normal", "05" = "suspended" }}
-
-[[subscriber]]
-name = "mirror"
-org = "nanhai.commerce"
-kind = "postgres"
-url = "postgres://postgres@127.0.0.1:5432/{target}"
-  [[subscriber.apply]]
-  doc_type = "tax.registration"
-  table = "tax_registration"
-
-[[route]]
-name = "registrations"
-doc_types = ["tax.registration"]
-to = ["mirror"]
-"#
-        );
+        let graph = exchange_graph("examples/legacy/cdc-mysql.toml", &legacy, &target);
         let exchange = Exchange::new(tag, ArchiveKind::Sqlite, "", &graph);
         Cdc {
             exchange,
@@ -88,39 +57,7 @@ to = ["mirror"]
         pg_file(&legacy, "examples/legacy/commerce_saic_seed.sql");
         mysql_root(&format!("CREATE DATABASE {target} DEFAULT CHARSET utf8mb4"));
         mysql_file(&target, "examples/legacy/tax_mirror.sql");
-        let graph = format!(
-            r#"
-[[source]]
-name = "commerce"
-org = "nanhai.commerce"
-kind = "postgres"
-url = "postgres://postgres@127.0.0.1:5432/{legacy}"
-slot = "{legacy}"
-publication = "{legacy}"
-  [[source.table]]
-  table = "scjg_yyzz"
-  doc_type = "commerce.business_license"
-  key = ["tyshxydm"]
-  fields = {{ credit_code = "tyshxydm", company_name = "qymc", company_type = "qylx", legal_representative = "fddbr", registered_capital = "zczb", currency = "bz", established_on = "clrq", business_term_end = "yyqxz", business_scope = "jyfw", address = "zs", district = "ssq", status = "djzt", registration_authority = "djjg", issued_on = "fzrq" }}
-  [source.table.values]
-  company_type = {{ "1100" = "limited_liability", "1200" = "joint_stock", "9100" = "individual_business" }}
-  status = {{ "1" = "active", "2" = "revoked", "3" = "cancelled" }}
-
-[[subscriber]]
-name = "mirror"
-org = "nanhai.tax"
-kind = "mysql"
-url = "mysql://root@127.0.0.1:3306/{target}"
-  [[subscriber.apply]]
-  doc_type = "commerce.business_license"
-  table = "business_license"
-
-[[route]]
-name = "licences"
-doc_types = ["commerce.business_license"]
-to = ["mirror"]
-"#
-        );
+        let graph = exchange_graph("examples/legacy/cdc-postgres.toml", &legacy, &target);
         let exchange = Exchange::new(tag, ArchiveKind::Sqlite, "", &graph);
         Cdc {
             exchange,
@@ -300,6 +237,14 @@ impl Drop for Cdc {
     }
 }
 
+/// An exchange template of examples/legacy with its databases filled in.
+fn exchange_graph(file: &str, legacy: &str, target: &str) -> String {
+    std::fs::read_to_string(root().join(file))
+        .unwrap()
+        .replace("LEGACY_DB", legacy)
+        .replace("TARGET_DB", target)
+}
+
 fn mysql_root(sql: &str) {
     services::query("mysql", &["-uroot", "-e", sql]);
 }
@@ -421,7 +366,7 @@ async fn kill_mid_stream(victim: &str, per_tx: u64) {
     let mut cdc = Cdc::new(&format!("cdc-kill-{victim}"), false);
     cdc.exchange.start_hub().await;
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
-    cdc.start("source", &["source", "tax"], "streaming the binlog").await;
+    cdc.start("source", &["source", "legacy"], "streaming the binlog").await;
     let mut writer = run_script(&cdc.legacy, workload(0, 6000, per_tx));
     let deadline = Instant::now() + Duration::from_secs(60);
     while cdc.target_sql("SELECT count(*) FROM tax_registration") == "0" {
@@ -432,7 +377,7 @@ async fn kill_mid_stream(victim: &str, per_tx: u64) {
     let args: &[&str] = if victim == "sink" {
         &["sink", "mirror"]
     } else {
-        &["source", "tax"]
+        &["source", "legacy"]
     };
     let ready = if victim == "sink" {
         "consuming"
@@ -472,7 +417,7 @@ async fn bad_source_settings_name_the_cause() {
         )
         .unwrap();
         let out = Command::new(exhub_bin())
-            .args(["source", "tax", "--config", path.to_str().unwrap()])
+            .args(["source", "legacy", "--config", path.to_str().unwrap()])
             .env_remove("EXHUB_CONFIG")
             .current_dir(&cdc.exchange.dir)
             .output()
@@ -574,7 +519,7 @@ async fn postgres_changes_reach_mysql_equal() {
         assert!(child.wait().unwrap().success());
     }
     cdc.procs.clear();
-    let out = cdc.exchange.exhub(&["source", "commerce", "--drop-slot"]);
+    let out = cdc.exchange.exhub(&["source", "legacy", "--drop-slot"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let slots = format!(
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
@@ -589,7 +534,7 @@ async fn postgres_source_killed_mid_stream_loses_nothing() {
     let mut cdc = Cdc::from_postgres("pgcdc-kill");
     cdc.exchange.start_hub().await;
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
-    cdc.start("source", &["source", "commerce"], "streaming the slot").await;
+    cdc.start("source", &["source", "legacy"], "streaming the slot").await;
     let mut writer = pg_script(&cdc.legacy, pg_workload(0, 3000));
     let count = |cdc: &Cdc| {
         services::query(
@@ -610,7 +555,7 @@ async fn postgres_source_killed_mid_stream_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cdc.kill("source");
-    cdc.start("source", &["source", "commerce"], "streaming the slot").await;
+    cdc.start("source", &["source", "legacy"], "streaming the slot").await;
     assert!(writer.wait().unwrap().success());
     cdc.wait_equal(Duration::from_secs(120)).await;
     let applied = services::query(
@@ -636,7 +581,7 @@ async fn restart_postgres_mid_stream_target_ends_equal() {
     let mut cdc = Cdc::from_postgres("pgcdc-restart");
     cdc.exchange.start_hub().await;
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
-    cdc.start("source", &["source", "commerce"], "streaming the slot").await;
+    cdc.start("source", &["source", "legacy"], "streaming the slot").await;
     assert!(pg_script(&cdc.legacy, pg_workload(0, 1500)).wait().unwrap().success());
     cdc.wait_progress().await;
     services::restart_postgres();
@@ -717,7 +662,7 @@ async fn postgres_bad_source_settings_name_the_cause() {
         let path = cdc.exchange.dir.join("bad.toml");
         std::fs::write(&path, text.replace(from, to)).unwrap();
         let out = Command::new(exhub_bin())
-            .args(["source", "commerce", "--config", path.to_str().unwrap()])
+            .args(["source", "legacy", "--config", path.to_str().unwrap()])
             .env_remove("EXHUB_CONFIG")
             .current_dir(&cdc.exchange.dir)
             .output()
