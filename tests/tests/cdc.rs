@@ -90,6 +90,40 @@ impl Cdc {
         }
     }
 
+    /// Runs `exhub source legacy` on this exchange's config with `from` replaced by `to`;
+    /// asserts that it fails and returns what it printed.
+    fn source_fails_with(&self, from: &str, to: &str) -> String {
+        let text = std::fs::read_to_string(&self.exchange.config).unwrap();
+        let path = self.exchange.dir.join("bad.toml");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        let out = Command::new(exhub_bin())
+            .args(["source", "legacy", "--config", path.to_str().unwrap()])
+            .env_remove("EXHUB_CONFIG")
+            .current_dir(&self.exchange.dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Waits until the hub DLQ holds a `mapping` entry that names `column`.
+    async fn wait_mapping_dead_letter(&self, column: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = String::from_utf8_lossy(&self.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
+            if text.contains("mapping") {
+                assert!(text.contains(column), "{text}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no mapping DLQ entry: {text}\n{}",
+                self.log("run-0.log")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until the target holds more than the seed (3 rows in the PostgreSQL scenario).
     async fn wait_progress(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -295,13 +329,9 @@ fn workload(start: u64, count: u64, per_tx: u64) -> String {
     sql
 }
 
-/// Runs a SQL script against the legacy database in the background.
-fn run_script(db: &str, sql: String) -> Child {
-    let mut child = Command::new("mysql")
-        .args(["-uroot", db])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Pipes a SQL script into `client` (`mysql` or `psql` with its arguments) in the background.
+fn run_script(client: &mut Command, sql: String) -> Child {
+    let mut child = client.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     std::thread::spawn(move || {
         use std::io::Write as _;
@@ -339,21 +369,7 @@ async fn mysql_changes_reach_postgres_equal() {
         "ALTER TABLE nsr_djxx DROP COLUMN lxdh;
          INSERT INTO nsr_djxx (nsrsbh, nsrmc, djrq, djzclx, nsrzt, ssqx) VALUES ('91440605MA4UJ7KX5Y', '删列后新增', '2025-05-05', '173', '03', '南海');",
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = cdc.exchange.exhub(&["dlq", "list"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("mapping") {
-            assert!(text.contains("lxdh"), "{text}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no mapping DLQ entry: {text}\n{}",
-            cdc.log("run-0.log")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cdc.wait_mapping_dead_letter("lxdh").await;
     assert!(
         cdc.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none()),
         "exhub run stopped"
@@ -367,7 +383,10 @@ async fn kill_mid_stream(victim: &str, per_tx: u64) {
     cdc.exchange.start_hub().await;
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
     cdc.start("source", &["source", "legacy"], "streaming the binlog").await;
-    let mut writer = run_script(&cdc.legacy, workload(0, 6000, per_tx));
+    let mut writer = run_script(
+        Command::new("mysql").args(["-uroot", &cdc.legacy]),
+        workload(0, 6000, per_tx),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while cdc.target_sql("SELECT count(*) FROM tax_registration") == "0" {
         assert!(Instant::now() < deadline, "nothing arrived");
@@ -408,23 +427,8 @@ async fn sink_killed_mid_batch_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_source_settings_name_the_cause() {
     let cdc = Cdc::new("cdc-bad", true);
-    let run = |config: &str| {
-        let text = std::fs::read_to_string(&cdc.exchange.config).unwrap();
-        let path = cdc.exchange.dir.join("bad.toml");
-        std::fs::write(
-            &path,
-            text.replace(&format!("mysql://root@127.0.0.1:3306/{}", cdc.legacy), config),
-        )
-        .unwrap();
-        let out = Command::new(exhub_bin())
-            .args(["source", "legacy", "--config", path.to_str().unwrap()])
-            .env_remove("EXHUB_CONFIG")
-            .current_dir(&cdc.exchange.dir)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let mysql_url = format!("mysql://root@127.0.0.1:3306/{}", cdc.legacy);
+    let run = |config: &str| cdc.source_fails_with(&mysql_url, config);
     let legacy = &cdc.legacy;
     let wrong_password = run(&format!("mysql://root:nope@127.0.0.1:3306/{legacy}"));
     assert!(wrong_password.contains("access denied"), "{wrong_password}");
@@ -499,20 +503,7 @@ async fn postgres_changes_reach_mysql_equal() {
     // A mapped column that disappears: its rows go to the DLQ with reason `mapping`.
     pg("ALTER TABLE scjg_yyzz DROP COLUMN ssq;
         INSERT INTO scjg_yyzz (tyshxydm, qymc, qylx, fddbr, clrq, zs, djzt) VALUES ('91440605MA4UJ7KX4U', '删列后新增', '1100', '钱七', '2025-05-05', '九江', '1')");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = String::from_utf8_lossy(&cdc.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
-        if text.contains("mapping") {
-            assert!(text.contains("ssq"), "{text}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no mapping DLQ entry: {text}\n{}",
-            cdc.log("run-0.log")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cdc.wait_mapping_dead_letter("ssq").await;
     // Retiring the source removes its slot and publication.
     for (_, child) in cdc.procs.iter_mut() {
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
@@ -628,10 +619,10 @@ fn pg_workload(start: u64, count: u64) -> String {
     sql
 }
 
-/// Runs a SQL script against a PostgreSQL database in the background.
+/// Runs a SQL script against a PostgreSQL database in the background, stopping at an error.
 fn pg_script(db: &str, sql: String) -> Child {
-    let mut child = Command::new("psql")
-        .args([
+    run_script(
+        Command::new("psql").args([
             "-h",
             "127.0.0.1",
             "-U",
@@ -641,35 +632,15 @@ fn pg_script(db: &str, sql: String) -> Child {
             "ON_ERROR_STOP=1",
             "-d",
             db,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::Write as _;
-        let _ = stdin.write_all(sql.as_bytes());
-    });
-    child
+        ]),
+        sql,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_bad_source_settings_name_the_cause() {
     let cdc = Cdc::from_postgres("pgcdc-bad");
-    let run = |from: &str, to: &str| {
-        let text = std::fs::read_to_string(&cdc.exchange.config).unwrap();
-        let path = cdc.exchange.dir.join("bad.toml");
-        std::fs::write(&path, text.replace(from, to)).unwrap();
-        let out = Command::new(exhub_bin())
-            .args(["source", "legacy", "--config", path.to_str().unwrap()])
-            .env_remove("EXHUB_CONFIG")
-            .current_dir(&cdc.exchange.dir)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let run = |from: &str, to: &str| cdc.source_fails_with(from, to);
     let legacy = &cdc.legacy;
     let url = format!("postgres://postgres@127.0.0.1:5432/{legacy}");
     let role = format!("r{}", &legacy[legacy.len() - 8..]);
