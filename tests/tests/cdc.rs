@@ -637,6 +637,45 @@ fn pg_script(db: &str, sql: String) -> Child {
     )
 }
 
+/// Kills the source (SIGKILL) while its snapshot of 30,000 rows is under way, restarts it: the
+/// snapshot resumes after its last confirmed chunk and the target ends equal, with nothing
+/// refused by the hub.
+async fn snapshot_killed_midway_resumes(mut cdc: Cdc) {
+    cdc.exchange.start_hub().await;
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    let seed = cdc.target_rows().lines().count();
+    cdc.start("source", &["source", "legacy"], "snapshot of table started").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cdc.target_rows().lines().count() == seed {
+        assert!(Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cdc.kill("source");
+    let checkpoint = std::fs::read_to_string(cdc.exchange.dir.join("exhub-state/legacy.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+    assert!(!state["snapshot"].is_null(), "killed after the snapshot ended: {checkpoint}");
+    let ready = if cdc.from_postgres { "streaming the slot" } else { "streaming the binlog" };
+    cdc.start("source", &["source", "legacy"], ready).await;
+    cdc.wait_equal(Duration::from_secs(120)).await;
+    let dlq = String::from_utf8_lossy(&cdc.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
+    assert!(dlq.starts_with("0 dead-lettered"), "{dlq}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_snapshot_killed_midway_resumes() {
+    let cdc = Cdc::new("cdc-snap-kill", false);
+    let script = run_script(Command::new("mysql").args(["-uroot", &cdc.legacy]), workload(0, 30_000, 1000));
+    assert!(script.wait_with_output().unwrap().status.success());
+    snapshot_killed_midway_resumes(cdc).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_snapshot_killed_midway_resumes() {
+    let cdc = Cdc::from_postgres("pgcdc-snap-kill");
+    assert!(pg_script(&cdc.legacy, pg_workload(0, 30_000)).wait().unwrap().success());
+    snapshot_killed_midway_resumes(cdc).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_bad_source_settings_name_the_cause() {
     let cdc = Cdc::from_postgres("pgcdc-bad");

@@ -157,3 +157,14 @@ impl<'a> Outbox<'a> {
         Ok(())
     }
 }
+
+/// A progress bar for a table snapshot: rows done of the server's estimate (drawn only when
+/// stderr is a terminal).
+pub fn snapshot_progress(estimated: u64, table: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(estimated.max(1));
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/~{len} rows {per_sec} eta {eta}") {
+        bar.set_style(style);
+    }
+    bar.set_message(format!("snapshot {table}"));
+    bar
+}

@@ -20,13 +20,3 @@ pub mod cells;
 pub mod source;
 
 pub use source::{BinlogPos, MysqlSource, SourceError, SourceSettings};
-
-/// A progress bar for a table snapshot (drawn only when stderr is a terminal).
-pub(crate) fn progress(estimated: u64, table: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(estimated.max(1));
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/~{len} rows {per_sec} eta {eta}") {
-        bar.set_style(style);
-    }
-    bar.set_message(format!("snapshot {table}"));
-    bar
-}

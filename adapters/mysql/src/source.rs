@@ -523,7 +523,7 @@ impl MysqlSource {
         }
         let key_list = table.key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
         let base = format!("SELECT {} FROM {}", select.join(", "), quote(name));
-        let bar = crate::progress(table.estimated_rows, name);
+        let bar = exhub_connect::outbox::snapshot_progress(table.estimated_rows, name);
         tracing::info!(
             source = %self.settings.name,
             table = name,

@@ -712,7 +712,7 @@ impl PostgresSource {
             if snap.done.contains(&t) {
                 continue;
             }
-            tracing::info!(source = %name, table = %t, estimated_rows = table.estimated_rows, start = %snap.start, "snapshot of table");
+            tracing::info!(source = %name, table = %t, estimated_rows = table.estimated_rows, start = %snap.start, "snapshot of table started");
             if !self.snapshot_table(db, table, state, out, cancel).await? {
                 return Ok(());
             }
@@ -750,6 +750,7 @@ impl PostgresSource {
             .map(|(i, c)| format!("${}::text::{}", i + 1, c.type_name))
             .collect();
         let mut done_rows = 0u64;
+        let bar = exhub_connect::outbox::snapshot_progress(u64::try_from(table.estimated_rows).unwrap_or(0), &t);
         loop {
             let Some(snap) = state.snapshot.as_ref() else {
                 return Ok(true);
@@ -792,6 +793,7 @@ impl PostgresSource {
                 last = Some(key);
             }
             done_rows += rows.len() as u64;
+            bar.inc(rows.len() as u64);
             out.flush(cancel).await?;
             match last {
                 Some(key) => {
@@ -810,6 +812,7 @@ impl PostgresSource {
             }
             tracing::debug!(source = %self.settings.name, table = %t, rows = done_rows, "snapshot chunk");
         }
+        bar.finish_and_clear();
         tracing::info!(source = %self.settings.name, table = %t, rows = done_rows, "snapshot of table done");
         Ok(true)
     }
