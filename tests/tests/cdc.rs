@@ -595,6 +595,41 @@ async fn restart_postgres_mid_stream_target_ends_equal() {
     );
 }
 
+/// PostgreSQL restarted with `wal_level = replica`: the source refuses to start and says why.
+/// Runs alone; PostgreSQL refuses to start below `logical` while logical slots exist, so every
+/// inactive logical slot on this (test) server is dropped first. The setting is restored and
+/// the server restarted when the test ends, whatever happens in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_postgres_without_logical_wal_names_the_cause() {
+    struct Override(std::path::PathBuf);
+    impl Drop for Override {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            services::restart_postgres();
+        }
+    }
+    let cdc = Cdc::from_postgres("pgcdc-wal");
+    services::psql(
+        "postgres",
+        "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_type = 'logical' AND NOT active",
+    );
+    let file = std::path::PathBuf::from(format!(
+        "/etc/postgresql/{}/main/conf.d/99-exhub-test-wal.conf",
+        services::postgres_version()
+    ));
+    std::fs::write(&file, "wal_level = replica\n").unwrap();
+    let restore = Override(file);
+    services::restart_postgres();
+    assert_eq!(services::psql("postgres", "SHOW wal_level"), "replica");
+    let err = cdc.source_fails_with("kind = \"postgres\"", "kind = \"postgres\"");
+    assert!(
+        err.contains("wal_level is replica") && err.contains("wal_level = logical"),
+        "{err}"
+    );
+    drop(restore);
+    assert_eq!(services::psql("postgres", "SHOW wal_level"), "logical");
+}
+
 /// `count` licences inserted in transactions of 20 from number `start`, then every third of
 /// them updated, as one SQL script.
 fn pg_workload(start: u64, count: u64) -> String {
@@ -644,7 +679,8 @@ async fn snapshot_killed_midway_resumes(mut cdc: Cdc) {
     cdc.exchange.start_hub().await;
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
     let seed = cdc.target_rows().lines().count();
-    cdc.start("source", &["source", "legacy"], "snapshot of table started").await;
+    cdc.start("source", &["source", "legacy"], "snapshot of table started")
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while cdc.target_rows().lines().count() == seed {
         assert!(Instant::now() < deadline, "nothing arrived");
@@ -653,8 +689,15 @@ async fn snapshot_killed_midway_resumes(mut cdc: Cdc) {
     cdc.kill("source");
     let checkpoint = std::fs::read_to_string(cdc.exchange.dir.join("exhub-state/legacy.json")).unwrap();
     let state: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
-    assert!(!state["snapshot"].is_null(), "killed after the snapshot ended: {checkpoint}");
-    let ready = if cdc.from_postgres { "streaming the slot" } else { "streaming the binlog" };
+    assert!(
+        !state["snapshot"].is_null(),
+        "killed after the snapshot ended: {checkpoint}"
+    );
+    let ready = if cdc.from_postgres {
+        "streaming the slot"
+    } else {
+        "streaming the binlog"
+    };
     cdc.start("source", &["source", "legacy"], ready).await;
     cdc.wait_equal(Duration::from_secs(120)).await;
     let dlq = String::from_utf8_lossy(&cdc.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
@@ -664,7 +707,10 @@ async fn snapshot_killed_midway_resumes(mut cdc: Cdc) {
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_snapshot_killed_midway_resumes() {
     let cdc = Cdc::new("cdc-snap-kill", false);
-    let script = run_script(Command::new("mysql").args(["-uroot", &cdc.legacy]), workload(0, 30_000, 1000));
+    let script = run_script(
+        Command::new("mysql").args(["-uroot", &cdc.legacy]),
+        workload(0, 30_000, 1000),
+    );
     assert!(script.wait_with_output().unwrap().status.success());
     snapshot_killed_midway_resumes(cdc).await;
 }

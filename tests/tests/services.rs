@@ -47,14 +47,19 @@ fn mariadb_binlog_is_row_with_full_metadata() {
     assert_eq!(row, "1\tROW\tFULL\tFULL\t1");
 }
 
-/// Restarts the local PostgreSQL cluster (fast shutdown: every connection is cut) and waits
-/// until it accepts connections again. Only for `restart_*` tests, which run alone.
-pub fn restart_postgres() {
-    let version = std::fs::read_dir("/etc/postgresql")
+/// The local PostgreSQL cluster's version (`/etc/postgresql/<version>`).
+pub fn postgres_version() -> String {
+    std::fs::read_dir("/etc/postgresql")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
-        .unwrap();
+        .unwrap()
+}
+
+/// Restarts the local PostgreSQL cluster (fast shutdown: every connection is cut) and waits
+/// until it accepts connections again. Only for `restart_*` tests, which run alone.
+pub fn restart_postgres() {
+    let version = postgres_version();
     let status = Command::new("pg_ctlcluster")
         .args(["--skip-systemctl-redirect", &version, "main", "restart", "-m", "fast"])
         .status()
