@@ -672,6 +672,48 @@ fn pg_script(db: &str, sql: String) -> Child {
     )
 }
 
+/// An idle source still moves its slot as the server writes WAL for others, reads the slot's
+/// retained WAL and lag into its checkpoint, and warns past `lag_warn_mb`.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_idle_source_advances_its_slot_and_reports_lag() {
+    let mut cdc = Cdc::from_postgres("pgcdc-idle");
+    let text = std::fs::read_to_string(&cdc.exchange.config).unwrap();
+    let marker = format!("publication = \"{}\"", cdc.legacy);
+    std::fs::write(
+        &cdc.exchange.config,
+        text.replace(&marker, &format!("{marker}\nlag_warn_mb = 0")),
+    )
+    .unwrap();
+    cdc.start("source", &["source", "legacy"], "streaming the slot").await;
+    let confirmed = format!(
+        "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+        cdc.legacy
+    );
+    let before: u64 = services::psql("postgres", &confirmed).parse().unwrap();
+    // WAL the source has no interest in: a table outside its publication.
+    services::psql(
+        &cdc.legacy,
+        "CREATE TABLE other (n int); INSERT INTO other SELECT generate_series(1, 1000)",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while services::psql("postgres", &confirmed).parse::<u64>().unwrap() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the idle slot did not move: {}",
+            cdc.log("source-0.log")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = cdc.log("source-0.log");
+    assert!(log.contains("retains more WAL than the threshold"), "{log}");
+    let checkpoint = std::fs::read_to_string(cdc.exchange.dir.join("exhub-state/legacy.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+    assert!(
+        state["slot"]["retained_bytes"].as_i64().is_some_and(|b| b > 0),
+        "{checkpoint}"
+    );
+}
+
 /// Kills the source (SIGKILL) while its snapshot of 30,000 rows is under way, restarts it: the
 /// snapshot resumes after its last confirmed chunk and the target ends equal, with nothing
 /// refused by the hub.

@@ -128,7 +128,9 @@ impl SourceError {
             },
             SourceError::Replication { error, .. } => match error {
                 PgWireError::Io(_) | PgWireError::Task(_) => true,
-                PgWireError::Server(m) => m.contains("57P0") || m.contains("08"),
+                // Shutting down, connection failures, and a slot still held by the walsender of
+                // a predecessor that died (it lets go once the server notices).
+                PgWireError::Server(m) => m.contains("57P0") || m.contains("08") || m.contains("55006"),
                 _ => false,
             },
             SourceError::Amqp(e) => e.is_passing(),
