@@ -1,0 +1,1 @@
+//! The SQL text the SQL Server adapter sends, built for given tables (and tested as text).
