@@ -152,6 +152,9 @@ pub struct DbSource {
     pub publication: Option<String>,
     /// PostgreSQL: warn when the slot retains more WAL than this many MB (default 1024).
     pub lag_warn_mb: Option<u64>,
+    /// SQL Server: how often to poll the change tables, in milliseconds (default 1000; idle
+    /// polls back off up to 8 times this).
+    pub poll_ms: Option<u64>,
     /// Tables and their mapping to documents.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableMapping>,

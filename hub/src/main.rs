@@ -250,6 +250,12 @@ enum Target {
 }
 
 fn main() -> ExitCode {
+    // rustls (SQL Server's TLS, through tiberius) needs one process-wide crypto provider; when
+    // the dependency graph enables more than one (aws-lc-rs and ring), it cannot choose and
+    // the first TLS handshake panics. Installing ours before anything runs settles it.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

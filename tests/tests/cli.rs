@@ -156,3 +156,41 @@ fn exported_xsd_validates_converted_xml() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown doc type \"tax.refund\""));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The binary starts with every adapter compiled in (the SQL Server one brings rustls; its
+/// crypto provider is settled at startup), and a SQL Server source that cannot reach its server
+/// stops with an error that says so — not a panic. No SQL Server runs here (README).
+#[test]
+fn sqlserver_source_unreachable_names_the_cause() {
+    let dir = scratch("mssql-unreachable");
+    let config = dir.join("routes.toml");
+    let mapping = std::fs::read_to_string(root().join("examples/legacy/cdc-mysql.toml")).unwrap();
+    let source = mapping
+        .split("[[subscriber]]")
+        .next()
+        .unwrap()
+        .replace("kind = \"mysql\"", "kind = \"mssql\"")
+        .replace(
+            "mysql://root@127.0.0.1:3306/LEGACY_DB",
+            "mssql://exhub:secret@127.0.0.1:1/ctais?encrypt=required",
+        )
+        .replace("table = \"nsr_djxx\"", "table = \"dbo.nsr_djxx\"");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\namqp = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\narchive = \"sqlite://{}\"\n\n\
+             [[org]]\nid = \"nanhai.tax\"\nname = \"南海区税务局\"\npublishes = [\"tax.registration\"]\n\n{source}",
+            dir.join("archive.db").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(crate::exhub_bin())
+        .args(["source", "legacy", "--config", config.to_str().unwrap()])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot reach SQL Server at 127.0.0.1:1"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("secret"), "{err}");
+}

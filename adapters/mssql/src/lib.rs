@@ -4,6 +4,8 @@
 //! changes of CDC-enabled tables into change tables, read through
 //! `cdc.fn_cdc_get_all_changes_<capture_instance>`. Nothing is written to business tables.
 //!
+//! - [`source`]: CDC checks, snapshot, polling the capture instances ([`MssqlSource`]);
+//! - [`connect`]: the URL with its TLS settings → a tiberius client;
 //! - [`lsn`]: log sequence numbers (`binary(10)`): parsing, order, increment, and the source's
 //!   checkpoint position (commit LSN, rows done in that transaction);
 //! - [`values`]: tiberius values → database-neutral cells, for every SQL Server type mapped;
@@ -13,6 +15,10 @@
 //! No SQL Server can run on the machines this project is built on: everything here is tested
 //! without a server (see README, "SQL Server").
 
+pub mod connect;
 pub mod lsn;
+pub mod source;
 pub mod sql;
 pub mod values;
+
+pub use source::{MssqlSource, SourceError, SourceSettings};

@@ -224,7 +224,7 @@ mod tests {
             Cell::DateTime([1900, 1, 1, 1, 1, 0, 0])
         );
         assert_eq!(
-            cell(&ColumnData::Time(Some(Time::new(3_723_5, 1)))),
+            cell(&ColumnData::Time(Some(Time::new(37_235, 1)))),
             Cell::Text("01:02:03.500000".into())
         );
     }

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use exhub_hub::config::{Config, DbSink, DbSource, SourceConfig, SubscriberConfig, parse_offset};
 use exhub_hub::pipeline::{Hub, amqp_user};
 use exhub_hub::secret::SecretUrl;
+use exhub_mssql::MssqlSource;
 use exhub_mysql::{MysqlSource, SourceSettings};
 use exhub_postgres::PostgresSource;
 use exhub_schemas::Registry;
@@ -89,10 +90,6 @@ pub async fn run(path: &Path) -> Result<()> {
         ));
     }
     for source in &loaded.config.sources {
-        if matches!(source, SourceConfig::Mssql(_)) {
-            tracing::warn!(source = %source.common().name, kind = source.kind(), "this source kind is not built yet; skipped");
-            continue;
-        }
         let source = build_source(&loaded, source, path)?;
         let token = shutdown.clone();
         parts.push((
@@ -132,12 +129,13 @@ pub async fn run(path: &Path) -> Result<()> {
 enum Source {
     Mysql(Box<MysqlSource>, String),
     Postgres(Box<PostgresSource>, String),
+    Mssql(Box<MssqlSource>, String),
 }
 
 impl Source {
     fn name(&self) -> &str {
         match self {
-            Source::Mysql(_, name) | Source::Postgres(_, name) => name,
+            Source::Mysql(_, name) | Source::Postgres(_, name) | Source::Mssql(_, name) => name,
         }
     }
 
@@ -145,13 +143,14 @@ impl Source {
         match self {
             Source::Mysql(s, _) => Ok(s.reset()?),
             Source::Postgres(s, _) => Ok(s.reset()?),
+            Source::Mssql(s, _) => Ok(s.reset()?),
         }
     }
 
     async fn drop_slot(&self) -> Result<()> {
         match self {
-            Source::Mysql(_, name) => {
-                bail!("source {name:?}: --drop-slot is for PostgreSQL sources (a MySQL source holds no slot)")
+            Source::Mysql(_, name) | Source::Mssql(_, name) => {
+                bail!("source {name:?}: --drop-slot is for PostgreSQL sources (this kind holds no slot)")
             }
             Source::Postgres(s, _) => Ok(s.drop_slot().await?),
         }
@@ -161,6 +160,7 @@ impl Source {
         match self {
             Source::Mysql(s, _) => s.run(cancel).await?,
             Source::Postgres(s, _) => s.run(cancel).await?,
+            Source::Mssql(s, _) => s.run(cancel).await?,
         }
         tracing::info!(source = %self.name(), "source stopped cleanly");
         Ok(())
@@ -233,7 +233,23 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
             let source = PostgresSource::new(settings, registry)?;
             Ok(Source::Postgres(Box::new(source), s.name.clone()))
         }
-        SourceConfig::Mssql(_) => bail!("source {:?}: {} sources are not built yet", s.name, source.kind()),
+        SourceConfig::Mssql(_) => {
+            let settings = exhub_mssql::SourceSettings {
+                name: s.name.clone(),
+                org: s.org.clone(),
+                url: s.url.expose().to_owned(),
+                snapshot: s.snapshot,
+                tables: s.tables.clone(),
+                checkpoint,
+                offset_secs: offset_secs.unwrap_or(0),
+                poll: std::time::Duration::from_millis(s.poll_ms.unwrap_or(1000).max(10)),
+                amqp: amqp.expose().to_owned(),
+                topology: config.hub.topology(),
+                amqp_user: amqp_user(amqp),
+            };
+            let source = MssqlSource::new(settings, registry)?;
+            Ok(Source::Mssql(Box::new(source), s.name.clone()))
+        }
     }
 }
 
