@@ -28,7 +28,7 @@ echo "== the legacy CTAIS database (MariaDB) with 4 registrations, the legacy li
 bash examples/legacy/setup.sh
 rm -rf exhub-state   # the databases are new: so is the source's checkpoint
 
-echo; echo "== exhub check (routes.toml: 4 departments, 2 sources, 3 subscribers, 2 routes)"
+echo; echo "== exhub check (routes.toml: 4 departments, 3 sources, 3 subscribers, 3 routes)"
 $exhub check
 
 # Fresh ids, so that each run's documents are new to the archive (it deduplicates on id).
@@ -41,7 +41,7 @@ $exhub tail social-feed > "$tmp/tail.out" 2> "$tmp/tail.err" &
 tail_pid=$!
 for _ in $(seq 1 100); do grep -q tailing "$tmp/tail.err" 2>/dev/null && break; sleep 0.1; done
 
-echo; echo "== exhub run: hub + CTAIS source + licence source + both database sinks (log in $tmp/run.log)"
+echo; echo "== exhub run: hub + CTAIS, licence and insurance sources + both database sinks (log in $tmp/run.log)"
 EXHUB_LOG=info $exhub run > "$tmp/run.log" 2>&1 &
 run_pid=$!
 # The snapshot: the three Nanhai registrations (the route's filter keeps 禅城's out).
@@ -68,6 +68,14 @@ psql -h 127.0.0.1 -U postgres -d scjg -XAtq -c "INSERT INTO scjg_yyzz (tyshxydm,
   -c "UPDATE scjg_yyzz SET djzt = '3' WHERE tyshxydm = '92440605MA52LM8R4G'"
 wait_for 'taxm "SELECT count(*) FROM business_license WHERE status = '"'"'cancelled'"'"' OR CHAR_LENGTH(business_scope) > 1000"' 2
 mysql -uroot tax_mirror -e "SELECT credit_code, company_name, status, CHAR_LENGTH(business_scope) AS scope_chars FROM business_license ORDER BY credit_code"
+
+echo; echo "== the social security bureau's enrollments (MariaDB si_legacy, several insurance codes in one column) reached the tax mirror, gender and birth date masked:"
+wait_for 'taxm "SELECT count(*) FROM social_security_enrollment"' 3
+mysql -uroot tax_mirror -e "SELECT enrollment_id, person_name, employer_credit_code, insurance_types, contribution_base, status FROM social_security_enrollment ORDER BY enrollment_id"
+echo "== a new enrollment and a contribution base change:"
+mysql -uroot si_legacy -e "INSERT INTO si_cbdj VALUES ('SI4406052026000904', '440605199511304565', '赵敏', '2', '1995-11-30', '91440605MA4UJ7KX2M', '佛山市南海区云帆信息技术有限公司', '110,310,210', 9800.00, CURDATE(), NULL, '1', '南海'); UPDATE si_cbdj SET jfjs = 6100.00 WHERE cbdjh = 'SI4406052020000702'"
+wait_for 'taxm "SELECT count(*) FROM social_security_enrollment WHERE contribution_base = 6100.00 OR enrollment_id = '"'"'SI4406052026000904'"'"'"' 2
+mysql -uroot tax_mirror -e "SELECT enrollment_id, person_name, insurance_types, contribution_base FROM social_security_enrollment ORDER BY enrollment_id"
 
 echo; echo "== exhub publish: the commerce bureau publishes a licence by hand, as its own AMQP user"
 EXHUB_AMQP_URL='amqp://nanhai.commerce:demo-nanhai.commerce@127.0.0.1:5672/%2f' \

@@ -15,3 +15,19 @@ CREATE TABLE IF NOT EXISTS business_license (
   registration_authority VARCHAR(100),
   issued_on              DATE
 ) DEFAULT CHARSET = utf8mb4;
+
+-- The tax bureau's copy of social insurance enrollments, kept by the same sink. The route masks
+-- gender and birth date: the tax bureau does not get them, so the table has no such columns.
+CREATE TABLE IF NOT EXISTS social_security_enrollment (
+  enrollment_id         VARCHAR(32) NOT NULL PRIMARY KEY,
+  person_id             CHAR(18) NOT NULL,
+  person_name           VARCHAR(50) NOT NULL,
+  employer_credit_code  CHAR(18) NOT NULL,
+  employer_name         VARCHAR(200),
+  insurance_types       JSON NOT NULL,
+  contribution_base     DECIMAL(12, 2) NOT NULL,
+  started_on            DATE NOT NULL,
+  ended_on              DATE,
+  status                VARCHAR(20) NOT NULL,
+  district              VARCHAR(50)
+) DEFAULT CHARSET = utf8mb4;

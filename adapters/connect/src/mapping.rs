@@ -44,6 +44,11 @@ pub struct TableMapping {
     /// registration type `173` → `limited_liability`). A code not in its table is an error.
     #[serde(default)]
     pub values: BTreeMap<String, BTreeMap<String, String>>,
+    /// List fields kept in one column: document field → separator (e.g. insurance types
+    /// `110,310,410` with `","`). The text is split at the separator, blanks dropped, and each
+    /// item goes through the field's code table, if it has one.
+    #[serde(default)]
+    pub lists: BTreeMap<String, String>,
 }
 
 /// A column value as a driver delivered it, before the schema gives it its exchange type.
@@ -121,6 +126,8 @@ struct FieldMap {
     column: String,
     kind: Option<Kind>,
     codes: Option<BTreeMap<String, String>>,
+    /// For a list kept in one column: the separator, and the kind of its items.
+    list: Option<(String, Option<Kind>)>,
 }
 
 /// Where a row comes from, for its document's header.
@@ -186,6 +193,13 @@ impl Mapper {
                     _ => None,
                 },
                 codes: mapping.values.get(field).cloned(),
+                list: mapping.lists.get(field).map(|sep| {
+                    let item = match body.child(field).child("") {
+                        Shape::Scalar(k) => Some(*k),
+                        _ => None,
+                    };
+                    (sep.clone(), item)
+                }),
             })
             .collect();
         let key = mapping
@@ -300,6 +314,28 @@ impl Mapper {
     }
 
     fn value(&self, f: &FieldMap, cell: Cell) -> Result<Value, MappingError> {
+        if let Some((separator, item_kind)) = &f.list {
+            if cell == Cell::Null {
+                return Ok(Value::Null);
+            }
+            let text = cell_text(&cell, self.offset_secs);
+            let items = text
+                .split(separator.as_str())
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| {
+                    let item = match &f.codes {
+                        Some(codes) => codes
+                            .get(item)
+                            .cloned()
+                            .ok_or_else(|| self.error(f, format!("code {item:?} is not in its code table")))?,
+                        None => item.to_owned(),
+                    };
+                    convert(Cell::Text(item), *item_kind, self.offset_secs).map_err(|m| self.error(f, m))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Value::List(items));
+        }
         let cell = match (&f.codes, cell) {
             (_, Cell::Null) => return Ok(Value::Null),
             (Some(codes), c) => {
@@ -542,6 +578,51 @@ mod tests {
         assert_eq!(doc.header.id.get_version_num(), 7);
         let next = mapper.document(Op::Upsert, row, &origin(), &at(2)).unwrap();
         assert_ne!(doc.header.id, next.header.id);
+    }
+
+    #[test]
+    fn a_list_kept_in_one_column_becomes_a_list() {
+        let registry = registry();
+        let mapping: TableMapping = toml::from_str(
+            r#"
+            table = "si_cbdj"
+            doc_type = "social_security.enrollment"
+            key = ["cbdjh"]
+            fields = { enrollment_id = "cbdjh", person_id = "sfzh", person_name = "xm", employer_credit_code = "dwdm", insurance_types = "xzlx", contribution_base = "jfjs", started_on = "cbrq", status = "cbzt" }
+            lists = { insurance_types = "," }
+            values.insurance_types = { "110" = "pension", "310" = "medical", "410" = "work_injury" }
+            values.status = { "1" = "active" }
+            "#,
+        )
+        .unwrap();
+        let mapper = Mapper::new(&mapping, &registry, 0).unwrap();
+        let types = std::cell::RefCell::new("110, 310,,410");
+        let row = |c: &str| {
+            Some(match c {
+                "cbdjh" => Cell::Text("SI2026000001".into()),
+                "sfzh" => Cell::Text("440605198503121238".into()),
+                "xm" => Cell::Text("陈志强".into()),
+                "dwdm" => Cell::Text("91440605MA4UJ7KX1J".into()),
+                "xzlx" => Cell::Text((*types.borrow()).into()),
+                "jfjs" => Cell::Decimal("5280.00".into()),
+                "cbrq" => Cell::Date(2020, 1, 1),
+                "cbzt" => Cell::Text("1".into()),
+                _ => return None,
+            })
+        };
+        let doc = mapper.document(Op::Upsert, row, &origin(), &at(1)).unwrap();
+        assert!(registry.validate(&doc).is_empty(), "{:?}", registry.validate(&doc));
+        assert_eq!(
+            doc.body["insurance_types"],
+            Value::List(vec![
+                Value::Text("pension".into()),
+                Value::Text("medical".into()),
+                Value::Text("work_injury".into())
+            ])
+        );
+        *types.borrow_mut() = "110,999";
+        let e = mapper.document(Op::Upsert, row, &origin(), &at(2)).unwrap_err();
+        assert!(e.message.contains("\"999\" is not in its code table"), "{e}");
     }
 
     #[test]
