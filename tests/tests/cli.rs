@@ -194,3 +194,20 @@ fn sqlserver_source_unreachable_names_the_cause() {
     assert!(err.contains("cannot reach SQL Server at 127.0.0.1:1"), "{err}");
     assert!(!err.contains("panicked") && !err.contains("secret"), "{err}");
 }
+
+/// The SQL Server form of the social security source (examples/legacy/social_si_mssql.toml)
+/// drops into the demo exchange in place of the MariaDB one and passes the whole-graph check.
+#[test]
+fn sqlserver_fragment_checks_in_the_demo_exchange() {
+    let routes = std::fs::read_to_string(root().join("routes.toml")).unwrap();
+    let fragment = std::fs::read_to_string(root().join("examples/legacy/social_si_mssql.toml")).unwrap();
+    let start = routes.find("[[source]]\nname = \"social-si\"").unwrap();
+    let end = start + routes[start..].find("[[subscriber]]").unwrap();
+    let dir = scratch("mssql-fragment");
+    let config = dir.join("routes.toml");
+    std::fs::write(&config, format!("{}{fragment}\n{}", &routes[..start], &routes[end..])).unwrap();
+    let out = exhub(&["check", "--config", config.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("3 sources"), "{text}");
+}
