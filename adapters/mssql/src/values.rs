@@ -9,9 +9,13 @@
 //!   text (lower case, as SQL Server's `CONVERT(char(36), …)` gives it but lower-cased);
 //!   `varbinary`/`binary`/`image`/`rowversion` bytes; `bit` a boolean; integers; floats.
 
+use std::borrow::Cow;
+
 use exhub_connect::Cell;
+use exhub_schemas::Value;
 use tiberius::ColumnData;
-use tiberius::time::{Date, DateTime, DateTime2, SmallDateTime, Time};
+use tiberius::numeric::Numeric;
+use tiberius::time::{Date, DateTime, DateTime2, DateTimeOffset, SmallDateTime, Time};
 
 /// Days from 0001-01-01 to 1970-01-01.
 const DAYS_0001_TO_1970: i64 = 719_162;
@@ -46,6 +50,88 @@ pub fn cell(value: &ColumnData<'_>) -> Cell {
             Cell::Instant(unix_micros(d.datetime2().date(), d.datetime2().time()))
         }),
     }
+}
+
+/// A document value as a typed SQL Server parameter (the sink's binds): decimals as exact
+/// `numeric`, dates as `date`, timestamps as `datetimeoffset` (a `datetime2` column takes its
+/// wall-clock part, a `datetimeoffset` column the instant), lists and maps as JSON text.
+pub fn column_data(value: &Value) -> ColumnData<'static> {
+    match value {
+        Value::Null => ColumnData::String(None),
+        Value::Bool(b) => ColumnData::Bit(Some(*b)),
+        Value::Int(i) => ColumnData::I64(Some(*i)),
+        Value::Text(t) => ColumnData::String(Some(Cow::Owned(t.clone()))),
+        Value::Binary(b) => ColumnData::Binary(Some(Cow::Owned(b.clone()))),
+        Value::Decimal(d) => numeric(d.as_str()).map_or_else(
+            || ColumnData::String(Some(Cow::Owned(d.as_str().to_owned()))),
+            |n| ColumnData::Numeric(Some(n)),
+        ),
+        Value::Date(d) => date_of(d.as_str()).map_or_else(
+            || ColumnData::String(Some(Cow::Owned(d.as_str().to_owned()))),
+            |d| ColumnData::Date(Some(d)),
+        ),
+        Value::Timestamp(t) => {
+            let offset = offset_minutes(t.as_str()).unwrap_or(0);
+            let micros = t.unix_micros();
+            let days = micros.div_euclid(86_400_000_000) + DAYS_0001_TO_1970;
+            let in_day = micros.rem_euclid(86_400_000_000);
+            match u32::try_from(days) {
+                Ok(days) if days >> 24 == 0 => ColumnData::DateTimeOffset(Some(DateTimeOffset::new(
+                    DateTime2::new(Date::new(days), Time::new(u64::try_from(in_day).unwrap_or(0) * 10, 7)),
+                    offset,
+                ))),
+                _ => ColumnData::String(Some(Cow::Owned(t.as_str().to_owned()))),
+            }
+        }
+        Value::List(_) | Value::Map(_) => {
+            ColumnData::String(Some(Cow::Owned(exhub_schemas::json::to_json_value(value).to_string())))
+        }
+    }
+}
+
+/// `-1234.50` → numeric(value -123450, scale 2); `None` beyond 38 digits.
+fn numeric(text: &str) -> Option<Numeric> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let scale = u8::try_from(frac.len()).ok()?;
+    let digits: i128 = format!("{int}{frac}").parse().ok()?;
+    (scale <= 37 && digits.unsigned_abs() < 10u128.pow(38)).then(|| Numeric::new_with_scale(digits, scale))
+}
+
+/// `2024-02-29` → days since 0001-01-01.
+fn date_of(text: &str) -> Option<Date> {
+    let mut parts = text.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    let days = u32::try_from(days_from_civil(y, m, d) + DAYS_0001_TO_1970).ok()?;
+    (days >> 24 == 0).then(|| Date::new(days))
+}
+
+/// The offset of an RFC 3339 timestamp, in minutes (`Z` → 0).
+fn offset_minutes(text: &str) -> Option<i16> {
+    if text.ends_with('Z') || text.ends_with('z') {
+        return Some(0);
+    }
+    let zone = text.get(text.len().checked_sub(6)?..)?;
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let h: i16 = zone.get(1..3)?.parse().ok()?;
+    let m: i16 = zone.get(4..6)?.parse().ok()?;
+    Some(sign * (h * 60 + m))
+}
+
+/// (year, month, day) → days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// `value / 10^scale` as text with exactly `scale` decimals.
@@ -231,6 +317,40 @@ mod tests {
 
     fn uuid_of(text: &str) -> tiberius::Uuid {
         tiberius::Uuid::parse_str(text).unwrap()
+    }
+
+    #[test]
+    fn document_values_bind_as_typed_parameters_and_read_back() {
+        let decimal = Value::Decimal(exhub_schemas::Decimal::parse("-1234.50").unwrap());
+        assert_eq!(cell(&column_data(&decimal)), Cell::Decimal("-1234.50".into()));
+        let date = Value::Date(exhub_schemas::Date::parse("2024-02-29").unwrap());
+        assert_eq!(cell(&column_data(&date)), Cell::Date(2024, 2, 29));
+        let ts = exhub_schemas::Timestamp::parse("2026-11-22T16:00:00.5+08:00").unwrap();
+        match column_data(&Value::Timestamp(ts.clone())) {
+            ColumnData::DateTimeOffset(Some(d)) => {
+                assert_eq!(d.offset(), 480);
+                assert_eq!(
+                    cell(&ColumnData::DateTimeOffset(Some(d))),
+                    Cell::Instant(ts.unix_micros())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(offset_minutes("2026-11-22T08:00:00Z"), Some(0));
+        assert_eq!(offset_minutes("2026-11-22T08:00:00-05:30"), Some(-330));
+        assert_eq!(cell(&column_data(&Value::Int(7))), Cell::Int(7));
+        assert_eq!(
+            cell(&column_data(&Value::Text("南海".into()))),
+            Cell::Text("南海".into())
+        );
+        assert_eq!(cell(&column_data(&Value::Null)), Cell::Null);
+        let list = Value::List(vec![Value::Text("pension".into())]);
+        assert_eq!(cell(&column_data(&list)), Cell::Text(r#"["pension"]"#.into()));
+        assert!(numeric("1234567890123456789012345678901234567890").is_none());
+        for days in [-719_162, -1, 0, 19_782, 2_932_896] {
+            let (y, m, d) = civil(days);
+            assert_eq!(days_from_civil(i64::from(y), i64::from(m), i64::from(d)), days);
+        }
     }
 
     #[test]
