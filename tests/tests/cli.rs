@@ -211,3 +211,32 @@ fn sqlserver_fragment_checks_in_the_demo_exchange() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("3 sources"), "{text}");
 }
+
+/// A SQL Server sink that cannot reach its server stops with an error that says so.
+#[test]
+fn sqlserver_sink_unreachable_names_the_cause() {
+    let dir = scratch("mssql-sink-unreachable");
+    let config = dir.join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\namqp = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\narchive = \"sqlite://{}\"\n\n\
+             [[org]]\nid = \"nanhai.tax\"\nname = \"南海区税务局\"\npublishes = [\"tax.registration\"]\n\n\
+             [[subscriber]]\nname = \"si-mirror\"\norg = \"nanhai.tax\"\nkind = \"mssql\"\n\
+             url = \"mssql://exhub:secret@127.0.0.1:1/si?encrypt=off\"\n\
+             [[subscriber.apply]]\ndoc_type = \"tax.registration\"\ntable = \"dbo.tax_registration\"\n\n\
+             [[route]]\nname = \"all\"\ndoc_types = [\"tax.registration\"]\nto = [\"si-mirror\"]\n",
+            dir.join("archive.db").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(crate::exhub_bin())
+        .args(["sink", "si-mirror", "--config", config.to_str().unwrap()])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot connect to SQL Server at 127.0.0.1:1"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("secret"), "{err}");
+}

@@ -29,7 +29,7 @@ pub struct TableTarget {
 }
 
 impl TableTarget {
-    fn column<'a>(&'a self, field: &'a str) -> &'a str {
+    pub(crate) fn column<'a>(&'a self, field: &'a str) -> &'a str {
         self.columns.get(field).map_or(field, String::as_str)
     }
 }
@@ -47,40 +47,87 @@ pub struct Outcome {
     pub ignored: usize,
 }
 
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// PostgreSQL or MySQL.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// SQL Server.
+    #[error(transparent)]
+    Mssql(#[from] tiberius::error::Error),
+}
+
+impl ApplyError {
+    /// Whether the database refused the data (a constraint, a type: the document goes to the
+    /// DLQ) rather than failed (the batch is retried).
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            ApplyError::Sql(e) => matches!(
+                e,
+                sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Encode(_)
+            ),
+            ApplyError::Mssql(e) => crate::mssql::is_data_error(e),
+        }
+    }
+}
+
+/// Where the documents go.
+enum Backend {
+    /// PostgreSQL or MySQL through sqlx `Any`.
+    Sql { pool: AnyPool, dialect: Dialect },
+    /// SQL Server through tiberius (one connection, reopened after a failure).
+    Mssql(Box<crate::mssql::Connection>),
+}
+
 /// Applies documents to one database.
-#[derive(Debug, Clone)]
 pub struct Applier {
-    pool: AnyPool,
-    dialect: Dialect,
+    backend: Backend,
     targets: HashMap<String, TableTarget>,
 }
 
 /// One version of one key, ready to apply.
-struct Version<'d> {
-    doc: &'d Document,
+pub(crate) struct Version<'d> {
+    pub(crate) doc: &'d Document,
     /// The body to write: the document's, plus the fields it left out as unchanged that an
     /// older version of the same key in the same batch had.
-    body: Cow<'d, BTreeMap<String, Value>>,
-    target: &'d TableTarget,
+    pub(crate) body: Cow<'d, BTreeMap<String, Value>>,
+    pub(crate) target: &'d TableTarget,
     source: String,
-    key: String,
-    order: String,
+    pub(crate) key: String,
+    pub(crate) order: String,
 }
+
+/// The versions to apply, grouped by (table, source) for the bookkeeping.
+pub(crate) type Groups<'d> = BTreeMap<(String, String), Vec<Version<'d>>>;
 
 impl Applier {
     /// An applier on `pool` (a `dialect` database) for `targets`.
     pub fn new(pool: AnyPool, dialect: Dialect, targets: Vec<TableTarget>) -> Applier {
-        let targets = targets.into_iter().map(|t| (t.doc_type.clone(), t)).collect();
-        Applier { pool, dialect, targets }
+        Applier {
+            backend: Backend::Sql { pool, dialect },
+            targets: targets.into_iter().map(|t| (t.doc_type.clone(), t)).collect(),
+        }
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// An applier on a SQL Server connection for `targets`.
+    pub fn mssql(conn: crate::mssql::Connection, targets: Vec<TableTarget>) -> Applier {
+        Applier {
+            backend: Backend::Mssql(Box::new(conn)),
+            targets: targets.into_iter().map(|t| (t.doc_type.clone(), t)).collect(),
+        }
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sql { pool, .. } => pool.close().await,
+            Backend::Mssql(conn) => conn.close().await,
+        }
     }
 
     /// Applies `docs` (in delivery order) in one transaction.
-    pub async fn apply(&self, docs: &[&Document]) -> Result<Outcome, sqlx::Error> {
+    pub async fn apply(&self, docs: &[&Document]) -> Result<Outcome, ApplyError> {
         let mut outcome = Outcome::default();
         // The newest version of each (table, source, key) in this batch.
         let mut newest: BTreeMap<(String, String, String), Version<'_>> = BTreeMap::new();
@@ -110,33 +157,71 @@ impl Applier {
         if newest.is_empty() {
             return Ok(outcome);
         }
-        let mut tx = self.pool.begin().await?;
-        // Group by (table, source) for the bookkeeping lookups.
-        let mut groups: BTreeMap<(String, String), Vec<Version<'_>>> = BTreeMap::new();
+        // Group by (table, source) for the bookkeeping.
+        let mut groups: Groups<'_> = BTreeMap::new();
         for ((table, source, _), v) in newest {
             groups.entry((table, source)).or_default().push(v);
         }
+        match &self.backend {
+            Backend::Sql { pool, dialect } => {
+                let sql = SqlBackend {
+                    pool,
+                    dialect: *dialect,
+                };
+                sql.apply(groups, &mut outcome).await?;
+            }
+            Backend::Mssql(conn) => crate::mssql::apply(conn, groups, &mut outcome).await?,
+        }
+        Ok(outcome)
+    }
+}
+
+/// The versions whose keys were claimed (the others counted stale), split into deletes and
+/// upserts.
+pub(crate) fn fresh<'v, 'd>(
+    versions: &'v [Version<'d>],
+    claimed: &HashSet<String>,
+    outcome: &mut Outcome,
+) -> (Vec<&'v Version<'d>>, Vec<&'v Version<'d>>) {
+    let (deletes, upserts): (Vec<&Version<'_>>, Vec<&Version<'_>>) = versions
+        .iter()
+        .filter(|v| claimed.contains(&v.key))
+        .partition(|v| v.doc.header.op == Op::Delete);
+    outcome.stale += versions.len() - deletes.len() - upserts.len();
+    outcome.deleted += deletes.len();
+    outcome.upserted += upserts.len();
+    (deletes, upserts)
+}
+
+/// Upserts grouped by their field set (masks and left-out values make sets differ); each group
+/// is one statement shape.
+pub(crate) fn by_fields<'v, 'd>(versions: &[&'v Version<'d>]) -> BTreeMap<Vec<&'v str>, Vec<&'v Version<'d>>> {
+    let mut groups: BTreeMap<Vec<&str>, Vec<&Version<'_>>> = BTreeMap::new();
+    for v in versions {
+        groups
+            .entry(v.body.keys().map(String::as_str).collect())
+            .or_default()
+            .push(v);
+    }
+    groups
+}
+
+/// PostgreSQL or MySQL: one sqlx transaction per batch.
+struct SqlBackend<'p> {
+    pool: &'p AnyPool,
+    dialect: Dialect,
+}
+
+impl SqlBackend<'_> {
+    async fn apply(&self, groups: Groups<'_>, outcome: &mut Outcome) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         for ((table, source), versions) in groups {
             let claimed = self.claim(&mut tx, &source, &table, &versions).await?;
-            let fresh: Vec<Version<'_>> = versions
-                .into_iter()
-                .filter(|v| {
-                    let fresh = claimed.contains(&v.key);
-                    if !fresh {
-                        outcome.stale += 1;
-                    }
-                    fresh
-                })
-                .collect();
-            let (deletes, upserts): (Vec<&Version<'_>>, Vec<&Version<'_>>) =
-                fresh.iter().partition(|v| v.doc.header.op == Op::Delete);
-            outcome.deleted += deletes.len();
-            outcome.upserted += upserts.len();
+            let (deletes, upserts) = fresh(&versions, &claimed, outcome);
             self.delete(&mut tx, &deletes).await?;
             self.upsert(&mut tx, &upserts).await?;
         }
-        tx.commit().await?;
-        Ok(outcome)
+        tx.commit().await
     }
 
     /// Records in `exhub_applied` the versions newer than what it holds, and returns their
@@ -210,15 +295,7 @@ impl Applier {
     }
 
     async fn upsert(&self, tx: &mut sqlx::Transaction<'_, Any>, versions: &[&Version<'_>]) -> Result<(), sqlx::Error> {
-        // Documents with the same fields share a statement (masks may leave some out).
-        let mut by_fields: BTreeMap<Vec<&str>, Vec<&Version<'_>>> = BTreeMap::new();
-        for v in versions {
-            by_fields
-                .entry(v.body.keys().map(String::as_str).collect())
-                .or_default()
-                .push(v);
-        }
-        for (fields, group) in by_fields {
+        for (fields, group) in by_fields(versions) {
             let Some(first) = group.first() else { continue };
             let target = first.target;
             let columns: Vec<String> = fields.iter().map(|f| target.column(f).to_owned()).collect();
@@ -270,7 +347,7 @@ impl Applier {
 
 /// Which part of a document a statement's rows are made of.
 #[derive(Clone, Copy)]
-enum Part {
+pub(crate) enum Part {
     /// `header.key`: deletes.
     Key,
     /// The body: upserts.
@@ -293,7 +370,7 @@ impl Version<'_> {
         }
     }
 
-    fn part(&self, part: Part) -> &BTreeMap<String, Value> {
+    pub(crate) fn part(&self, part: Part) -> &BTreeMap<String, Value> {
         match part {
             Part::Key => &self.doc.header.key,
             Part::Body => &self.body,
@@ -302,7 +379,7 @@ impl Version<'_> {
 }
 
 /// The target's key columns, from a document's key fields.
-fn key_columns(v: &Version<'_>) -> Vec<String> {
+pub(crate) fn key_columns(v: &Version<'_>) -> Vec<String> {
     v.doc.header.key.keys().map(|f| v.target.column(f).to_owned()).collect()
 }
 

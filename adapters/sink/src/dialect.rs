@@ -148,15 +148,6 @@ impl Dialect {
             }
         }
     }
-
-    /// Whether an error from this database is about the data (the document goes to the DLQ)
-    /// rather than the connection (the batch is retried).
-    pub fn is_data_error(self, e: &sqlx::Error) -> bool {
-        matches!(
-            e,
-            sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Encode(_)
-        )
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! A database subscriber consumes its queue in batches and applies each batch to its tables in
 //! one transaction — upsert by key for `upsert` and `snapshot`, delete for `delete` — and only
 //! after the commit acknowledges the messages. One code path serves PostgreSQL and
-//! MySQL/MariaDB (sqlx `Any`); what differs is a few SQL strings ([`dialect`]).
+//! MySQL/MariaDB (sqlx `Any`); what differs is a few SQL strings ([`dialect`]). SQL Server
+//! ([`mssql`], through tiberius; not verified against a real server) runs the same algorithm
+//! with `MERGE`.
 //!
 //! **Effectively-once.** Delivery is at-least-once, so the same document may come twice, and
 //! after a source restart an older version of a row may come after a newer one. The sink keeps,
@@ -18,6 +20,7 @@
 
 pub mod apply;
 pub mod dialect;
+pub mod mssql;
 mod run;
 
 pub use run::{DbSink, SinkError, SinkSettings, TableTarget};

@@ -21,7 +21,7 @@ use sqlx::any::AnyPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::apply::TableTarget;
-use crate::apply::{Applier, Outcome};
+use crate::apply::{Applier, ApplyError, Outcome};
 use crate::dialect::Dialect;
 
 /// Messages a batch takes at most (each may be a batch of documents).
@@ -35,7 +35,7 @@ const PREFETCH: u16 = 64;
 pub struct SinkSettings {
     /// The subscriber's name (its queue is `<prefix>.sub.<name>`).
     pub name: String,
-    /// `postgres://…` or `mysql://…`.
+    /// `postgres://…`, `mysql://…` or `mssql://…`.
     pub url: String,
     /// Doc type → table.
     pub tables: Vec<TableTarget>,
@@ -72,7 +72,7 @@ pub struct DbSink {
 
 enum Failure {
     Amqp(AmqpError),
-    Db(sqlx::Error),
+    Db(ApplyError),
 }
 
 impl From<AmqpError> for Failure {
@@ -89,27 +89,37 @@ impl DbSink {
             sink: settings.name.clone(),
             message,
         };
-        let dialect = Dialect::of_url(&settings.url)
-            .ok_or_else(|| setup("the URL must start with postgres:// or mysql://".into()))?;
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&settings.url)
-            .await
-            .map_err(|e| setup(format!("cannot connect to the target database: {e}")))?;
-        sqlx::query(AssertSqlSafe(dialect.create_applied()))
-            .execute(&pool)
-            .await
-            .map_err(|e| setup(format!("cannot create the bookkeeping table exhub_applied: {e}")))?;
-        for t in &settings.tables {
-            let probe = format!("SELECT * FROM {} WHERE 1 = 0", dialect.quote(&t.table));
-            sqlx::query(AssertSqlSafe(probe))
+        let applier = if settings.url.starts_with("mssql:") || settings.url.starts_with("sqlserver:") {
+            let conn = crate::mssql::Connection::open(&settings.url).await.map_err(&setup)?;
+            for t in &settings.tables {
+                conn.probe(&t.table)
+                    .await
+                    .map_err(|e| setup(format!("target table {} is not usable: {e}", t.table)))?;
+            }
+            Applier::mssql(conn, settings.tables.clone())
+        } else {
+            let dialect = Dialect::of_url(&settings.url)
+                .ok_or_else(|| setup("the URL must start with postgres://, mysql:// or mssql://".into()))?;
+            sqlx::any::install_default_drivers();
+            let pool = AnyPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&settings.url)
+                .await
+                .map_err(|e| setup(format!("cannot connect to the target database: {e}")))?;
+            sqlx::query(AssertSqlSafe(dialect.create_applied()))
                 .execute(&pool)
                 .await
-                .map_err(|e| setup(format!("target table {} is not usable: {e}", t.table)))?;
-        }
-        let applier = Applier::new(pool, dialect, settings.tables.clone());
+                .map_err(|e| setup(format!("cannot create the bookkeeping table exhub_applied: {e}")))?;
+            for t in &settings.tables {
+                let probe = format!("SELECT * FROM {} WHERE 1 = 0", dialect.quote(&t.table));
+                sqlx::query(AssertSqlSafe(probe))
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| setup(format!("target table {} is not usable: {e}", t.table)))?;
+            }
+            Applier::new(pool, dialect, settings.tables.clone())
+        };
         Ok(DbSink {
             settings,
             registry,
@@ -138,7 +148,7 @@ impl DbSink {
                 break;
             }
         }
-        self.applier.pool().close().await;
+        self.applier.close().await;
         Ok(())
     }
 
@@ -209,7 +219,7 @@ impl DbSink {
         let all: Vec<&Document> = docs.iter().map(|(d, _, _)| d).collect();
         let outcome = match self.applier.apply(&all).await {
             Ok(o) => o,
-            Err(e) if self.is_data_error(&e) => {
+            Err(e) if e.is_data_error() => {
                 // Find the documents the database refuses: each alone.
                 let mut total = Outcome::default();
                 for (doc, raw, props) in &docs {
@@ -220,7 +230,7 @@ impl DbSink {
                             total.stale += o.stale;
                             total.ignored += o.ignored;
                         }
-                        Err(e) if self.is_data_error(&e) => {
+                        Err(e) if e.is_data_error() => {
                             tracing::warn!(
                                 sink = %self.settings.name,
                                 document = %doc.header.id,
@@ -254,10 +264,6 @@ impl DbSink {
                 .map_err(AmqpError::from)?;
         }
         Ok(())
-    }
-
-    fn is_data_error(&self, e: &sqlx::Error) -> bool {
-        Dialect::of_url(&self.settings.url).is_some_and(|d| d.is_data_error(e))
     }
 
     fn dead_letter(&self, raw: &[u8], props: &BasicProperties, reason: &str, detail: &str) -> Outgoing {

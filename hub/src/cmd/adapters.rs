@@ -78,10 +78,6 @@ pub async fn run(path: &Path) -> Result<()> {
     ));
     for sub in &loaded.config.subscribers {
         let Some(db) = sub.database() else { continue };
-        if matches!(sub, SubscriberConfig::Mssql(_)) {
-            tracing::warn!(sink = %db.name, "SQL Server sinks are not built yet; skipped");
-            continue;
-        }
         let sink = build_sink(&loaded.config, db, &loaded.registry).await?;
         let token = shutdown.clone();
         parts.push((
