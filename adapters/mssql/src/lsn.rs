@@ -137,6 +137,28 @@ mod tests {
     }
 
     #[test]
+    fn sinks_order_mssql_positions_like_the_log() {
+        let key = |lsn: &str, seq: u64| {
+            exhub_connect::mapping::order_key(&exhub_schemas::SourceInfo {
+                kind: "mssql".into(),
+                db: None,
+                table: None,
+                position: Some(Lsn::parse(lsn).unwrap().to_string()),
+                committed_at: None,
+                tx: None,
+                seq: Some(seq),
+            })
+            .unwrap()
+        };
+        // A snapshot row (seq 0) sorts before the changes streamed after its label; rows of a
+        // transaction by their sequence; transactions by LSN whatever their sequences.
+        assert!(key("0x0000002A000001B80003", 0) < key("0x0000002A000001B80003", 1));
+        assert!(key("0x0000002A000001B80003", 2) < key("0x0000002A000001B80003", 10));
+        assert!(key("0x0000002A000001B80003", 999) < key("0x0000002A000001B80004", 1));
+        assert!(key("0x0000002A000001B8FFFF", 1) < key("0x0000002B000000000001", 1));
+    }
+
+    #[test]
     fn a_position_covers_what_was_confirmed() {
         let lsn = Lsn::parse("0x0000002A000001B80003").unwrap();
         let p = Position { lsn, rows: 2 };

@@ -159,6 +159,8 @@ struct Table {
     name: String,
     key: Vec<String>,
     columns: Vec<sql::Column>,
+    /// The server's row count (for the progress bar).
+    estimated_rows: u64,
 }
 
 /// The SQL Server source adapter.
@@ -360,11 +362,25 @@ impl MssqlSource {
                     None => Err(setup(&s.name, format!("table {schema}.{name} has no column {c}"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let qualified = format!("{schema}.{name}");
+            let estimated_rows = first(
+                client,
+                "SELECT CAST(SUM(row_count) AS bigint) FROM sys.dm_db_partition_stats \
+                 WHERE object_id = OBJECT_ID(@P1) AND index_id IN (0, 1)",
+                &[&qualified.as_str()],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get::<i64, _>(0))
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
             tables.push(Table {
                 mapper,
                 name: mapping.table.clone(),
                 key: mapping.key.clone(),
                 columns,
+                estimated_rows,
             });
         }
         Ok(tables)
@@ -434,7 +450,8 @@ impl MssqlSource {
             if snap.done.contains(&table.name) {
                 continue;
             }
-            let bar = exhub_connect::outbox::snapshot_progress(0, &table.name);
+            tracing::info!(source = %self.settings.name, table = %table.name, estimated_rows = table.estimated_rows, "snapshot of table started");
+            let bar = exhub_connect::outbox::snapshot_progress(table.estimated_rows, &table.name);
             while let Some(snap) = state.snapshot.as_ref() {
                 let after = snap.after.get(&table.name).cloned();
                 let mut select = table.columns.clone();
