@@ -12,6 +12,7 @@
 //! - [`consumer`]: taking messages in batches;
 //! - [`mapping`]: legacy rows → typed exchange documents, for every source adapter;
 //! - [`outbox`]: a source's documents on their way to the hub, published with confirms;
+//! - [`source`]: a source's errors and run loop (retrying passing failures);
 //! - [`checkpoint`]: a source's position, saved atomically.
 //!
 //! Delivery contract (every hop): at-least-once. A message counts as handed over only when the
@@ -23,6 +24,7 @@ pub mod consumer;
 pub mod mapping;
 pub mod outbox;
 pub mod publisher;
+pub mod source;
 pub mod topology;
 pub mod wire;
 

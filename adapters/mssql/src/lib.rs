@@ -21,4 +21,4 @@ pub mod source;
 pub mod sql;
 pub mod values;
 
-pub use source::{MssqlSource, SourceError, SourceSettings};
+pub use source::{MssqlError, MssqlSource, SourceError, SourceSettings};

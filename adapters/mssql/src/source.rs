@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use exhub_connect::mapping::{RowPosition, SnapshotMode};
 use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
-use exhub_connect::publisher::Declare;
-use exhub_connect::{AmqpError, Cell, CheckpointError, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_connect::source::DriverError;
+use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
 use exhub_schemas::{Op, Registry};
 use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -64,50 +64,25 @@ pub struct SourceSettings {
 }
 
 /// Why the source stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The server, its CDC settings or the tables cannot serve the source.
-    #[error("SQL Server source {source_name}: {message}")]
-    Setup {
-        /// The source.
-        source_name: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-    /// A mapping cannot be used.
-    #[error(transparent)]
-    Mapper(#[from] exhub_connect::mapping::MapperError),
-    /// The checkpoint file.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// RabbitMQ refused for good.
-    #[error(transparent)]
-    Amqp(#[from] AmqpError),
-    /// The server failed (retried when passing).
-    #[error("SQL Server source {source_name}: {error}")]
-    Server {
-        /// The source.
-        source_name: String,
-        /// The driver's error.
-        error: tiberius::error::Error,
-    },
-}
+pub type SourceError = exhub_connect::source::SourceError<MssqlError>;
 
-impl SourceError {
-    /// Whether retrying later may help (a lost connection, a server restarting).
-    pub fn is_passing(&self) -> bool {
-        match self {
-            SourceError::Server { error, .. } => {
-                matches!(
-                    error,
-                    tiberius::error::Error::Io { .. } | tiberius::error::Error::Routing { .. }
-                )
-            }
-            SourceError::Amqp(e) => e.is_passing(),
-            _ => false,
-        }
+/// A SQL Server driver error.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct MssqlError(pub Box<tiberius::error::Error>);
+
+impl DriverError for MssqlError {
+    /// A lost connection or a redirect to another server.
+    fn is_passing(&self) -> bool {
+        matches!(
+            *self.0,
+            tiberius::error::Error::Io { .. } | tiberius::error::Error::Routing { .. }
+        )
     }
 }
+
+/// The source kind, as errors name it.
+const KIND: &str = "SQL Server";
 
 /// The checkpoint.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -193,21 +168,11 @@ impl MssqlSource {
 
     /// Runs until `cancel` or an error that retrying cannot fix.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let mut publisher = Publisher::new(
-            self.settings.amqp.clone(),
-            format!("exhub-source-{}", self.settings.name),
-            Declare::Ingress(self.settings.topology.clone()),
-        );
-        let mut backoff = exhub_connect::Backoff::default();
+        let s = &self.settings;
+        let mut retry = exhub_connect::source::Retry::new(&s.name, &s.amqp, &s.topology);
         loop {
-            match self.run_once(&mut publisher, cancel).await {
-                Ok(()) | Err(SourceError::Amqp(AmqpError::Cancelled)) => return Ok(()),
-                Err(e) if e.is_passing() => {
-                    tracing::warn!(source = %self.settings.name, error = %e, "source interrupted; resuming from the checkpoint");
-                }
-                Err(e) => return Err(e),
-            }
-            if backoff.wait(cancel).await.is_err() {
+            let result = self.run_once(retry.publisher(), cancel).await;
+            if !retry.again(&s.name, result, cancel).await? {
                 return Ok(());
             }
         }
@@ -650,9 +615,10 @@ impl MssqlSource {
     }
 
     fn server(&self, error: tiberius::error::Error) -> SourceError {
-        SourceError::Server {
+        SourceError::Driver {
+            kind: KIND,
             source_name: self.settings.name.clone(),
-            error,
+            error: MssqlError(Box::new(error)),
         }
     }
 }
@@ -696,6 +662,7 @@ fn key_text(v: &ColumnData<'_>) -> String {
 
 fn setup(source: &str, message: String) -> SourceError {
     SourceError::Setup {
+        kind: KIND,
         source_name: source.to_owned(),
         message,
     }

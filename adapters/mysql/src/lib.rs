@@ -19,4 +19,4 @@
 pub mod cells;
 pub mod source;
 
-pub use source::{BinlogPos, MysqlSource, SourceError, SourceSettings};
+pub use source::{BinlogPos, MysqlError, MysqlSource, SourceError, SourceSettings};

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use exhub_connect::mapping::{RowPosition, SnapshotMode};
 use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
-use exhub_connect::publisher::Declare;
-use exhub_connect::{AmqpError, Cell, CheckpointError, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_connect::source::DriverError;
+use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
 use exhub_schemas::{Op, Registry};
 use futures_util::StreamExt as _;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -65,62 +65,18 @@ pub struct SourceSettings {
 }
 
 /// Why the source stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The server or its settings cannot serve a binlog reader.
-    #[error("MySQL source {source_name}: {message}")]
-    Setup {
-        /// The source.
-        source_name: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-    /// The checkpoint names a binlog the server no longer has.
-    #[error(
-        "MySQL source {source_name}: the binlog position {position} of checkpoint {checkpoint} is no longer on the server \
-         (binlog purged: {detail}); changes since then cannot be read. Take a new snapshot: delete the checkpoint file \
-         (the source then starts with a snapshot) or set snapshot = \"always\" for one start"
-    )]
-    Purged {
-        /// The source.
-        source_name: String,
-        /// Where it wanted to resume.
-        position: String,
-        /// The checkpoint file.
-        checkpoint: String,
-        /// The server's message.
-        detail: String,
-    },
-    /// A mapping cannot be used.
-    #[error(transparent)]
-    Mapper(#[from] exhub_connect::mapping::MapperError),
-    /// The checkpoint file.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// RabbitMQ refused for good.
-    #[error(transparent)]
-    Amqp(#[from] AmqpError),
-    /// The database failed (retried when passing).
-    #[error("MySQL source {source_name}: {error}")]
-    Mysql {
-        /// The source.
-        source_name: String,
-        /// The driver's error.
-        error: mysql_async::Error,
-    },
-}
+pub type SourceError = exhub_connect::source::SourceError<MysqlError>;
 
-impl SourceError {
-    /// Whether retrying later may help (a lost connection, a server restart).
-    pub fn is_passing(&self) -> bool {
-        match self {
-            SourceError::Mysql { error, .. } => {
-                error.is_fatal()
-                    || matches!(error, mysql_async::Error::Server(e) if matches!(e.code, 1053 | 1927 | 2013))
-            }
-            SourceError::Amqp(e) => e.is_passing(),
-            _ => false,
-        }
+/// A MySQL/MariaDB driver error.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct MysqlError(pub mysql_async::Error);
+
+impl DriverError for MysqlError {
+    /// A lost connection, a server shutting down (1053), a replica connection killed (1927) or
+    /// lost during a query (2013).
+    fn is_passing(&self) -> bool {
+        self.0.is_fatal() || matches!(&self.0, mysql_async::Error::Server(e) if matches!(e.code, 1053 | 1927 | 2013))
     }
 }
 
@@ -210,12 +166,14 @@ impl MysqlSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<MysqlSource, SourceError> {
         let opts = Opts::from_url(&settings.url).map_err(|e| SourceError::Setup {
+            kind: "MySQL",
             source_name: settings.name.clone(),
             message: format!("bad URL: {e}"),
         })?;
         let db = opts.db_name().unwrap_or_default().to_owned();
         if db.is_empty() {
             return Err(SourceError::Setup {
+                kind: "MySQL",
                 source_name: settings.name.clone(),
                 message: "the URL names no database (mysql://user@host:port/DATABASE)".into(),
             });
@@ -252,22 +210,11 @@ impl MysqlSource {
     /// Runs until `cancel` or an error that retrying cannot fix. Passing failures (the
     /// database or RabbitMQ restarting) are retried with backoff from the last checkpoint.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let mut publisher = Publisher::new(
-            self.settings.amqp.clone(),
-            format!("exhub-source-{}", self.settings.name),
-            Declare::Ingress(self.settings.topology.clone()),
-        );
-        let mut backoff = exhub_connect::Backoff::default();
+        let s = &self.settings;
+        let mut retry = exhub_connect::source::Retry::new(&s.name, &s.amqp, &s.topology);
         loop {
-            match self.run_once(&mut publisher, cancel).await {
-                Ok(()) => return Ok(()),
-                Err(SourceError::Amqp(AmqpError::Cancelled)) => return Ok(()),
-                Err(e) if e.is_passing() => {
-                    tracing::warn!(source = %self.settings.name, error = %e, "source interrupted; resuming from the checkpoint");
-                }
-                Err(e) => return Err(e),
-            }
-            if backoff.wait(cancel).await.is_err() {
+            let result = self.run_once(retry.publisher(), cancel).await;
+            if !retry.again(&s.name, result, cancel).await? {
                 return Ok(());
             }
         }
@@ -774,12 +721,14 @@ impl MysqlSource {
 
     fn stream_error(&self, e: mysql_async::Error, at: &BinlogPos) -> SourceError {
         match &e {
-            mysql_async::Error::Server(s) if s.code == 1236 => SourceError::Purged {
-                source_name: self.settings.name.clone(),
-                position: at.to_string(),
-                checkpoint: self.store.path().display().to_string(),
-                detail: s.message.clone(),
-            },
+            mysql_async::Error::Server(s) if s.code == 1236 => self.setup(format!(
+                "the binlog position {at} of checkpoint {} is no longer on the server (binlog purged: {}); changes \
+                 since then cannot be read. Take a new snapshot: `exhub source {} --reset` (or delete the checkpoint \
+                 file), or set snapshot = \"always\" for one start",
+                self.store.path().display(),
+                s.message,
+                self.settings.name
+            )),
             mysql_async::Error::Server(s) if s.code == 1227 || s.code == 1045 => self.setup(format!(
                 "the user may not read the binlog: GRANT REPLICATION SLAVE, REPLICATION CLIENT (MariaDB: BINLOG MONITOR) \
                  and SELECT to it ({})",
@@ -791,6 +740,7 @@ impl MysqlSource {
 
     fn setup(&self, message: String) -> SourceError {
         SourceError::Setup {
+            kind: "MySQL",
             source_name: self.settings.name.clone(),
             message,
         }
@@ -803,9 +753,10 @@ impl MysqlSource {
                  (MariaDB: BINLOG MONITOR) to the source's user ({})",
                 s.message
             )),
-            _ => SourceError::Mysql {
+            _ => SourceError::Driver {
+                kind: "MySQL",
                 source_name: self.settings.name.clone(),
-                error,
+                error: MysqlError(error),
             },
         }
     }

@@ -12,4 +12,4 @@
 pub mod source;
 pub mod values;
 
-pub use source::{PostgresSource, SourceError, SourceSettings};
+pub use source::{PgError, PostgresSource, SourceError, SourceSettings};

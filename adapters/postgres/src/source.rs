@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use exhub_connect::mapping::{RowPosition, SnapshotMode};
 use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
-use exhub_connect::publisher::Declare;
-use exhub_connect::{AmqpError, Cell, CheckpointError, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_connect::source::DriverError;
+use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
 use exhub_schemas::{Op, Registry};
 use pg_walstream::protocol::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
@@ -80,61 +80,34 @@ pub struct SourceSettings {
 }
 
 /// Why the source stopped.
+pub type SourceError = exhub_connect::source::SourceError<PgError>;
+
+/// A PostgreSQL error: a query's (sqlx) or the replication stream's.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The server, its settings or the tables cannot serve logical replication.
-    #[error("PostgreSQL source {source_name}: {message}")]
-    Setup {
-        /// The source.
-        source_name: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-    /// A mapping cannot be used.
+pub enum PgError {
+    /// A query.
     #[error(transparent)]
-    Mapper(#[from] exhub_connect::mapping::MapperError),
-    /// The checkpoint file.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// RabbitMQ refused for good.
-    #[error(transparent)]
-    Amqp(#[from] AmqpError),
-    /// A query failed (retried when passing).
-    #[error("PostgreSQL source {source_name}: {error}")]
-    Postgres {
-        /// The source.
-        source_name: String,
-        /// The driver's error.
-        error: sqlx::Error,
-    },
-    /// The replication stream failed (retried when passing).
-    #[error("PostgreSQL source {source_name}: replication: {error}")]
-    Replication {
-        /// The source.
-        source_name: String,
-        /// The protocol client's error.
-        error: PgWireError,
-    },
+    Sql(sqlx::Error),
+    /// The replication stream.
+    #[error("replication: {0}")]
+    Replication(PgWireError),
 }
 
-impl SourceError {
-    /// Whether retrying later may help (a lost connection, a server restart).
-    pub fn is_passing(&self) -> bool {
+impl DriverError for PgError {
+    fn is_passing(&self) -> bool {
         match self {
-            SourceError::Postgres { error, .. } => match error {
+            PgError::Sql(error) => match error {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
                 sqlx::Error::Database(e) => e.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
                 _ => false,
             },
-            SourceError::Replication { error, .. } => match error {
+            PgError::Replication(error) => match error {
                 PgWireError::Io(_) | PgWireError::Task(_) => true,
                 // Shutting down, connection failures, and a slot still held by the walsender of
                 // a predecessor that died (it lets go once the server notices).
                 PgWireError::Server(m) => m.contains("57P0") || m.contains("08") || m.contains("55006"),
                 _ => false,
             },
-            SourceError::Amqp(e) => e.is_passing(),
-            _ => false,
         }
     }
 }
@@ -291,22 +264,11 @@ impl PostgresSource {
     /// Runs until `cancel` or an error that retrying cannot fix. Passing failures (PostgreSQL
     /// or RabbitMQ restarting) are retried with backoff from the slot's confirmed position.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let mut publisher = Publisher::new(
-            self.settings.amqp.clone(),
-            format!("exhub-source-{}", self.settings.name),
-            Declare::Ingress(self.settings.topology.clone()),
-        );
-        let mut backoff = exhub_connect::Backoff::default();
+        let s = &self.settings;
+        let mut retry = exhub_connect::source::Retry::new(&s.name, &s.amqp, &s.topology);
         loop {
-            match self.run_once(&mut publisher, cancel).await {
-                Ok(()) => return Ok(()),
-                Err(SourceError::Amqp(AmqpError::Cancelled)) => return Ok(()),
-                Err(e) if e.is_passing() => {
-                    tracing::warn!(source = %self.settings.name, error = %e, "source interrupted; resuming from the slot");
-                }
-                Err(e) => return Err(e),
-            }
-            if backoff.wait(cancel).await.is_err() {
+            let result = self.run_once(retry.publisher(), cancel).await;
+            if !retry.again(&s.name, result, cancel).await? {
                 return Ok(());
             }
         }
@@ -1084,9 +1046,10 @@ impl PostgresSource {
     }
 
     fn pg(&self, error: sqlx::Error) -> SourceError {
-        SourceError::Postgres {
+        SourceError::Driver {
+            kind: KIND,
             source_name: self.settings.name.clone(),
-            error,
+            error: PgError::Sql(error),
         }
     }
 
@@ -1096,9 +1059,10 @@ impl PostgresSource {
             PgWireError::Server(m) if m.contains("42501") => {
                 setup(&self.settings.name, format!("permission denied for replication: {m}"))
             }
-            _ => SourceError::Replication {
+            _ => SourceError::Driver {
+                kind: KIND,
                 source_name: self.settings.name.clone(),
-                error,
+                error: PgError::Replication(error),
             },
         }
     }
@@ -1121,8 +1085,12 @@ fn key_of(rel: &Relation, table: &Table, tuple: &TupleData) -> Vec<Option<String
         .collect()
 }
 
+/// The source kind, as errors name it.
+const KIND: &str = "PostgreSQL";
+
 fn setup(source: &str, message: String) -> SourceError {
     SourceError::Setup {
+        kind: KIND,
         source_name: source.to_owned(),
         message,
     }
