@@ -149,7 +149,7 @@ impl Cdc {
     }
 
     fn legacy_sql(&self, sql: &str) -> String {
-        services::query("mysql", &["-uroot", "-N", "-B", &self.legacy, "-e", sql])
+        services::mysql(&self.legacy, sql)
     }
 
     /// The legacy table as comparable text (codes as the target spells them, DATETIME in +08:00).
@@ -178,18 +178,11 @@ impl Cdc {
 
     fn target_rows(&self) -> String {
         if self.from_postgres {
-            return services::query(
-                "mysql",
-                &[
-                    "-uroot",
-                    "-N",
-                    "-B",
-                    &self.target,
-                    "-e",
-                    "SELECT CONCAT_WS('|', credit_code, company_name, company_type, legal_representative, IFNULL(registered_capital,'-'), \
+            return services::mysql(
+                &self.target,
+                "SELECT CONCAT_WS('|', credit_code, company_name, company_type, legal_representative, IFNULL(registered_capital,'-'), \
                      currency, established_on, IFNULL(business_term_end,'-'), IFNULL(MD5(business_scope),'-'), address, IFNULL(district,'-'), \
                      status, IFNULL(registration_authority,'-'), IFNULL(issued_on,'-')) FROM business_license ORDER BY credit_code",
-                ],
             );
         }
         self.target_sql(
@@ -487,16 +480,9 @@ async fn postgres_changes_reach_mysql_equal() {
     pg("UPDATE scjg_yyzz SET fddbr = '王五五' WHERE tyshxydm = '91440605MA4UJ7KX2M'");
     cdc.wait_equal(Duration::from_secs(30)).await;
     assert_eq!(
-        services::query(
-            "mysql",
-            &[
-                "-uroot",
-                "-N",
-                "-B",
-                &cdc.target,
-                "-e",
-                "SELECT CHAR_LENGTH(business_scope) > 2000 FROM business_license WHERE credit_code = '91440605MA4UJ7KX2M'"
-            ]
+        services::mysql(
+            &cdc.target,
+            "SELECT CHAR_LENGTH(business_scope) > 2000 FROM business_license WHERE credit_code = '91440605MA4UJ7KX2M'"
         ),
         "1"
     );
@@ -527,39 +513,12 @@ async fn postgres_source_killed_mid_stream_loses_nothing() {
     cdc.start("sink", &["sink", "mirror"], "consuming").await;
     cdc.start("source", &["source", "legacy"], "streaming the slot").await;
     let mut writer = pg_script(&cdc.legacy, pg_workload(0, 3000));
-    let count = |cdc: &Cdc| {
-        services::query(
-            "mysql",
-            &[
-                "-uroot",
-                "-N",
-                "-B",
-                &cdc.target,
-                "-e",
-                "SELECT COUNT(*) FROM business_license",
-            ],
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&cdc) == "3" {
-        assert!(Instant::now() < deadline, "nothing arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cdc.wait_progress().await;
     cdc.kill("source");
     cdc.start("source", &["source", "legacy"], "streaming the slot").await;
     assert!(writer.wait().unwrap().success());
     cdc.wait_equal(Duration::from_secs(120)).await;
-    let applied = services::query(
-        "mysql",
-        &[
-            "-uroot",
-            "-N",
-            "-B",
-            &cdc.target,
-            "-e",
-            "SELECT COUNT(*) FROM exhub_applied",
-        ],
-    );
+    let applied = services::mysql(&cdc.target, "SELECT COUNT(*) FROM exhub_applied");
     assert_eq!(applied, "3003");
     let dlq = String::from_utf8_lossy(&cdc.exchange.exhub(&["dlq", "list"]).stdout).into_owned();
     assert!(dlq.starts_with("0 dead-lettered"), "{dlq}");

@@ -15,6 +15,11 @@ pub fn psql(db: &str, sql: &str) -> String {
     psql_with(db, &["-c", sql])
 }
 
+/// Runs `sql` in MariaDB database `db`; its tab-separated output without column names.
+pub fn mysql(db: &str, sql: &str) -> String {
+    query("mysql", &["-uroot", "-N", "-B", db, "-e", sql])
+}
+
 /// Runs `psql` on database `db` with `args` (`-c SQL`, `-f FILE`); its unaligned, tuples-only
 /// output.
 pub fn psql_with(db: &str, args: &[&str]) -> String {
