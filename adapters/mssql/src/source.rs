@@ -235,14 +235,22 @@ impl MssqlSource {
             .snapshot
             .take()
             .map(|snap| snap.label.increment().unwrap_or(snap.label));
+        // Without a snapshot, a table seen for the first time streams from now on (`never`).
+        let now = match start {
+            Some(s) => s,
+            None => {
+                let max = max_lsn(&mut client)
+                    .await
+                    .map_err(|e| self.server(e))?
+                    .unwrap_or_default();
+                max.increment().unwrap_or(max)
+            }
+        };
         for t in &tables {
             let instance = self.instance(&mut client, t).await?;
             let entry = state.tables.entry(t.name.clone()).or_insert_with(|| TableState {
                 instance: instance.clone(),
-                position: Position {
-                    lsn: start.unwrap_or_default(),
-                    rows: 0,
-                },
+                position: Position { lsn: now, rows: 0 },
             });
             if let Some(start) = start {
                 entry.position = Position { lsn: start, rows: 0 };
