@@ -544,7 +544,8 @@ async fn restart_postgres_mid_stream_target_ends_equal() {
     );
     cdc.wait_equal(Duration::from_secs(120)).await;
     assert!(
-        cdc.log("source-0.log").contains("resuming from the slot"),
+        cdc.log("source-0.log")
+            .contains("source interrupted; resuming from the checkpoint"),
         "the source did not notice the restart: {}",
         cdc.log("source-0.log")
     );
