@@ -24,7 +24,7 @@ ctais() { mysql -uroot ctais -e "$1"; }
 mirror() { psql -h 127.0.0.1 -U postgres -d commerce_mirror -XAtq -F ' | ' -c "$1"; }
 wait_for() { for _ in $(seq 1 300); do [ "$(eval "$1")" = "$2" ] && return 0; sleep 0.1; done; echo "timed out waiting for: $1 = $2" >&2; return 1; }
 
-echo "== the legacy CTAIS database (MariaDB) with 4 registrations, the legacy licence system (PostgreSQL) with 3 licences, empty mirrors"
+echo "== legacy systems: CTAIS (MariaDB, 4 registrations), licences (PostgreSQL, 3), insurance (MariaDB, 3 enrollments); empty mirrors"
 bash examples/legacy/setup.sh
 rm -rf exhub-state   # the databases are new: so is the source's checkpoint
 
