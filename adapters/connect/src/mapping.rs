@@ -80,6 +80,8 @@ pub enum Cell {
     /// A value the source did not send because it did not change (PostgreSQL's unchanged
     /// TOASTed columns): its field is left out of the body, so sinks leave the column as it is.
     Unchanged,
+    /// An array column's elements (PostgreSQL arrays), for list fields.
+    List(Vec<Cell>),
 }
 
 /// A row that could not become a document: which field, which column, why.
@@ -126,8 +128,9 @@ struct FieldMap {
     column: String,
     kind: Option<Kind>,
     codes: Option<BTreeMap<String, String>>,
-    /// For a list kept in one column: the separator, and the kind of its items.
-    list: Option<(String, Option<Kind>)>,
+    /// For a list field: the separator when the column keeps the list as text (`lists`), and
+    /// the kind of its items.
+    list: Option<(Option<String>, Option<Kind>)>,
 }
 
 /// Where a row comes from, for its document's header.
@@ -193,13 +196,16 @@ impl Mapper {
                     _ => None,
                 },
                 codes: mapping.values.get(field).cloned(),
-                list: mapping.lists.get(field).map(|sep| {
-                    let item = match body.child(field).child("") {
-                        Shape::Scalar(k) => Some(*k),
-                        _ => None,
-                    };
-                    (sep.clone(), item)
-                }),
+                list: match body.child(field) {
+                    Shape::List(item) => Some((
+                        mapping.lists.get(field).cloned(),
+                        match &item.shape {
+                            Shape::Scalar(k) => Some(*k),
+                            _ => None,
+                        },
+                    )),
+                    _ => mapping.lists.get(field).map(|sep| (Some(sep.clone()), None)),
+                },
             })
             .collect();
         let key = mapping
@@ -315,25 +321,44 @@ impl Mapper {
 
     fn value(&self, f: &FieldMap, cell: Cell) -> Result<Value, MappingError> {
         if let Some((separator, item_kind)) = &f.list {
-            if cell == Cell::Null {
-                return Ok(Value::Null);
-            }
-            let text = cell_text(&cell, self.offset_secs);
-            let items = text
-                .split(separator.as_str())
-                .map(str::trim)
-                .filter(|item| !item.is_empty())
-                .map(|item| {
-                    let item = match &f.codes {
-                        Some(codes) => codes
-                            .get(item)
-                            .cloned()
-                            .ok_or_else(|| self.error(f, format!("code {item:?} is not in its code table")))?,
-                        None => item.to_owned(),
-                    };
-                    convert(Cell::Text(item), *item_kind, self.offset_secs).map_err(|m| self.error(f, m))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let items: Vec<Cell> = match (cell, separator) {
+                (Cell::Null, _) => return Ok(Value::Null),
+                (Cell::List(items), _) => items,
+                (other, Some(separator)) => cell_text(&other, self.offset_secs)
+                    .split(separator.as_str())
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| Cell::Text(item.to_owned()))
+                    .collect(),
+                (other, None) => {
+                    return Err(self.error(
+                        f,
+                        format!(
+                            "{other:?} is not a list: map an array column, or set `lists = {{ {} = \",\" }}` \
+                             for a list kept as text",
+                            f.field
+                        ),
+                    ));
+                }
+            };
+            let items =
+                items
+                    .into_iter()
+                    .filter(|item| *item != Cell::Null)
+                    .map(|item| {
+                        let item =
+                            match &f.codes {
+                                Some(codes) => {
+                                    let code = cell_text(&item, self.offset_secs);
+                                    Cell::Text(codes.get(code.trim()).cloned().ok_or_else(|| {
+                                        self.error(f, format!("code {code:?} is not in its code table"))
+                                    })?)
+                                }
+                                None => item,
+                            };
+                        convert(item, *item_kind, self.offset_secs).map_err(|m| self.error(f, m))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
             return Ok(Value::List(items));
         }
         let cell = match (&f.codes, cell) {
@@ -382,6 +407,11 @@ fn cell_text(cell: &Cell, offset_secs: i32) -> String {
         Cell::Date(y, m, d) => format!("{y:04}-{m:02}-{d:02}"),
         Cell::DateTime(p) => Timestamp::from_local(*p, offset_secs).map_or_else(|| format!("{p:?}"), |t| t.to_string()),
         Cell::Instant(us) => Timestamp::from_unix_micros_at(*us, offset_secs).to_string(),
+        Cell::List(items) => items
+            .iter()
+            .map(|c| cell_text(c, offset_secs))
+            .collect::<Vec<_>>()
+            .join(","),
     }
 }
 
@@ -466,6 +496,7 @@ fn natural(cell: Cell, offset_secs: i32) -> Value {
         c @ Cell::Date(..) => Date::parse(&cell_text(&c, offset_secs)).map_or(Value::Null, Value::Date),
         Cell::DateTime(p) => Timestamp::from_local(p, offset_secs).map_or(Value::Null, Value::Timestamp),
         Cell::Instant(us) => Value::Timestamp(Timestamp::from_unix_micros_at(us, offset_secs)),
+        Cell::List(items) => Value::List(items.into_iter().map(|c| natural(c, offset_secs)).collect()),
     }
 }
 
@@ -623,6 +654,27 @@ mod tests {
         *types.borrow_mut() = "110,999";
         let e = mapper.document(Op::Upsert, row, &origin(), &at(2)).unwrap_err();
         assert!(e.message.contains("\"999\" is not in its code table"), "{e}");
+        // An array column (PostgreSQL) needs no separator: its elements go through the codes.
+        let mut no_sep = mapping.clone();
+        no_sep.lists.clear();
+        let mapper = Mapper::new(&no_sep, &registry, 0).unwrap();
+        let array = |c: &str| match c {
+            "xzlx" => Some(Cell::List(vec![
+                Cell::Text("310".into()),
+                Cell::Null,
+                Cell::Text("410".into()),
+            ])),
+            other => row(other),
+        };
+        let doc = mapper.document(Op::Upsert, array, &origin(), &at(3)).unwrap();
+        assert_eq!(
+            doc.body["insurance_types"],
+            Value::List(vec![Value::Text("medical".into()), Value::Text("work_injury".into())])
+        );
+        // Text in a list field without a separator is a mapping error that says what to do.
+        *types.borrow_mut() = "110";
+        let e = mapper.document(Op::Upsert, row, &origin(), &at(4)).unwrap_err();
+        assert!(e.message.contains("lists = { insurance_types"), "{e}");
     }
 
     #[test]

@@ -24,11 +24,82 @@ mod oid {
     pub const TIMESTAMPTZ: u32 = 1184;
 }
 
+/// The element type of a one-dimensional array type (`text[]` → `text`, …), for the array
+/// types a mapping is likely to meet.
+fn element_of(array_oid: u32) -> Option<u32> {
+    Some(match array_oid {
+        1000 => oid::BOOL,
+        1005 => oid::INT2,
+        1007 => oid::INT4,
+        1016 => oid::INT8,
+        1021 => oid::FLOAT4,
+        1022 => oid::FLOAT8,
+        1231 => oid::NUMERIC,
+        1182 => oid::DATE,
+        1115 => oid::TIMESTAMP,
+        1185 => oid::TIMESTAMPTZ,
+        1009 => 25,   // text
+        1015 => 1043, // varchar
+        1014 => 1042, // bpchar
+        _ => return None,
+    })
+}
+
+/// A one-dimensional array literal (`{a,"b c",NULL}`) → its elements as text (`None`: NULL);
+/// `None` for what is not one (nested arrays, bounds decorations).
+fn array_items(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    if inner.is_empty() {
+        return Some(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        let item = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => s.push(chars.next()?),
+                    '"' => break,
+                    c => s.push(c),
+                }
+            }
+            Some(s)
+        } else {
+            let mut s = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' || c == '"' {
+                    return None;
+                }
+                s.push(c);
+                chars.next();
+            }
+            (s != "NULL").then_some(s)
+        };
+        items.push(item);
+        match chars.next() {
+            None => return Some(items),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
 /// The cell for `text` (`None`: SQL NULL) from a column of type `type_oid`. A value that does
 /// not parse as its type says (it stays text, and the mapping reports it if the field wants
 /// another type).
 pub fn cell(type_oid: u32, text: Option<&str>) -> Cell {
     let Some(text) = text else { return Cell::Null };
+    if let Some(element) = element_of(type_oid) {
+        return array_items(text).map_or_else(
+            || Cell::Text(text.to_owned()),
+            |items| Cell::List(items.iter().map(|i| cell(element, i.as_deref())).collect()),
+        );
+    }
     let parsed = match type_oid {
         oid::BOOL => match text {
             "t" => Some(Cell::Bool(true)),
@@ -135,6 +206,22 @@ mod tests {
         assert_eq!(cell(25, Some("南海")), Cell::Text("南海".into()));
         assert_eq!(cell(3802, Some("{\"a\": 1}")), Cell::Text("{\"a\": 1}".into()));
         assert_eq!(cell(oid::INT4, None), Cell::Null);
+        // One-dimensional arrays become lists of their element type.
+        assert_eq!(
+            cell(1009, Some(r#"{110,"310 医疗",NULL,"a\"b"}"#)),
+            Cell::List(vec![
+                Cell::Text("110".into()),
+                Cell::Text("310 医疗".into()),
+                Cell::Null,
+                Cell::Text("a\"b".into())
+            ])
+        );
+        assert_eq!(
+            cell(1007, Some("{1,-2}")),
+            Cell::List(vec![Cell::Int(1), Cell::Int(-2)])
+        );
+        assert_eq!(cell(1231, Some("{}")), Cell::List(vec![]));
+        assert_eq!(cell(1007, Some("{{1,2},{3,4}}")), Cell::Text("{{1,2},{3,4}}".into()));
         // What does not parse stays text rather than being lost.
         assert_eq!(cell(oid::DATE, Some("infinity")), Cell::Text("infinity".into()));
         assert_eq!(cell(oid::BYTEA, Some("\\x0")), Cell::Text("\\x0".into()));
