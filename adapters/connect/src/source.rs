@@ -2,10 +2,64 @@
 //! errors, and its run loop — passing failures (the database or RabbitMQ restarting) are
 //! retried with backoff from the checkpoint; anything else stops the source with its cause.
 
+use std::path::PathBuf;
+
 use tokio_util::sync::CancellationToken;
 
+use crate::mapping::SnapshotMode;
+use crate::outbox::SourceIdentity;
 use crate::publisher::Declare;
-use crate::{AmqpError, Backoff, CheckpointError, Publisher, Topology};
+use crate::{AmqpError, Backoff, CheckpointError, Publisher, TableMapping, Topology};
+
+/// What every source is told, whatever its database (built by the `exhub` binary from
+/// routes.toml; each source's settings add what is its own).
+#[derive(Debug, Clone)]
+pub struct SourceCommon {
+    /// The source's name (`header.sender.system`).
+    pub name: String,
+    /// The publishing org.
+    pub org: String,
+    /// The legacy database's URL.
+    pub url: String,
+    /// Snapshot mode.
+    pub snapshot: SnapshotMode,
+    /// Tables and their mappings.
+    pub tables: Vec<TableMapping>,
+    /// The checkpoint file.
+    pub checkpoint: PathBuf,
+    /// RabbitMQ URL (the org's own login).
+    pub amqp: String,
+    /// The exchange's AMQP names.
+    pub topology: Topology,
+    /// The AMQP user in that URL (`user_id` of every message).
+    pub amqp_user: String,
+}
+
+impl SourceCommon {
+    /// Who the source publishes as, reading database `db` of kind `kind` (`mysql`, …).
+    pub fn identity(&self, kind: &'static str, db: &str) -> SourceIdentity {
+        SourceIdentity {
+            name: self.name.clone(),
+            org: self.org.clone(),
+            kind,
+            db: db.to_owned(),
+            amqp_user: self.amqp_user.clone(),
+            topology: self.topology.clone(),
+        }
+    }
+
+    /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`) or starts
+    /// from the database's current position (mode `never`).
+    pub fn forget_checkpoint(&self) -> Result<(), CheckpointError> {
+        tracing::info!(source = %self.name, checkpoint = %self.checkpoint.display(), "checkpoint removed");
+        crate::CheckpointStore::new(self.checkpoint.clone()).clear()
+    }
+
+    /// The run loop of this source.
+    pub fn retry(&self) -> Retry {
+        Retry::new(&self.name, &self.amqp, &self.topology)
+    }
+}
 
 /// A database driver's error, as a source sees it.
 pub trait DriverError: std::error::Error + Send + Sync + 'static {

@@ -14,14 +14,13 @@
 //! the new one still captures every mapped column; otherwise it stops and names the column.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use exhub_connect::mapping::{RowPosition, SnapshotMode};
-use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
-use exhub_connect::source::DriverError;
-use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_connect::outbox::{FLUSH_DOCS, Outbox};
+use exhub_connect::source::{DriverError, SourceCommon};
+use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher};
 use exhub_schemas::{Op, Registry};
 use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -39,28 +38,12 @@ const CHUNK_ROWS: usize = 2000;
 /// What the source needs to run (built by the `exhub` binary from routes.toml).
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
-    /// The source's name (`header.sender.system`).
-    pub name: String,
-    /// The publishing org.
-    pub org: String,
-    /// `mssql://user:password@host:port/database?encrypt=…`.
-    pub url: String,
-    /// Snapshot mode.
-    pub snapshot: SnapshotMode,
-    /// Tables (`table` or `schema.table`) and their mappings.
-    pub tables: Vec<TableMapping>,
-    /// The checkpoint file.
-    pub checkpoint: PathBuf,
+    /// What every source is told.
+    pub common: SourceCommon,
     /// Time zone of the server's zone-less date-times (and of commit times), seconds east of UTC.
     pub offset_secs: i32,
     /// How often to poll when changes keep coming; idle polls back off up to 8 times this.
     pub poll: Duration,
-    /// RabbitMQ URL (the org's own login).
-    pub amqp: String,
-    /// The exchange's AMQP names.
-    pub topology: Topology,
-    /// The AMQP user in that URL.
-    pub amqp_user: String,
 }
 
 /// Why the source stopped.
@@ -150,8 +133,9 @@ pub struct MssqlSource {
 impl MssqlSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<MssqlSource, SourceError> {
-        let (config, database) = config(&settings.url).map_err(|e| setup(&settings.name, e.to_string()))?;
-        let store = CheckpointStore::new(settings.checkpoint.clone());
+        let (config, database) =
+            config(&settings.common.url).map_err(|e| setup(&settings.common.name, e.to_string()))?;
+        let store = CheckpointStore::new(settings.common.checkpoint.clone());
         Ok(MssqlSource {
             settings,
             registry,
@@ -163,16 +147,15 @@ impl MssqlSource {
 
     /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`).
     pub fn reset(&self) -> Result<(), SourceError> {
-        Ok(self.store.clear()?)
+        Ok(self.settings.common.forget_checkpoint()?)
     }
 
     /// Runs until `cancel` or an error that retrying cannot fix.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let s = &self.settings;
-        let mut retry = exhub_connect::source::Retry::new(&s.name, &s.amqp, &s.topology);
+        let mut retry = self.settings.common.retry();
         loop {
             let result = self.run_once(retry.publisher(), cancel).await;
-            if !retry.again(&s.name, result, cancel).await? {
+            if !retry.again(&self.settings.common.name, result, cancel).await? {
                 return Ok(());
             }
         }
@@ -182,7 +165,7 @@ impl MssqlSource {
         let s = &self.settings;
         let mut client = connect(self.config.clone()).await.map_err(|e| match e {
             tiberius::error::Error::Io { kind, message } => setup(
-                &s.name,
+                &s.common.name,
                 format!(
                     "cannot reach SQL Server at {}: {message} ({kind:?})",
                     self.config.get_addr()
@@ -195,7 +178,7 @@ impl MssqlSource {
             .map_err(|e| self.server(e))?;
         if !matches!(enabled.as_ref().and_then(|r| r.get::<bool, _>(0)), Some(true)) {
             return Err(setup(
-                &s.name,
+                &s.common.name,
                 format!(
                     "CDC is not enabled on database {} (a DBA runs EXEC sys.sp_cdc_enable_db)",
                     self.database
@@ -204,12 +187,12 @@ impl MssqlSource {
         }
         let tables = self.describe(&mut client).await?;
         let mut state: State = self.store.load()?.unwrap_or_default();
-        let wants_snapshot = match s.snapshot {
+        let wants_snapshot = match s.common.snapshot {
             SnapshotMode::Never => false,
             SnapshotMode::Initial => state.tables.is_empty() || state.snapshot.is_some(),
             SnapshotMode::Always => true,
         };
-        let mut out = Outbox::new(self.identity(), publisher);
+        let mut out = Outbox::new(self.settings.common.identity("mssql", &self.database), publisher);
         if wants_snapshot {
             if state.snapshot.is_none() {
                 let label = max_lsn(&mut client)
@@ -257,12 +240,17 @@ impl MssqlSource {
             }
         }
         self.store.save(&state)?;
-        tracing::info!(source = %s.name, tables = tables.len(), "polling the change tables");
+        tracing::info!(source = %s.common.name, tables = tables.len(), "polling the change tables");
         let mut idle = 0u32;
         loop {
             let mut found = 0u64;
-            for t in &tables {
-                found += self.poll_table(&mut client, t, &mut state, &mut out, cancel).await?;
+            // One reading of the capture job's progress serves every table of this round.
+            if let Some(max) = max_lsn(&mut client).await.map_err(|e| self.server(e))? {
+                for t in &tables {
+                    found += self
+                        .poll_table(&mut client, t, max, &mut state, &mut out, cancel)
+                        .await?;
+                }
             }
             out.flush(cancel).await?;
             self.store.save(&state)?;
@@ -275,29 +263,17 @@ impl MssqlSource {
         }
     }
 
-    fn identity(&self) -> SourceIdentity {
-        let s = &self.settings;
-        SourceIdentity {
-            name: s.name.clone(),
-            org: s.org.clone(),
-            kind: "mssql",
-            db: self.database.clone(),
-            amqp_user: s.amqp_user.clone(),
-            topology: s.topology.clone(),
-        }
-    }
-
     /// The mapped tables with their column types; every one must exist and be tracked by CDC.
     async fn describe(&self, client: &mut MssqlClient) -> Result<Vec<Table>, SourceError> {
         let s = &self.settings;
         let mut tables = Vec::new();
-        for mapping in &s.tables {
+        for mapping in &s.common.tables {
             let (schema, name) = mapping.table.split_once('.').unwrap_or(("dbo", &mapping.table));
             let rows = client
                 .query(
                     "SELECT c.name, ty.name, t.is_tracked_by_cdc FROM sys.tables t \
                      JOIN sys.schemas s ON s.schema_id = t.schema_id JOIN sys.columns c ON c.object_id = t.object_id \
-                     JOIN sys.types ty ON ty.user_type_id = c.user_type_id WHERE s.name = @P1 AND t.name = @P2",
+                     JOIN sys.types ty ON ty.user_type_id = c.user_type_id WHERE s.common.name = @P1 AND t.name = @P2",
                     &[&schema, &name],
                 )
                 .await
@@ -307,13 +283,13 @@ impl MssqlSource {
                 .map_err(|e| self.server(e))?;
             if rows.is_empty() {
                 return Err(setup(
-                    &s.name,
+                    &s.common.name,
                     format!("table {schema}.{name} does not exist (or SELECT is not granted)"),
                 ));
             }
             if !rows.iter().any(|r| r.get::<bool, _>(2) == Some(true)) {
                 return Err(setup(
-                    &s.name,
+                    &s.common.name,
                     format!(
                         "table {schema}.{name} is not tracked by CDC (a DBA runs EXEC sys.sp_cdc_enable_table \
                          @source_schema = N'{schema}', @source_name = N'{name}', @role_name = NULL)"
@@ -332,7 +308,10 @@ impl MssqlSource {
                         name: c.to_owned(),
                         type_name: t.clone(),
                     }),
-                    None => Err(setup(&s.name, format!("table {schema}.{name} has no column {c}"))),
+                    None => Err(setup(
+                        &s.common.name,
+                        format!("table {schema}.{name} has no column {c}"),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let qualified = format!("{schema}.{name}");
@@ -371,7 +350,7 @@ impl MssqlSource {
             .map_err(|e| self.server(e))?;
         let Some(newest) = rows.first().and_then(|r| r.get::<&str, _>(0)).map(str::to_owned) else {
             return Err(setup(
-                &self.settings.name,
+                &self.settings.common.name,
                 format!("table {} has no capture instance", table.name),
             ));
         };
@@ -387,7 +366,7 @@ impl MssqlSource {
             .collect();
         if let Some(missing) = table.columns.iter().find(|c| !captured.contains(&c.name)) {
             return Err(setup(
-                &self.settings.name,
+                &self.settings.common.name,
                 format!(
                     "capture instance {newest} of {} does not capture mapped column {} (after a DDL the DBA \
                      recreated it without it): fix the mapping or the capture instance",
@@ -423,7 +402,7 @@ impl MssqlSource {
             if snap.done.contains(&table.name) {
                 continue;
             }
-            tracing::info!(source = %self.settings.name, table = %table.name, estimated_rows = table.estimated_rows, "snapshot of table started");
+            tracing::info!(source = %self.settings.common.name, table = %table.name, estimated_rows = table.estimated_rows, "snapshot of table started");
             let bar = exhub_connect::outbox::snapshot_progress(table.estimated_rows, &table.name);
             while let Some(snap) = state.snapshot.as_ref() {
                 let after = snap.after.get(&table.name).cloned();
@@ -481,7 +460,7 @@ impl MssqlSource {
                 snap.after.remove(&table.name);
             }
             self.store.save(state)?;
-            tracing::info!(source = %self.settings.name, table = %table.name, "snapshot of table done");
+            tracing::info!(source = %self.settings.common.name, table = %table.name, "snapshot of table done");
         }
         client
             .simple_query("COMMIT")
@@ -493,18 +472,17 @@ impl MssqlSource {
         Ok(true)
     }
 
-    /// Reads one table's changes from its position to the server's max LSN; the number of rows.
+    /// Reads one table's changes from its position to `max` (the capture job's highest LSN);
+    /// the number of rows.
     async fn poll_table(
         &self,
         client: &mut MssqlClient,
         table: &Table,
+        max: Lsn,
         state: &mut State,
         out: &mut Outbox<'_>,
         cancel: &CancellationToken,
     ) -> Result<u64, SourceError> {
-        let Some(max) = max_lsn(client).await.map_err(|e| self.server(e))? else {
-            return Ok(0);
-        };
         let Some(ts) = state.tables.get(&table.name).cloned() else {
             return Ok(0);
         };
@@ -515,7 +493,7 @@ impl MssqlSource {
         } else {
             let start = start_lsn(client, &newest).await.map_err(|e| self.server(e))?;
             if ts.position.lsn >= start {
-                tracing::warn!(source = %self.settings.name, table = %table.name, from = %ts.instance, to = %newest, "following the new capture instance");
+                tracing::warn!(source = %self.settings.common.name, table = %table.name, from = %ts.instance, to = %newest, "following the new capture instance");
                 if let Some(t) = state.tables.get_mut(&table.name) {
                     t.instance = newest.clone();
                 }
@@ -531,11 +509,11 @@ impl MssqlSource {
             .unwrap_or_default();
         if ts.position.lsn < min && ts.position.lsn != Lsn::default() {
             return Err(setup(
-                &self.settings.name,
+                &self.settings.common.name,
                 format!(
                     "the changes of {} since {} were removed by the CDC cleanup job (the oldest kept is {min}): \
                      take a new snapshot with `exhub source {} --reset`",
-                    table.name, ts.position.lsn, self.settings.name
+                    table.name, ts.position.lsn, self.settings.common.name
                 ),
             ));
         }
@@ -625,7 +603,7 @@ impl MssqlSource {
     fn server(&self, error: tiberius::error::Error) -> SourceError {
         SourceError::Driver {
             kind: KIND,
-            source_name: self.settings.name.clone(),
+            source_name: self.settings.common.name.clone(),
             error: MssqlError(Box::new(error)),
         }
     }

@@ -9,14 +9,13 @@
 //! resumed snapshot, a replayed transaction and a redelivered message harmless.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exhub_connect::mapping::{RowPosition, SnapshotMode};
-use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
-use exhub_connect::source::DriverError;
-use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_connect::outbox::{FLUSH_DOCS, Outbox};
+use exhub_connect::source::{DriverError, SourceCommon};
+use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher};
 use exhub_schemas::{Op, Registry};
 use futures_util::StreamExt as _;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -40,28 +39,12 @@ type BinlogItem = Result<(Event, Option<TableMapEvent<'static>>), mysql_async::E
 /// What the source needs to run (built by the `exhub` binary from routes.toml).
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
-    /// The source's name (`header.sender.system`).
-    pub name: String,
-    /// The publishing org.
-    pub org: String,
-    /// `mysql://user:password@host:port/database`.
-    pub url: String,
-    /// Snapshot mode.
-    pub snapshot: SnapshotMode,
-    /// Tables and their mappings.
-    pub tables: Vec<TableMapping>,
+    /// What every source is told.
+    pub common: SourceCommon,
     /// The replica server id it registers with (unique among the server's replicas).
     pub server_id: u32,
-    /// The checkpoint file.
-    pub checkpoint: PathBuf,
     /// Time zone of zone-less `DATETIME`s, seconds east of UTC (default: the server's).
     pub offset_secs: Option<i32>,
-    /// RabbitMQ URL (the org's own login).
-    pub amqp: String,
-    /// The exchange's AMQP names.
-    pub topology: Topology,
-    /// The AMQP user in that URL (`user_id` of every message).
-    pub amqp_user: String,
 }
 
 /// Why the source stopped.
@@ -165,20 +148,20 @@ pub struct MysqlSource {
 impl MysqlSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<MysqlSource, SourceError> {
-        let opts = Opts::from_url(&settings.url).map_err(|e| SourceError::Setup {
+        let opts = Opts::from_url(&settings.common.url).map_err(|e| SourceError::Setup {
             kind: "MySQL",
-            source_name: settings.name.clone(),
+            source_name: settings.common.name.clone(),
             message: format!("bad URL: {e}"),
         })?;
         let db = opts.db_name().unwrap_or_default().to_owned();
         if db.is_empty() {
             return Err(SourceError::Setup {
                 kind: "MySQL",
-                source_name: settings.name.clone(),
+                source_name: settings.common.name.clone(),
                 message: "the URL names no database (mysql://user@host:port/DATABASE)".into(),
             });
         }
-        let store = CheckpointStore::new(settings.checkpoint.clone());
+        let store = CheckpointStore::new(settings.common.checkpoint.clone());
         Ok(MysqlSource {
             settings,
             registry,
@@ -187,34 +170,19 @@ impl MysqlSource {
         })
     }
 
-    /// Who this source publishes as.
-    fn identity(&self) -> SourceIdentity {
-        let s = &self.settings;
-        SourceIdentity {
-            name: s.name.clone(),
-            org: s.org.clone(),
-            kind: "mysql",
-            db: self.db.clone(),
-            amqp_user: s.amqp_user.clone(),
-            topology: s.topology.clone(),
-        }
-    }
-
     /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`) or streams
     /// from the server's current position (mode `never`).
     pub fn reset(&self) -> Result<(), SourceError> {
-        tracing::info!(source = %self.settings.name, checkpoint = %self.store.path().display(), "checkpoint removed");
-        Ok(self.store.clear()?)
+        Ok(self.settings.common.forget_checkpoint()?)
     }
 
     /// Runs until `cancel` or an error that retrying cannot fix. Passing failures (the
     /// database or RabbitMQ restarting) are retried with backoff from the last checkpoint.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let s = &self.settings;
-        let mut retry = exhub_connect::source::Retry::new(&s.name, &s.amqp, &s.topology);
+        let mut retry = self.settings.common.retry();
         loop {
             let result = self.run_once(retry.publisher(), cancel).await;
-            if !retry.again(&s.name, result, cancel).await? {
+            if !retry.again(&self.settings.common.name, result, cancel).await? {
                 return Ok(());
             }
         }
@@ -235,14 +203,14 @@ impl MysqlSource {
         };
         let tables = self.describe(&mut conn, offset).await?;
         let mut state: State = self.store.load()?.unwrap_or_default();
-        let snapshot = match self.settings.snapshot {
+        let snapshot = match self.settings.common.snapshot {
             SnapshotMode::Never => false,
             SnapshotMode::Initial => state.binlog.is_none() || state.snapshot.is_some(),
             SnapshotMode::Always => true,
         };
-        let mut out = Outbox::new(self.identity(), publisher);
+        let mut out = Outbox::new(self.settings.common.identity("mysql", &self.db), publisher);
         if snapshot {
-            if self.settings.snapshot == SnapshotMode::Always && state.snapshot.is_none() {
+            if self.settings.common.snapshot == SnapshotMode::Always && state.snapshot.is_none() {
                 state.binlog = None;
             }
             self.snapshot(&mut conn, &tables, &mut state, &mut out, cancel).await?;
@@ -264,7 +232,7 @@ impl MysqlSource {
     }
 
     async fn connect(&self) -> Result<Conn, SourceError> {
-        let opts = Opts::from_url(&self.settings.url).map_err(|e| self.setup(format!("bad URL: {e}")))?;
+        let opts = Opts::from_url(&self.settings.common.url).map_err(|e| self.setup(format!("bad URL: {e}")))?;
         Conn::new(opts).await.map_err(|e| match &e {
             mysql_async::Error::Server(s) if s.code == 1045 => {
                 self.setup(format!("access denied: wrong user or password ({})", s.message))
@@ -338,7 +306,7 @@ impl MysqlSource {
     /// Checks every mapped table and column exists; builds the mappers.
     async fn describe(&self, conn: &mut Conn, offset: i32) -> Result<Vec<Table>, SourceError> {
         let mut tables = Vec::new();
-        for mapping in &self.settings.tables {
+        for mapping in &self.settings.common.tables {
             let columns: Vec<String> = conn
                 .exec(
                     "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -443,7 +411,7 @@ impl MysqlSource {
         }
         conn.query_drop("COMMIT").await.map_err(|e| self.mysql(e))?;
         if let Some(snap) = state.snapshot.take() {
-            tracing::info!(source = %self.settings.name, start = %snap.start, "snapshot complete; streaming");
+            tracing::info!(source = %self.settings.common.name, start = %snap.start, "snapshot complete; streaming");
             state.binlog = Some(snap.start);
         }
         self.store.save(state)?;
@@ -472,7 +440,7 @@ impl MysqlSource {
         let base = format!("SELECT {} FROM {}", select.join(", "), quote(name));
         let bar = exhub_connect::outbox::snapshot_progress(table.estimated_rows, name);
         tracing::info!(
-            source = %self.settings.name,
+            source = %self.settings.common.name,
             table = name,
             estimated_rows = table.estimated_rows,
             resume = after.is_some(),
@@ -529,7 +497,7 @@ impl MysqlSource {
         }
         bar.finish_and_clear();
         tracing::info!(
-            source = %self.settings.name,
+            source = %self.settings.common.name,
             table = name,
             rows = count,
             seconds = started.elapsed().as_secs_f64(),
@@ -576,7 +544,7 @@ impl MysqlSource {
                 }
             }
         }));
-        tracing::info!(source = %self.settings.name, position = %start, "streaming the binlog");
+        tracing::info!(source = %self.settings.common.name, position = %start, "streaming the binlog");
         let mut file = start.file.clone();
         // The boundary every row since belongs after: where a replica may resume.
         let mut boundary = start.clone();
@@ -685,7 +653,7 @@ impl MysqlSource {
                     Ok(Some(EventData::HeartbeatEvent)) => {}
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(source = %self.settings.name, error = %e, position = end, "undecodable binlog event skipped");
+                        tracing::warn!(source = %self.settings.common.name, error = %e, position = end, "undecodable binlog event skipped");
                     }
                 }
                 if committed {
@@ -699,7 +667,7 @@ impl MysqlSource {
                 if header.timestamp() > 0 && lag_logged.elapsed() >= Duration::from_secs(60) {
                     lag_logged = Instant::now();
                     let lag = exhub_schemas::time::unix_micros_now() / 1_000_000 - i64::from(header.timestamp());
-                    tracing::info!(source = %self.settings.name, position = %boundary, lag_seconds = lag, "streaming");
+                    tracing::info!(source = %self.settings.common.name, position = %boundary, lag_seconds = lag, "streaming");
                 }
             }
             if out.due() {
@@ -727,7 +695,7 @@ impl MysqlSource {
                  file), or set snapshot = \"always\" for one start",
                 self.store.path().display(),
                 s.message,
-                self.settings.name
+                self.settings.common.name
             )),
             mysql_async::Error::Server(s) if s.code == 1227 || s.code == 1045 => self.setup(format!(
                 "the user may not read the binlog: GRANT REPLICATION SLAVE, REPLICATION CLIENT (MariaDB: BINLOG MONITOR) \
@@ -741,7 +709,7 @@ impl MysqlSource {
     fn setup(&self, message: String) -> SourceError {
         SourceError::Setup {
             kind: "MySQL",
-            source_name: self.settings.name.clone(),
+            source_name: self.settings.common.name.clone(),
             message,
         }
     }
@@ -755,7 +723,7 @@ impl MysqlSource {
             )),
             _ => SourceError::Driver {
                 kind: "MySQL",
-                source_name: self.settings.name.clone(),
+                source_name: self.settings.common.name.clone(),
                 error: MysqlError(error),
             },
         }

@@ -15,15 +15,14 @@
 //! to its newest version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exhub_connect::mapping::{RowPosition, SnapshotMode};
-use exhub_connect::outbox::{FLUSH_DOCS, Outbox, SourceIdentity};
-use exhub_connect::source::DriverError;
-use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher, TableMapping, Topology};
+use exhub_connect::outbox::{FLUSH_DOCS, Outbox};
+use exhub_connect::source::{DriverError, SourceCommon};
+use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher};
 use exhub_schemas::{Op, Registry};
 use pg_walstream::protocol::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
@@ -51,30 +50,14 @@ const SESSION: [(&str, &str); 4] = [
 /// What the source needs to run (built by the `exhub` binary from routes.toml).
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
-    /// The source's name (`header.sender.system`).
-    pub name: String,
-    /// The publishing org.
-    pub org: String,
-    /// `postgres://user:password@host:port/database`.
-    pub url: String,
-    /// Snapshot mode.
-    pub snapshot: SnapshotMode,
-    /// Tables (`table` or `schema.table`) and their mappings.
-    pub tables: Vec<TableMapping>,
+    /// What every source is told.
+    pub common: SourceCommon,
     /// The logical replication slot (created when missing).
     pub slot: String,
     /// The publication (created for the mapped tables when missing; used as is otherwise).
     pub publication: String,
-    /// The checkpoint file.
-    pub checkpoint: PathBuf,
     /// Time zone of `timestamp without time zone` values, seconds east of UTC (default: UTC).
     pub offset_secs: Option<i32>,
-    /// RabbitMQ URL (the org's own login).
-    pub amqp: String,
-    /// The exchange's AMQP names.
-    pub topology: Topology,
-    /// The AMQP user in that URL (`user_id` of every message).
-    pub amqp_user: String,
     /// WAL retained by the slot above which a warning is logged.
     pub lag_warn_bytes: i64,
 }
@@ -197,17 +180,17 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<PostgresSource, SourceError> {
-        let connect = PgConnectOptions::from_str(&settings.url)
-            .map_err(|e| setup(&settings.name, format!("bad URL: {e}")))?
+        let connect = PgConnectOptions::from_str(&settings.common.url)
+            .map_err(|e| setup(&settings.common.name, format!("bad URL: {e}")))?
             .options(SESSION)
-            .application_name(&format!("exhub-source-{}", settings.name));
+            .application_name(&format!("exhub-source-{}", settings.common.name));
         if connect.get_database().is_none_or(str::is_empty) {
             return Err(setup(
-                &settings.name,
+                &settings.common.name,
                 "the URL names no database (postgres://user@host:port/DATABASE)".into(),
             ));
         }
-        let store = CheckpointStore::new(settings.checkpoint.clone());
+        let store = CheckpointStore::new(settings.common.checkpoint.clone());
         Ok(PostgresSource {
             settings,
             registry,
@@ -218,8 +201,7 @@ impl PostgresSource {
 
     /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`).
     pub fn reset(&self) -> Result<(), SourceError> {
-        tracing::info!(source = %self.settings.name, checkpoint = %self.store.path().display(), "checkpoint removed");
-        Ok(self.store.clear()?)
+        Ok(self.settings.common.forget_checkpoint()?)
     }
 
     /// Retires the source: drops its slot (so the server stops keeping WAL for it) and, when it
@@ -236,7 +218,7 @@ impl PostgresSource {
         match slot {
             Some((Some(pid),)) => {
                 return Err(setup(
-                    &s.name,
+                    &s.common.name,
                     format!("slot {} is in use by process {pid}: stop the source first", s.slot),
                 ));
             }
@@ -246,9 +228,9 @@ impl PostgresSource {
                     .execute(&mut db)
                     .await
                     .map_err(|e| self.pg(e))?;
-                tracing::info!(source = %s.name, slot = %s.slot, "replication slot dropped");
+                tracing::info!(source = %s.common.name, slot = %s.slot, "replication slot dropped");
             }
-            None => tracing::info!(source = %s.name, slot = %s.slot, "no such replication slot"),
+            None => tracing::info!(source = %s.common.name, slot = %s.slot, "no such replication slot"),
         }
         sqlx::query(AssertSqlSafe(format!(
             "DROP PUBLICATION IF EXISTS {}",
@@ -257,32 +239,19 @@ impl PostgresSource {
         .execute(&mut db)
         .await
         .map_err(|e| self.pg(e))?;
-        tracing::info!(source = %s.name, publication = %s.publication, "publication dropped");
+        tracing::info!(source = %s.common.name, publication = %s.publication, "publication dropped");
         self.reset()
     }
 
     /// Runs until `cancel` or an error that retrying cannot fix. Passing failures (PostgreSQL
     /// or RabbitMQ restarting) are retried with backoff from the slot's confirmed position.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let s = &self.settings;
-        let mut retry = exhub_connect::source::Retry::new(&s.name, &s.amqp, &s.topology);
+        let mut retry = self.settings.common.retry();
         loop {
             let result = self.run_once(retry.publisher(), cancel).await;
-            if !retry.again(&s.name, result, cancel).await? {
+            if !retry.again(&self.settings.common.name, result, cancel).await? {
                 return Ok(());
             }
-        }
-    }
-
-    fn identity(&self, db: &str) -> SourceIdentity {
-        let s = &self.settings;
-        SourceIdentity {
-            name: s.name.clone(),
-            org: s.org.clone(),
-            kind: "postgres",
-            db: db.to_owned(),
-            amqp_user: s.amqp_user.clone(),
-            topology: s.topology.clone(),
         }
     }
 
@@ -297,23 +266,23 @@ impl PostgresSource {
             .await
             .map_err(|e| self.repl(e))?;
         let database = self.connect.get_database().unwrap_or_default().to_owned();
-        let mut out = Outbox::new(self.identity(&database), publisher);
-        let wants_snapshot = match s.snapshot {
+        let mut out = Outbox::new(self.settings.common.identity("postgres", &database), publisher);
+        let wants_snapshot = match s.common.snapshot {
             SnapshotMode::Never => false,
             SnapshotMode::Initial => state.lsn.is_none() || state.snapshot.is_some(),
             SnapshotMode::Always => true,
         };
         let start = match slot {
             None => {
-                if state.lsn.is_some() && s.snapshot != SnapshotMode::Always {
+                if state.lsn.is_some() && s.common.snapshot != SnapshotMode::Always {
                     return Err(setup(
-                        &s.name,
+                        &s.common.name,
                         format!(
                             "replication slot {} is gone, so the changes since {} cannot be read. Take a new \
                              snapshot: `exhub source {} --reset` (the next start snapshots and creates the slot)",
                             s.slot,
                             state.lsn.as_deref().unwrap_or_default(),
-                            s.name
+                            s.common.name
                         ),
                     ));
                 }
@@ -334,9 +303,9 @@ impl PostgresSource {
                         .and_then(|r| r.get(i).cloned().flatten())
                         .map(|b| String::from_utf8_lossy(&b).into_owned())
                 };
-                let point =
-                    field(1).ok_or_else(|| setup(&s.name, "CREATE_REPLICATION_SLOT returned no position".into()))?;
-                tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %point, "replication slot created");
+                let point = field(1)
+                    .ok_or_else(|| setup(&s.common.name, "CREATE_REPLICATION_SLOT returned no position".into()))?;
+                tracing::info!(source = %s.common.name, slot = %s.slot, consistent_point = %point, "replication slot created");
                 state.snapshot = None;
                 if wants_snapshot {
                     self.begin_snapshot(&mut state, &point);
@@ -360,14 +329,14 @@ impl PostgresSource {
             return Ok(());
         }
         if let Some(snap) = state.snapshot.take() {
-            tracing::info!(source = %s.name, start = %snap.start, "snapshot complete; streaming");
+            tracing::info!(source = %s.common.name, start = %snap.start, "snapshot complete; streaming");
         }
         state.lsn = Some(start.clone());
         self.store.save(&state)?;
         // The gated session served the slot commands; streaming needs one that starts at the
         // checkpoint.
         drop(repl);
-        let start = Lsn::parse(&start).map_err(|e| setup(&s.name, format!("bad LSN {start}: {}", e.0)))?;
+        let start = Lsn::parse(&start).map_err(|e| setup(&s.common.name, format!("bad LSN {start}: {}", e.0)))?;
         self.stream(&mut db, start, &tables, &mut state, &mut out, cancel).await
     }
 
@@ -386,10 +355,10 @@ impl PostgresSource {
             sqlx::Error::Database(d)
                 if d.code().as_deref() == Some("28P01") || d.code().as_deref() == Some("28000") =>
             {
-                setup(&self.settings.name, format!("access denied: {}", d.message()))
+                setup(&self.settings.common.name, format!("access denied: {}", d.message()))
             }
             sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000") => {
-                setup(&self.settings.name, format!("no such database: {}", d.message()))
+                setup(&self.settings.common.name, format!("no such database: {}", d.message()))
             }
             _ => self.pg(e),
         })
@@ -397,7 +366,7 @@ impl PostgresSource {
 
     fn replication_config(&self, start: Lsn) -> Result<ReplicationConfig, SourceError> {
         let s = &self.settings;
-        let url = url::Url::parse(&s.url).map_err(|e| setup(&s.name, format!("bad URL: {e}")))?;
+        let url = url::Url::parse(&s.common.url).map_err(|e| setup(&s.common.name, format!("bad URL: {e}")))?;
         let decode = |v: &str| {
             url::form_urlencoded::parse(format!("v={v}").as_bytes())
                 .next()
@@ -427,7 +396,7 @@ impl PostgresSource {
         .with_status_interval(STATUS_INTERVAL)
         .with_wakeup_interval(STATUS_INTERVAL)
         .with_options(options.join(" "))
-        .with_application_name(format!("exhub-source-{}", s.name)))
+        .with_application_name(format!("exhub-source-{}", s.common.name)))
     }
 
     /// Checks the server and the tables; names the cause of whatever is missing.
@@ -439,7 +408,7 @@ impl PostgresSource {
             .map_err(|e| self.pg(e))?;
         if wal_level != "logical" {
             return Err(setup(
-                &s.name,
+                &s.common.name,
                 format!(
                     "wal_level is {wal_level}; logical replication needs wal_level = logical \
                      (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
@@ -454,7 +423,7 @@ impl PostgresSource {
         .map_err(|e| self.pg(e))?;
         if !may_replicate {
             return Err(setup(
-                &s.name,
+                &s.common.name,
                 format!(
                     "permission denied: role {user} lacks the REPLICATION attribute (ALTER ROLE {user} REPLICATION)"
                 ),
@@ -462,7 +431,7 @@ impl PostgresSource {
         }
         let offset = s.offset_secs.unwrap_or(0);
         let mut tables = Vec::new();
-        for mapping in &s.tables {
+        for mapping in &s.common.tables {
             let (schema, name) = match mapping.table.split_once('.') {
                 Some((schema, name)) => (schema.to_owned(), name.to_owned()),
                 None => ("public".to_owned(), mapping.table.clone()),
@@ -478,11 +447,11 @@ impl PostgresSource {
             .await
             .map_err(|e| self.pg(e))?;
             let Some((oid, identity, may_select, reltuples)) = found else {
-                return Err(setup(&s.name, format!("table {schema}.{name} does not exist")));
+                return Err(setup(&s.common.name, format!("table {schema}.{name} does not exist")));
             };
             if !may_select {
                 return Err(setup(
-                    &s.name,
+                    &s.common.name,
                     format!("permission denied: GRANT SELECT ON {schema}.{name} TO {user}"),
                 ));
             }
@@ -517,7 +486,7 @@ impl PostgresSource {
             };
             if !usable {
                 return Err(setup(
-                    &s.name,
+                    &s.common.name,
                     format!(
                         "table {schema}.{name} has no usable key for deletes and updates (REPLICA IDENTITY {}): \
                          add a primary key, or ALTER TABLE {schema}.{name} REPLICA IDENTITY USING INDEX … / FULL",
@@ -533,7 +502,7 @@ impl PostgresSource {
                 && let Some(k) = mapping.key.iter().find(|k| !identity_columns.contains(k))
             {
                 return Err(setup(
-                    &s.name,
+                    &s.common.name,
                     format!(
                         "table {schema}.{name}: key column {k} is not in the table's replica identity, so deletes \
                          would not carry it (make the mapping's key the primary key, or REPLICA IDENTITY FULL)"
@@ -544,7 +513,7 @@ impl PostgresSource {
             let column = |c: &str| {
                 all.get(c)
                     .map(|(col, _)| col.clone())
-                    .ok_or_else(|| setup(&s.name, format!("table {schema}.{name} has no column {c}")))
+                    .ok_or_else(|| setup(&s.common.name, format!("table {schema}.{name} has no column {c}")))
             };
             let columns = mapper.columns().map(column).collect::<Result<Vec<_>, _>>()?;
             let key = mapping.key.iter().map(|k| column(k)).collect::<Result<Vec<_>, _>>()?;
@@ -581,7 +550,7 @@ impl PostgresSource {
                 .await
                 .map_err(|e| match e {
                     sqlx::Error::Database(d) if d.code().as_deref() == Some("42501") => setup(
-                        &s.name,
+                        &s.common.name,
                         format!(
                             "permission denied creating the publication ({}): have the tables' owner run `{sql}`",
                             d.message()
@@ -589,7 +558,7 @@ impl PostgresSource {
                     ),
                     e => self.pg(e),
                 })?;
-            tracing::info!(source = %s.name, publication = %s.publication, tables = list.len(), "publication created");
+            tracing::info!(source = %s.common.name, publication = %s.publication, tables = list.len(), "publication created");
             return Ok(());
         }
         let published: Vec<(String, String)> =
@@ -600,7 +569,7 @@ impl PostgresSource {
                 .map_err(|e| self.pg(e))?;
         if let Some(t) = tables.iter().find(|t| !published.contains(&t.names)) {
             return Err(setup(
-                &s.name,
+                &s.common.name,
                 format!(
                     "publication {} does not publish {}.{} (ALTER PUBLICATION {} ADD TABLE {})",
                     s.publication, t.names.0, t.names.1, s.publication, t.qualified
@@ -627,7 +596,7 @@ impl PostgresSource {
         let ours = self.connect.get_database().unwrap_or_default();
         if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(ours) {
             return Err(setup(
-                &s.name,
+                &s.common.name,
                 format!(
                     "slot {} exists but is not a pgoutput slot of database {ours} (plugin {plugin:?}, database {database:?}): \
                      configure another slot name",
@@ -650,7 +619,7 @@ impl PostgresSource {
         out: &mut Outbox<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
-        let name = &self.settings.name;
+        let name = &self.settings.common.name;
         if let Some(snap) = state.snapshot.as_mut()
             && export.is_none()
         {
@@ -774,10 +743,10 @@ impl PostgresSource {
             if cancel.is_cancelled() {
                 return Ok(false);
             }
-            tracing::debug!(source = %self.settings.name, table = %t, rows = done_rows, "snapshot chunk");
+            tracing::debug!(source = %self.settings.common.name, table = %t, rows = done_rows, "snapshot chunk");
         }
         bar.finish_and_clear();
-        tracing::info!(source = %self.settings.name, table = %t, rows = done_rows, "snapshot of table done");
+        tracing::info!(source = %self.settings.common.name, table = %t, rows = done_rows, "snapshot of table done");
         Ok(true)
     }
 
@@ -797,7 +766,7 @@ impl PostgresSource {
             .await
             .map_err(|e| self.repl(e))?;
         repl.wait_started().await.map_err(|e| self.repl(e))?;
-        tracing::info!(source = %s.name, slot = %s.slot, position = %start, "streaming the slot");
+        tracing::info!(source = %s.common.name, slot = %s.slot, position = %start, "streaming the slot");
         let mut parser = LogicalReplicationParser::with_protocol_version(1);
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut tx: Option<Tx> = None;
@@ -844,7 +813,9 @@ impl PostgresSource {
                     }
                     ReplicationEvent::XLogData { data, .. } => match parser.parse_wal_message(&data) {
                         Ok(m) => self.change(m.message, tables, &mut relations, tx.as_mut(), out),
-                        Err(e) => tracing::warn!(source = %s.name, error = %e, "undecodable pgoutput message skipped"),
+                        Err(e) => {
+                            tracing::warn!(source = %s.common.name, error = %e, "undecodable pgoutput message skipped")
+                        }
                     },
                     ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
                 },
@@ -865,7 +836,7 @@ impl PostgresSource {
                 slot_at = Some(Instant::now());
                 match self.read_slot(db).await {
                     Ok(r) => state.slot = Some(r),
-                    Err(e) => tracing::warn!(source = %s.name, error = %e, "slot statistics unavailable"),
+                    Err(e) => tracing::warn!(source = %s.common.name, error = %e, "slot statistics unavailable"),
                 }
             }
         }
@@ -956,7 +927,7 @@ impl PostgresSource {
                 self.row(tables, relations, relation_id, Op::Delete, &old_tuple, None, tx, out);
             }
             LogicalReplicationMessage::Truncate { .. } => {
-                tracing::warn!(source = %self.settings.name, "TRUNCATE on a published table is not propagated");
+                tracing::warn!(source = %self.settings.common.name, "TRUNCATE on a published table is not propagated");
             }
             _ => {}
         }
@@ -1031,7 +1002,7 @@ impl PostgresSource {
         };
         if reading.retained_bytes > s.lag_warn_bytes {
             tracing::warn!(
-                source = %s.name,
+                source = %s.common.name,
                 slot = %s.slot,
                 retained_bytes = reading.retained_bytes,
                 lag_bytes = reading.lag_bytes,
@@ -1040,7 +1011,7 @@ impl PostgresSource {
                  the server's disk fills if this goes on (retire a source with --drop-slot)"
             );
         } else {
-            tracing::info!(source = %s.name, slot = %s.slot, retained_bytes = reading.retained_bytes, lag_bytes = reading.lag_bytes, "slot");
+            tracing::info!(source = %s.common.name, slot = %s.slot, retained_bytes = reading.retained_bytes, lag_bytes = reading.lag_bytes, "slot");
         }
         Ok(reading)
     }
@@ -1048,20 +1019,21 @@ impl PostgresSource {
     fn pg(&self, error: sqlx::Error) -> SourceError {
         SourceError::Driver {
             kind: KIND,
-            source_name: self.settings.name.clone(),
+            source_name: self.settings.common.name.clone(),
             error: PgError::Sql(error),
         }
     }
 
     fn repl(&self, error: PgWireError) -> SourceError {
         match &error {
-            PgWireError::Auth(m) => setup(&self.settings.name, format!("access denied: {m}")),
-            PgWireError::Server(m) if m.contains("42501") => {
-                setup(&self.settings.name, format!("permission denied for replication: {m}"))
-            }
+            PgWireError::Auth(m) => setup(&self.settings.common.name, format!("access denied: {m}")),
+            PgWireError::Server(m) if m.contains("42501") => setup(
+                &self.settings.common.name,
+                format!("permission denied for replication: {m}"),
+            ),
             _ => SourceError::Driver {
                 kind: KIND,
-                source_name: self.settings.name.clone(),
+                source_name: self.settings.common.name.clone(),
                 error: PgError::Replication(error),
             },
         }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
+use exhub_connect::source::SourceCommon;
 use exhub_hub::config::{Config, DbSink, DbSource, SourceConfig, SubscriberConfig, parse_offset};
 use exhub_hub::pipeline::{Hub, amqp_user};
 use exhub_hub::secret::SecretUrl;
@@ -177,22 +178,25 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
         None => None,
     };
     let registry = Arc::clone(&loaded.registry);
+    let common = SourceCommon {
+        name: s.name.clone(),
+        org: s.org.clone(),
+        url: s.url.expose().to_owned(),
+        snapshot: s.snapshot,
+        tables: s.tables.clone(),
+        checkpoint,
+        amqp: amqp.expose().to_owned(),
+        topology: config.hub.topology(),
+        amqp_user: amqp_user(amqp),
+    };
     match source {
         SourceConfig::Mysql(_) => {
             let settings = SourceSettings {
-                name: s.name.clone(),
-                org: s.org.clone(),
-                url: s.url.expose().to_owned(),
-                snapshot: s.snapshot,
-                tables: s.tables.clone(),
+                common,
                 server_id: s
                     .server_id
                     .unwrap_or_else(|| server_id(&format!("{}\n{}", s.name, s.url.expose()))),
-                checkpoint,
                 offset_secs,
-                amqp: amqp.expose().to_owned(),
-                topology: config.hub.topology(),
-                amqp_user: amqp_user(amqp),
             };
             let source = MysqlSource::new(settings, registry)?;
             Ok(Source::Mysql(Box::new(source), s.name.clone()))
@@ -211,18 +215,10 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
                     .collect::<String>()
             );
             let settings = exhub_postgres::SourceSettings {
-                name: s.name.clone(),
-                org: s.org.clone(),
-                url: s.url.expose().to_owned(),
-                snapshot: s.snapshot,
-                tables: s.tables.clone(),
+                common,
                 slot: s.slot.clone().unwrap_or_else(|| default_name.clone()),
                 publication: s.publication.clone().unwrap_or(default_name),
-                checkpoint,
                 offset_secs,
-                amqp: amqp.expose().to_owned(),
-                topology: config.hub.topology(),
-                amqp_user: amqp_user(amqp),
                 lag_warn_bytes: i64::try_from(s.lag_warn_mb.unwrap_or(1024).saturating_mul(1 << 20))
                     .unwrap_or(i64::MAX),
             };
@@ -231,17 +227,9 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
         }
         SourceConfig::Mssql(_) => {
             let settings = exhub_mssql::SourceSettings {
-                name: s.name.clone(),
-                org: s.org.clone(),
-                url: s.url.expose().to_owned(),
-                snapshot: s.snapshot,
-                tables: s.tables.clone(),
-                checkpoint,
+                common,
                 offset_secs: offset_secs.unwrap_or(0),
                 poll: std::time::Duration::from_millis(s.poll_ms.unwrap_or(1000).max(10)),
-                amqp: amqp.expose().to_owned(),
-                topology: config.hub.topology(),
-                amqp_user: amqp_user(amqp),
             };
             let source = MssqlSource::new(settings, registry)?;
             Ok(Source::Mssql(Box::new(source), s.name.clone()))
