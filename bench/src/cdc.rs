@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use exhub_connect::{Topology, amqp};
 use sqlx::Connection as _;
 
-use crate::procs::{AMQP, Exhub, Flags};
+use crate::procs::{AMQP, Exhub, Flags, routes_toml};
 
 const MYSQL: &str = "mysql://root@127.0.0.1:3306";
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
@@ -319,25 +319,5 @@ fn routes(legacy: Legacy, name: &str, archive: &str, workers: usize) -> String {
     }
     .replace("LEGACY_DB", name)
     .replace("TARGET_DB", name);
-    format!(
-        r#"[hub]
-amqp = "{AMQP}"
-archive = "{archive}"
-prefix = "{name}"
-workers = {workers}
-
-[[org]]
-id = "nanhai.tax"
-name = "南海区税务局"
-publishes = ["tax.registration"]
-amqp_user = "guest"
-
-[[org]]
-id = "nanhai.commerce"
-name = "南海区市场监督管理局"
-publishes = ["commerce.business_license"]
-amqp_user = "guest"
-
-{graph}"#
-    )
+    routes_toml(archive, name, workers, &graph)
 }

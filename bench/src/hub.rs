@@ -26,7 +26,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::procs::{AMQP, Exhub, Flags};
+use crate::procs::{AMQP, Exhub, Flags, routes_toml};
 
 const SUBSCRIBER: &str = "bench";
 
@@ -257,22 +257,8 @@ async fn run_hub(dir: &Path, docs: &[(String, Vec<u8>)], batch: usize, workers: 
     let t = topology().await?;
     let config = dir.join(format!("routes-{}.toml", t.prefix()));
     let archive = dir.join(format!("archive-{}.db", t.prefix()));
-    std::fs::write(
-        &config,
-        format!(
-            r#"[hub]
-amqp = "{AMQP}"
-archive = "sqlite://{}"
-prefix = "{}"
-workers = {workers}
-
-[[org]]
-id = "nanhai.tax"
-name = "南海区税务局"
-publishes = ["tax.registration"]
-amqp_user = "guest"
-
-[[subscriber]]
+    let graph = format!(
+        r#"[[subscriber]]
 name = "{SUBSCRIBER}"
 org = "nanhai.tax"
 kind = "amqp"
@@ -281,11 +267,10 @@ kind = "amqp"
 name = "all"
 doc_types = ["tax.registration"]
 to = ["{SUBSCRIBER}"]
-"#,
-            archive.display(),
-            t.prefix()
-        ),
-    )?;
+"#
+    );
+    let archive = format!("sqlite://{}", archive.display());
+    std::fs::write(&config, routes_toml(&archive, t.prefix(), workers, &graph))?;
     preload(&t, docs, batch).await?;
     let started = Instant::now();
     let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;

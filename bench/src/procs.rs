@@ -12,6 +12,33 @@ use anyhow::{Context as _, Result, bail};
 /// The local broker, as scripts/services.sh leaves it.
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// A routes.toml for a benchmark: a hub with `workers` workers archiving at `archive` under AMQP
+/// prefix `prefix`, the tax and commerce orgs (both publishing as `guest`), and `graph`
+/// (sources, subscribers, routes).
+pub fn routes_toml(archive: &str, prefix: &str, workers: usize, graph: &str) -> String {
+    format!(
+        r#"[hub]
+amqp = "{AMQP}"
+archive = "{archive}"
+prefix = "{prefix}"
+workers = {workers}
+
+[[org]]
+id = "nanhai.tax"
+name = "南海区税务局"
+publishes = ["tax.registration"]
+amqp_user = "guest"
+
+[[org]]
+id = "nanhai.commerce"
+name = "南海区市场监督管理局"
+publishes = ["commerce.business_license"]
+amqp_user = "guest"
+
+{graph}"#
+    )
+}
+
 /// `--name value` flags, taken one by one; [`Flags::done`] refuses the ones nobody took.
 pub struct Flags(BTreeMap<String, String>);
 
