@@ -21,8 +21,8 @@ struct Cdc {
 
 /// A running `exhub` process.
 impl Cdc {
-    /// A fresh legacy CTAIS database (with the example seed), a fresh target, and an exchange
-    /// whose source `tax` reads the one and whose sink `mirror` writes the other.
+    /// A fresh legacy CTAIS database in MariaDB (with the example seed when `seed`), a fresh
+    /// PostgreSQL target, and the exchange between them.
     fn new(tag: &str, seed: bool) -> Cdc {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let legacy = format!("ctais_{}", &id[id.len() - 12..]);
@@ -34,20 +34,11 @@ impl Cdc {
         }
         psql(&format!("CREATE DATABASE {target}"));
         pg_file(&target, "examples/legacy/commerce_mirror.sql");
-        let graph = exchange_graph("examples/legacy/cdc-mysql.toml", &legacy, &target);
-        let exchange = Exchange::new(tag, ArchiveKind::Sqlite, "", &graph);
-        Cdc {
-            exchange,
-            legacy,
-            target,
-            from_postgres: false,
-            procs: Vec::new(),
-        }
+        Cdc::between(tag, legacy, target, false)
     }
 
     /// A fresh legacy commerce database in PostgreSQL (with the example seed), a fresh MariaDB
-    /// target, and an exchange whose source `commerce` reads the one and whose sink `mirror`
-    /// writes the other.
+    /// target, and the exchange between them.
     fn from_postgres(tag: &str) -> Cdc {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let legacy = format!("scjg_{}", &id[id.len() - 12..]);
@@ -57,13 +48,26 @@ impl Cdc {
         pg_file(&legacy, "examples/legacy/commerce_saic_seed.sql");
         mysql_root(&format!("CREATE DATABASE {target} DEFAULT CHARSET utf8mb4"));
         mysql_file(&target, "examples/legacy/tax_mirror.sql");
-        let graph = exchange_graph("examples/legacy/cdc-postgres.toml", &legacy, &target);
-        let exchange = Exchange::new(tag, ArchiveKind::Sqlite, "", &graph);
+        Cdc::between(tag, legacy, target, true)
+    }
+
+    /// The exchange of examples/legacy/cdc-*.toml between two fresh databases: source `legacy`
+    /// reads the one, sink `mirror` writes the other.
+    fn between(tag: &str, legacy: String, target: String, from_postgres: bool) -> Cdc {
+        let template = if from_postgres {
+            "cdc-postgres.toml"
+        } else {
+            "cdc-mysql.toml"
+        };
+        let graph = std::fs::read_to_string(root().join("examples/legacy").join(template))
+            .unwrap()
+            .replace("LEGACY_DB", &legacy)
+            .replace("TARGET_DB", &target);
         Cdc {
-            exchange,
+            exchange: Exchange::new(tag, ArchiveKind::Sqlite, "", &graph),
             legacy,
             target,
-            from_postgres: true,
+            from_postgres,
             procs: Vec::new(),
         }
     }
@@ -262,14 +266,6 @@ impl Drop for Cdc {
             .arg(format!("DROP DATABASE IF EXISTS {in_postgres} WITH (FORCE)"))
             .status();
     }
-}
-
-/// An exchange template of examples/legacy with its databases filled in.
-fn exchange_graph(file: &str, legacy: &str, target: &str) -> String {
-    std::fs::read_to_string(root().join(file))
-        .unwrap()
-        .replace("LEGACY_DB", legacy)
-        .replace("TARGET_DB", target)
 }
 
 fn mysql_root(sql: &str) {
