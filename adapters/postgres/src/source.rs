@@ -88,7 +88,9 @@ impl DriverError for PgError {
                 PgWireError::Io(_) | PgWireError::Task(_) => true,
                 // Shutting down, connection failures, and a slot still held by the walsender of
                 // a predecessor that died (it lets go once the server notices).
-                PgWireError::Server(m) => m.contains("57P0") || m.contains("08") || m.contains("55006"),
+                PgWireError::Server(m) => ["(SQLSTATE 57P0", "(SQLSTATE 08", "(SQLSTATE 55006)"]
+                    .iter()
+                    .any(|code| m.contains(code)),
                 _ => false,
             },
         }
@@ -1027,7 +1029,7 @@ impl PostgresSource {
     fn repl(&self, error: PgWireError) -> SourceError {
         match &error {
             PgWireError::Auth(m) => setup(&self.settings.common.name, format!("access denied: {m}")),
-            PgWireError::Server(m) if m.contains("42501") => setup(
+            PgWireError::Server(m) if m.contains("(SQLSTATE 42501)") => setup(
                 &self.settings.common.name,
                 format!("permission denied for replication: {m}"),
             ),
