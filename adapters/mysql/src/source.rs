@@ -520,6 +520,13 @@ impl MysqlSource {
         conn.query_drop(format!("SET @master_heartbeat_period = {period}"))
             .await
             .map_err(|e| self.mysql(e))?;
+        // Whether events carry a CRC32: the server's first (fake) rotate event comes before the
+        // format description that tells the reader so, and then still has it on its name.
+        let checksummed: Option<i64> = conn
+            .query_first("SELECT @@GLOBAL.binlog_checksum <> 'NONE'")
+            .await
+            .map_err(|e| self.mysql(e))?;
+        let checksummed = checksummed == Some(1);
         let by_name: HashMap<&str, &Table> = tables.iter().map(|t| (t.mapper.table(), t)).collect();
         let request = BinlogStreamRequest::new(self.settings.server_id)
             .with_filename(start.file.as_bytes())
@@ -546,6 +553,7 @@ impl MysqlSource {
         }));
         tracing::info!(source = %self.settings.common.name, position = %start, "streaming the binlog");
         let mut file = start.file.clone();
+        let mut seen_format = false;
         // The boundary every row since belongs after: where a replica may resume.
         let mut boundary = start.clone();
         let mut seq = 0u64;
@@ -583,8 +591,9 @@ impl MysqlSource {
                 // Whether this event ends a transaction: the boundary moves past it.
                 let mut committed = false;
                 match event.read_data() {
+                    Ok(Some(EventData::FormatDescriptionEvent(_))) => seen_format = true,
                     Ok(Some(EventData::RotateEvent(r))) => {
-                        file = binlog_name(&r.name());
+                        file = binlog_name(r.name_raw(), checksummed && !seen_format);
                         if !in_tx {
                             boundary = BinlogPos {
                                 file: file.clone(),
@@ -774,25 +783,18 @@ fn key_text(key: &[KeyValue]) -> String {
         .join("\u{1f}")
 }
 
-/// A binlog file name as a rotate event gives it. The server's first (fake) rotate event comes
-/// before the format description, so its checksum is still attached to the name: keep
-/// `base.NNNNNN` and drop what follows the number.
-fn binlog_name(raw: &str) -> String {
-    let clean: String = raw
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .collect();
-    match clean.rsplit_once('.') {
-        Some((base, rest)) => {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            if digits.is_empty() {
-                clean
-            } else {
-                format!("{base}.{digits}")
-            }
-        }
-        None => clean,
-    }
+/// A binlog file name as a rotate event gives it. The server's first rotate event (the
+/// artificial one naming the file streaming starts in; MariaDB gives it the start position, so
+/// it is not "fake" by position) comes before the format description, so when the binlog is
+/// checksummed its 4-byte CRC32 is still attached to the name (`checksummed`): it is cut by
+/// length, since its bytes may well be digits or letters that a name could also end with.
+fn binlog_name(raw: &[u8], checksummed: bool) -> String {
+    let name = if checksummed {
+        &raw[..raw.len().saturating_sub(4)]
+    } else {
+        raw
+    };
+    String::from_utf8_lossy(name).into_owned()
 }
 
 /// A quoted identifier.
@@ -806,8 +808,11 @@ mod tests {
 
     #[test]
     fn binlog_names_lose_a_trailing_checksum() {
-        assert_eq!(binlog_name("mysql-bin.000001"), "mysql-bin.000001");
-        assert_eq!(binlog_name("mysql-bin.000001Q|GG"), "mysql-bin.000001");
-        assert_eq!(binlog_name("binlog.000123\u{7}\u{0}"), "binlog.000123");
+        assert_eq!(binlog_name(b"mysql-bin.000001", false), "mysql-bin.000001");
+        assert_eq!(binlog_name(b"mysql-bin.000001Q|GG", true), "mysql-bin.000001");
+        assert_eq!(binlog_name(b"binlog.000123\x07\x00\xff\x12", true), "binlog.000123");
+        // A checksum whose first byte is a digit (CI met `mysql-bin.000004` + "2…": the old
+        // character heuristic read `mysql-bin.0000042`, a file that does not exist).
+        assert_eq!(binlog_name(b"mysql-bin.0000042\x9a\x01\xc3", true), "mysql-bin.000004");
     }
 }
