@@ -110,13 +110,18 @@ async fn routes_filters_masks_and_encodes(archive: ArchiveKind) {
         Some(exhub_schemas::canonical::content_hash(&doc))
     );
 
-    // The archive has all three, with their delivery status per subscriber.
-    let search = ex.exhub(&[
-        "archive",
-        "search",
-        "--key",
-        &format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(1)),
-    ]);
+    // The archive has all three, with their delivery status per subscriber. The hub records
+    // a delivery once the broker confirmed the copy, which a subscriber may already have
+    // taken: wait for the record, then check it.
+    let key = format!("taxpayer_id={}", exhub_schemas::samples::taxpayer_id(1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let search = loop {
+        let search = ex.exhub(&["archive", "search", "--key", &key]);
+        if !stdout(&search).contains(":pending") || std::time::Instant::now() > deadline {
+            break search;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let lines = stdout(&search);
     assert!(search.status.success(), "{}", String::from_utf8_lossy(&search.stderr));
     assert_eq!(lines.lines().count(), 1, "{lines}");
