@@ -31,6 +31,9 @@ rm -rf exhub-state   # the databases are new: so is the source's checkpoint
 echo; echo "== exhub check (routes.toml: 4 departments, 3 sources, 3 subscribers, 3 routes)"
 $exhub check
 
+echo; echo "== exhub provision: vhost exhub, the hub's user, one least-privilege user per department"
+$exhub provision | tail -1
+
 # Fresh ids, so that each run's documents are new to the archive (it deduplicates on id).
 fresh() { sed -E "0,/\"id\": \"[^\"]+\"|<id>[^<]+<\/id>/s//$(printf '"id": "%s"' "$(cat /proc/sys/kernel/random/uuid)")/" "$1"; }
 sed -E "0,/<id>[^<]+<\/id>/s//<id>$(cat /proc/sys/kernel/random/uuid)<\/id>/" \
@@ -77,9 +80,8 @@ mysql -uroot si_legacy -e "INSERT INTO si_cbdj VALUES ('SI4406052026000904', '44
 wait_for 'taxm "SELECT count(*) FROM social_security_enrollment WHERE contribution_base = 6100.00 OR enrollment_id = '"'"'SI4406052026000904'"'"'"' 2
 mysql -uroot tax_mirror -e "SELECT enrollment_id, person_name, insurance_types, contribution_base FROM social_security_enrollment ORDER BY enrollment_id"
 
-echo; echo "== exhub publish: the commerce bureau publishes a licence by hand, as its own AMQP user"
-EXHUB_AMQP_URL='amqp://nanhai.commerce:demo-nanhai.commerce@127.0.0.1:5672/%2f' \
-  $exhub publish --as nanhai.commerce "$tmp/licence.xml"
+echo; echo "== exhub publish: the commerce bureau publishes a licence by hand, as its own AMQP user (password file from exhub provision)"
+$exhub publish --as nanhai.commerce "$tmp/licence.xml"
 wait_for 'taxm "SELECT count(*) FROM business_license WHERE credit_code = '"'"'91440605MA51RD2K7Y'"'"'"' 1
 echo "it reached the tax mirror too."
 
@@ -90,8 +92,7 @@ cat "$tmp/tail.out"
 echo; echo "== a forged document: the commerce bureau's user sends a tax registration"
 fresh examples/documents/tax.registration.json > "$tmp/forged.json"
 forged_id=$(grep -oE '"id": "[^"]+"' "$tmp/forged.json" | head -1 | cut -d'"' -f4)
-EXHUB_AMQP_URL='amqp://nanhai.commerce:demo-nanhai.commerce@127.0.0.1:5672/%2f' \
-  $exhub publish --as nanhai.commerce "$tmp/forged.json"
+$exhub publish --as nanhai.commerce "$tmp/forged.json"
 for _ in $(seq 1 100); do $exhub dlq list | grep -q "$forged_id" && break; sleep 0.1; done
 echo "== exhub dlq list (the hub refused it, with its reason):"
 $exhub dlq list | grep -E "$forged_id|shown"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes a machine of kind rust-svc ready for exhub, idempotently, and fast when already ready:
-#   - RabbitMQ running (127.0.0.1:5672, guest/guest)
+#   - RabbitMQ running (127.0.0.1:5672, guest/guest) with the management API (127.0.0.1:15672)
 #   - PostgreSQL running with wal_level=logical and room for replication slots/senders
 #   - MariaDB running with the binlog on, ROW format, FULL row image and row metadata, a server_id
 #   - xmllint (libxml2-utils), used by the XSD tests
@@ -32,17 +32,13 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   rabbitmq-server -detached
 fi
 rabbitmqctl -q await_startup >/dev/null
-# The demo exchange's orgs publish as their own RabbitMQ users (routes.toml: amqp_user defaults
-# to the org id), so that the hub's authentication is real: RabbitMQ verifies each message's
-# user_id against the login. Demo passwords only; they may use the exhub.* resources.
-existing=$(rabbitmqctl -q list_users 2>/dev/null | awk '{print $1}')
-for org in nanhai.tax nanhai.commerce nanhai.social nanhai.science; do
-  if ! grep -qx "$org" <<<"$existing"; then
-    log "creating RabbitMQ user $org (demo)"
-    rabbitmqctl -q add_user "$org" "demo-$org" >/dev/null
-    rabbitmqctl -q set_permissions -p / "$org" '^exhub\..*' '^exhub\..*' '^exhub\..*' >/dev/null
-  fi
-done
+# The management API: `exhub provision` creates the exchange's vhost, the hub's user and one
+# least-privilege user per org through it (from routes.toml; nothing is created here).
+if ! rabbitmq-plugins -q is_enabled rabbitmq_management >/dev/null 2>&1; then
+  log "enabling the RabbitMQ management plugin"
+  rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+fi
+wait_for 60 "the RabbitMQ management API" curl -sf -u guest:guest http://127.0.0.1:15672/api/overview
 log "RabbitMQ ready"
 
 # ---- PostgreSQL --------------------------------------------------------------------------

@@ -116,6 +116,7 @@ impl Bench {
         };
         let config = dir.join("routes.toml");
         std::fs::write(&config, routes(legacy, &name, &archive, workers))?;
+        crate::procs::provision(&config)?;
         Ok(Bench {
             legacy,
             name,

@@ -26,7 +26,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::procs::{AMQP, Exhub, Flags, routes_toml};
+use crate::procs::{AMQP, Exhub, Flags, login, provision, routes_toml};
 
 const SUBSCRIBER: &str = "bench";
 
@@ -100,9 +100,10 @@ async fn cleanup(t: &Topology) -> Result<()> {
     Ok(())
 }
 
-/// Fills the ingress queue: `batch` documents per message.
-async fn preload(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize) -> Result<()> {
-    let mut publisher = Publisher::new(AMQP, "exhub-bench-preload", Declare::Ingress(t.clone()));
+/// Fills the ingress queue: `batch` documents per message, published by AMQP user `user`
+/// logging in with `url`.
+async fn preload(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize, url: &str, user: &str) -> Result<()> {
+    let mut publisher = Publisher::new(url, "exhub-bench-preload", Declare::Ingress(t.clone()));
     let cancel = CancellationToken::new();
     for chunk in docs.chunks(5_000) {
         let messages: Vec<Outgoing> = chunk
@@ -115,13 +116,13 @@ async fn preload(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize) -> Resu
                         .with_content_type("application/json".into())
                         .with_message_id(id.as_str().into())
                         .with_type("tax.registration".into())
-                        .with_user_id("guest".into());
+                        .with_user_id(user.into());
                     (d.clone(), props)
                 } else {
                     let bodies: Vec<&[u8]> = group.iter().map(|(_, d)| d.as_slice()).collect();
                     (
                         wire::encode_batch(Encoding::Json, &bodies),
-                        wire::batch_properties(Encoding::Json, group.len(), "guest"),
+                        wire::batch_properties(Encoding::Json, group.len(), user),
                     )
                 };
                 Outgoing {
@@ -173,7 +174,7 @@ async fn drain(t: &Topology, want: u64) -> Result<()> {
 /// The raw relay: as many workers as the hub, same batching, same confirms, no hub logic.
 async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
     let t = topology().await?;
-    preload(&t, docs, batch).await?;
+    preload(&t, docs, batch, AMQP, "guest").await?;
     let started = Instant::now();
     let stop = CancellationToken::new();
     let relayed = Arc::new(AtomicU64::new(0));
@@ -271,7 +272,9 @@ to = ["{SUBSCRIBER}"]
     );
     let archive = format!("sqlite://{}", archive.display());
     std::fs::write(&config, routes_toml(&archive, t.prefix(), workers, &graph))?;
-    preload(&t, docs, batch).await?;
+    provision(&config)?;
+    let tax = login(dir, t.prefix(), "tax")?;
+    preload(&t, docs, batch, &tax, &format!("{}-tax", t.prefix())).await?;
     let started = Instant::now();
     let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;
     drain(&t, docs.len() as u64).await?;

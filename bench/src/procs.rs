@@ -9,16 +9,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The local broker, as scripts/services.sh leaves it.
+/// The local broker's administrator, as scripts/services.sh leaves it: what the benchmarks set
+/// up, observe and clean up with (never what the exchange runs as).
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A routes.toml for a benchmark: a hub with `workers` workers archiving at `archive` under AMQP
-/// prefix `prefix`, the tax and commerce orgs (both publishing as `guest`), and `graph`
-/// (sources, subscribers, routes).
+/// prefix `prefix`, logging in as `<prefix>-hub`; the tax and commerce orgs (users
+/// `<prefix>-tax`, `<prefix>-commerce`; passwords in `secrets/` beside the file, written by
+/// [`provision`]); and `graph` (sources, subscribers, routes).
 pub fn routes_toml(archive: &str, prefix: &str, workers: usize, graph: &str) -> String {
     format!(
         r#"[hub]
-amqp = "{AMQP}"
+amqp = {{ url = "amqp://{prefix}-hub@127.0.0.1:5672/%2f", password_file = "secrets/{prefix}-hub.password" }}
+secrets = "secrets"
 archive = "{archive}"
 prefix = "{prefix}"
 workers = {workers}
@@ -27,16 +30,37 @@ workers = {workers}
 id = "nanhai.tax"
 name = "南海区税务局"
 publishes = ["tax.registration"]
-amqp_user = "guest"
+amqp_user = "{prefix}-tax"
 
 [[org]]
 id = "nanhai.commerce"
 name = "南海区市场监督管理局"
 publishes = ["commerce.business_license"]
-amqp_user = "guest"
+amqp_user = "{prefix}-commerce"
 
 {graph}"#
     )
+}
+
+/// Runs the real `exhub provision` on `config`: the benchmark's users, with least privilege.
+pub fn provision(config: &Path) -> Result<()> {
+    let out = Command::new(exhub_bin()?)
+        .args(["provision", "--config"])
+        .arg(config)
+        .output()?;
+    if !out.status.success() {
+        bail!("exhub provision: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// The AMQP URL of user `<prefix>-<short>`, with the password [`provision`] wrote beside the
+/// config in `dir`.
+pub fn login(dir: &Path, prefix: &str, short: &str) -> Result<String> {
+    let user = format!("{prefix}-{short}");
+    let file = dir.join("secrets").join(format!("{user}.password"));
+    let password = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(format!("amqp://{user}:{}@127.0.0.1:5672/%2f", password.trim()))
 }
 
 /// `--name value` flags, taken one by one; [`Flags::done`] refuses the ones nobody took.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exhub_schemas::{Registry, Schema};
 
-use crate::config::{Config, ConfigFile, Positions, Problem, Seg, Severity, SourceConfig};
+use crate::config::{Config, ConfigFile, Positions, Problem, Seg, Severity, SourceConfig, valid_name};
 use crate::filter::Filter;
 use crate::secret::SecretUrl;
 
@@ -107,6 +107,7 @@ pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) 
         problems: file.problems.clone(),
     };
     check_config(&mut c, config);
+    check_trust(&mut c, config, &file.base_dir());
     let doc_types: BTreeSet<&str> = config
         .orgs
         .iter()
@@ -412,6 +413,153 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
                         format!("no route sends {:?} to this subscriber", apply.doc_type),
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Identity and secrets: names that become queue names, file names and permission patterns are
+/// plain; every org has its own AMQP user, never the hub's; a source or sink logs in as its org;
+/// password files are private.
+fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
+    const NAME_RULE: &str = "lower-case letters, digits, '.', '_' and '-' only (at most 100, not starting with '.')";
+    let name = |c: &mut Checker<'_>, at: &[Seg], path: String, what: &str, value: &str| {
+        if !valid_name(value) {
+            let shown = exhub_connect::wire::excerpt(value, 64);
+            c.error(at, path, format!("{what} {shown:?}: {NAME_RULE}"));
+        }
+    };
+    let hub_user = config.hub.user();
+    if let Some(prefix) = &config.hub.prefix {
+        name(
+            c,
+            &["hub".into(), "prefix".into()],
+            "hub.prefix".into(),
+            "prefix",
+            prefix,
+        );
+    }
+    let mut users: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, org) in config.orgs.iter().enumerate() {
+        let label = format!("org {:?}", org.id);
+        name(c, &["org".into(), i.into(), "id".into()], label.clone(), "id", &org.id);
+        let user = org.amqp_user();
+        let at: [Seg; 3] = [
+            "org".into(),
+            i.into(),
+            if org.amqp_user.is_some() { "amqp_user" } else { "id" }.into(),
+        ];
+        name(c, &at, label.clone(), "AMQP user", user);
+        if user == hub_user {
+            c.error(
+                &at,
+                label.clone(),
+                format!("AMQP user {user:?} is the hub's own user: an org must have a login of its own"),
+            );
+        }
+        if let Some(other) = users.insert(user, &org.id) {
+            c.error(
+                &at,
+                label.clone(),
+                format!("AMQP user {user:?} is already org {other:?}'s: each org needs its own"),
+            );
+        }
+        let file = config.org_password_file(org, base);
+        if file.exists()
+            && let Err(e) = crate::secret::read_password_file(&file)
+        {
+            c.error(&at, label, e.to_string());
+        }
+    }
+    let endpoint = |c: &mut Checker<'_>, url: Option<&crate::secret::SecretUrl>, org: &str, at: &[Seg], label: &str| {
+        let Some(url) = url else { return };
+        let user = url.username();
+        let org_user = config.org(org).map(|o| o.amqp_user()).unwrap_or(org);
+        if !user.is_empty() && user != org_user {
+            c.error(
+                at,
+                label.to_owned(),
+                format!("logs in as AMQP user {user:?}, but its org {org:?} is {org_user:?}: an adapter logs in as its own org"),
+            );
+        }
+    };
+    for (i, source) in config.sources.iter().enumerate() {
+        let s = source.common();
+        let label = format!("source {:?}", s.name);
+        name(
+            c,
+            &["source".into(), i.into(), "name".into()],
+            label.clone(),
+            "name",
+            &s.name,
+        );
+        endpoint(
+            c,
+            s.amqp.as_ref(),
+            &s.org,
+            &["source".into(), i.into(), "amqp".into()],
+            &format!("{label} → amqp"),
+        );
+    }
+    for (i, sub) in config.subscribers.iter().enumerate() {
+        let label = format!("subscriber {:?}", sub.name());
+        name(
+            c,
+            &["subscriber".into(), i.into(), "name".into()],
+            label.clone(),
+            "name",
+            sub.name(),
+        );
+        if let Some(db) = sub.database() {
+            endpoint(
+                c,
+                db.amqp.as_ref(),
+                sub.org(),
+                &["subscriber".into(), i.into(), "amqp".into()],
+                &format!("{label} → amqp"),
+            );
+        }
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        name(
+            c,
+            &["route".into(), i.into(), "name".into()],
+            format!("route {:?}", route.name),
+            "name",
+            &route.name,
+        );
+    }
+    // Password files named by URLs must be private.
+    let mut urls: Vec<(&crate::secret::SecretUrl, Vec<Seg>)> = vec![
+        (&config.hub.amqp, vec!["hub".into(), "amqp".into()]),
+        (&config.hub.archive, vec!["hub".into(), "archive".into()]),
+    ];
+    for (i, s) in config.sources.iter().enumerate() {
+        let s = s.common();
+        urls.push((&s.url, vec!["source".into(), i.into(), "url".into()]));
+        urls.extend(
+            s.amqp
+                .iter()
+                .map(|a| (a, vec!["source".into(), i.into(), "amqp".into()])),
+        );
+    }
+    for (i, sub) in config.subscribers.iter().enumerate() {
+        if let Some(db) = sub.database() {
+            urls.push((&db.url, vec!["subscriber".into(), i.into(), "url".into()]));
+            urls.extend(
+                db.amqp
+                    .iter()
+                    .map(|a| (a, vec!["subscriber".into(), i.into(), "amqp".into()])),
+            );
+        }
+    }
+    for (url, at) in urls {
+        if let Some(crate::secret::PasswordFrom::File(p)) = url.password_from() {
+            let path = base.join(p);
+            if path.exists()
+                && let Err(e) = crate::secret::read_password_file(&path)
+            {
+                c.error(&at, format!("{url}"), e.to_string());
             }
         }
     }

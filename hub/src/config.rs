@@ -10,7 +10,26 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
-use crate::secret::SecretUrl;
+use crate::secret::{SecretError, SecretUrl, read_password_file};
+
+/// Default of `[hub] secrets`: the directory of AMQP password files, beside routes.toml.
+pub const SECRETS_DIR: &str = "exhub-secrets";
+/// Default of `[hub] max_batch_items`.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Default of `[hub] max_batch_bytes`.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Whether `name` is a valid name of an org, source, subscriber or route, and of an AMQP user
+/// or prefix: lower-case ASCII letters, digits, `.`, `_`, `-`, at most 100 characters, not
+/// starting with `.` (names become queue names, file names and permission patterns).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// The whole exchange.
 #[derive(Debug, Deserialize)]
@@ -50,12 +69,37 @@ pub struct HubConfig {
     pub prefix: Option<String>,
     /// Hub workers per process (default 2); more processes may run on the same config.
     pub workers: Option<usize>,
+    /// The directory of AMQP password files that `exhub provision` writes and adapters read
+    /// (default `exhub-secrets` beside routes.toml).
+    pub secrets: Option<PathBuf>,
+    /// Most documents in one batch message (default 1000); a bigger batch is dead-lettered
+    /// whole, as one message.
+    pub max_batch_items: Option<usize>,
+    /// Most bytes of one batch message (default 8 MiB); a bigger batch is dead-lettered whole.
+    pub max_batch_bytes: Option<usize>,
+    /// The RabbitMQ management API `exhub provision` uses (default `http://<amqp host>:15672`);
+    /// the administrator's login comes from `EXHUB_RABBITMQ_ADMIN` (`user:password`), never
+    /// from this file.
+    pub management: Option<String>,
 }
 
 impl HubConfig {
     /// The AMQP topology under the configured prefix.
     pub fn topology(&self) -> exhub_connect::Topology {
         exhub_connect::Topology::new(self.prefix.as_deref().unwrap_or("exhub"))
+    }
+
+    /// The hub's own AMQP user (RabbitMQ's `guest` when the URL names none).
+    pub fn user(&self) -> String {
+        crate::pipeline::amqp_user(&self.amqp)
+    }
+
+    /// Batch limits: (most documents, most bytes).
+    pub fn batch_limits(&self) -> (usize, usize) {
+        (
+            self.max_batch_items.unwrap_or(MAX_BATCH_ITEMS),
+            self.max_batch_bytes.unwrap_or(MAX_BATCH_BYTES),
+        )
     }
 
     /// The decoders' limits.
@@ -81,6 +125,9 @@ pub struct OrgConfig {
     pub publishes: Vec<String>,
     /// The RabbitMQ user this org publishes as (default: the org id).
     pub amqp_user: Option<String>,
+    /// The file holding that user's password (default `<secrets>/<amqp_user>.password`),
+    /// written by `exhub provision` when missing; the org's sources and sinks log in with it.
+    pub amqp_password_file: Option<PathBuf>,
     /// The org's public signing key (a file path).
     pub public_key: Option<PathBuf>,
 }
@@ -89,6 +136,64 @@ impl OrgConfig {
     /// The RabbitMQ user this org publishes as.
     pub fn amqp_user(&self) -> &str {
         self.amqp_user.as_deref().unwrap_or(&self.id)
+    }
+}
+
+impl Config {
+    /// The org with id `id`.
+    pub fn org(&self, id: &str) -> Option<&OrgConfig> {
+        self.orgs.iter().find(|o| o.id == id)
+    }
+
+    /// The directory of password files (relative paths against `base`, routes.toml's directory).
+    pub fn secrets_dir(&self, base: &Path) -> PathBuf {
+        base.join(self.hub.secrets.as_deref().unwrap_or(Path::new(SECRETS_DIR)))
+    }
+
+    /// Where `org`'s AMQP password is kept.
+    pub fn org_password_file(&self, org: &OrgConfig, base: &Path) -> PathBuf {
+        match &org.amqp_password_file {
+            Some(p) => base.join(p),
+            None => self.secrets_dir(base).join(format!("{}.password", org.amqp_user())),
+        }
+    }
+
+    /// Reads every URL's password from its file or environment variable (see [`SecretUrl`]).
+    pub fn resolve_secrets(&mut self, base: &Path) -> Result<(), SecretError> {
+        self.hub.amqp.resolve(base)?;
+        self.hub.archive.resolve(base)?;
+        for s in &mut self.sources {
+            let s = s.common_mut();
+            s.url.resolve(base)?;
+            if let Some(a) = &mut s.amqp {
+                a.resolve(base)?;
+            }
+        }
+        for s in &mut self.subscribers {
+            if let Some(db) = s.database_mut() {
+                db.url.resolve(base)?;
+                if let Some(a) = &mut db.amqp {
+                    a.resolve(base)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The AMQP URL an org's adapter logs in with: `endpoint` (a source's or sink's own `amqp`,
+    /// default `[hub] amqp`: host, port, vhost, TLS) with the org's user, and the password of
+    /// `endpoint` when it has one, else the org's password file. Never the hub's login.
+    pub fn org_login(&self, org: &str, endpoint: Option<&SecretUrl>, base: &Path) -> Result<SecretUrl, SecretError> {
+        let Some(o) = self.org(org) else {
+            return Err(SecretError::Url(format!("(org {org:?} is not defined)")));
+        };
+        if let Some(e) = endpoint
+            && e.has_password()
+        {
+            return Ok(e.clone());
+        }
+        let password = read_password_file(&self.org_password_file(o, base))?;
+        endpoint.unwrap_or(&self.hub.amqp).with_login(o.amqp_user(), &password)
     }
 }
 
@@ -134,8 +239,8 @@ pub struct DbSource {
     /// Snapshot mode.
     #[serde(default)]
     pub snapshot: SnapshotMode,
-    /// RabbitMQ URL with the org's own login (default: `[hub] amqp`); the hub accepts the
-    /// source's documents only from the org's AMQP user.
+    /// Where this source reaches RabbitMQ, when not at `[hub] amqp`'s address. It always logs
+    /// in as its org's AMQP user (with the org's password file unless this URL has a password).
     pub amqp: Option<SecretUrl>,
     /// The checkpoint file (default: `exhub-state/<name>.json` beside routes.toml).
     pub checkpoint: Option<PathBuf>,
@@ -207,7 +312,8 @@ pub struct DbSink {
     /// Wire format of its queue.
     #[serde(default)]
     pub format: Format,
-    /// RabbitMQ URL it consumes with (default: `[hub] amqp`).
+    /// Where this sink reaches RabbitMQ, when not at `[hub] amqp`'s address; it always logs in
+    /// as its org's AMQP user.
     pub amqp: Option<SecretUrl>,
     /// Doc type → target table.
     #[serde(default)]
@@ -267,6 +373,11 @@ impl SourceConfig {
             SourceConfig::Mysql(s) | SourceConfig::Postgres(s) | SourceConfig::Mssql(s) => s,
         }
     }
+    fn common_mut(&mut self) -> &mut DbSource {
+        match self {
+            SourceConfig::Mysql(s) | SourceConfig::Postgres(s) | SourceConfig::Mssql(s) => s,
+        }
+    }
     /// `mysql`, `postgres`, `mssql`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -301,6 +412,12 @@ impl SubscriberConfig {
     }
     /// The database part, for database subscribers.
     pub fn database(&self) -> Option<&DbSink> {
+        match self {
+            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => Some(s),
+            SubscriberConfig::Amqp(_) => None,
+        }
+    }
+    fn database_mut(&mut self) -> Option<&mut DbSink> {
         match self {
             SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => Some(s),
             SubscriberConfig::Amqp(_) => None,

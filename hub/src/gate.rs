@@ -11,29 +11,8 @@ use exhub_schemas::{Document, Encoding, Limits, Registry, canonical, decode};
 
 use crate::config::Config;
 
-/// Why the hub refused a document: the codes of `x-exhub-reason`.
-pub mod reason {
-    /// Not a document: bad JSON/XML, bad UTF-8, DOCTYPE, a malformed batch.
-    pub const MALFORMED: &str = "malformed";
-    /// Bigger than `max_document_bytes`.
-    pub const TOO_LARGE: &str = "too_large";
-    /// Nested deeper than the limit.
-    pub const TOO_DEEP: &str = "too_deep";
-    /// A header field or typed value is wrong.
-    pub const INVALID: &str = "invalid";
-    /// No schema for the doc type and version.
-    pub const UNKNOWN_DOC_TYPE: &str = "unknown_doc_type";
-    /// The body breaks its schema.
-    pub const SCHEMA: &str = "schema";
-    /// The publishing AMQP user does not belong to the sender org (or the org is unknown).
-    pub const UNAUTHENTICATED: &str = "unauthenticated";
-    /// The sender org may not publish this doc type.
-    pub const UNAUTHORIZED: &str = "unauthorized";
-    /// `content_hash` does not match the content.
-    pub const INTEGRITY: &str = "integrity";
-    /// The id was archived before with different content.
-    pub const CONFLICT: &str = "conflict";
-}
+pub use exhub_connect::wire::reason;
+use exhub_connect::wire::{self, excerpt};
 
 /// A document the gate let through.
 #[derive(Debug)]
@@ -56,12 +35,15 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// A rejection for `reason`.
+    /// A rejection for `reason`; the detail is cut to [`wire::HEADER_MAX`] bytes (it travels
+    /// in a header, and input must never make it grow without bound).
     pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        let detail: String = detail.into();
+        let detail = match wire::excerpt(&detail, wire::HEADER_MAX) {
+            std::borrow::Cow::Borrowed(_) => detail,
+            std::borrow::Cow::Owned(cut) => cut,
+        };
+        Rejection { reason, detail }
     }
 }
 
@@ -119,7 +101,10 @@ impl Gate {
         let Some(org) = self.orgs.get(&h.sender.org) else {
             return Err(Rejection::new(
                 reason::UNAUTHENTICATED,
-                format!("sender org {:?} is not a member of this exchange", h.sender.org),
+                format!(
+                    "sender org {:?} is not a member of this exchange",
+                    excerpt(&h.sender.org, 64)
+                ),
             ));
         };
         match user {
@@ -128,8 +113,10 @@ impl Gate {
                 return Err(Rejection::new(
                     reason::UNAUTHENTICATED,
                     format!(
-                        "AMQP user {u:?} may not publish as org {:?} (its user is {:?})",
-                        h.sender.org, org.user
+                        "AMQP user {:?} may not publish as org {:?} (its user is {:?})",
+                        excerpt(u, 64),
+                        h.sender.org,
+                        org.user
                     ),
                 ));
             }
@@ -143,7 +130,7 @@ impl Gate {
         if !org.publishes.contains(&h.doc_type) {
             return Err(Rejection::new(
                 reason::UNAUTHORIZED,
-                format!("org {:?} may not publish {:?}", h.sender.org, h.doc_type),
+                format!("org {:?} may not publish {:?}", h.sender.org, excerpt(&h.doc_type, 64)),
             ));
         }
         let violations = self.registry.validate(&doc);

@@ -12,6 +12,7 @@ pub mod config;
 pub mod filter;
 pub mod gate;
 pub mod pipeline;
+pub mod provision;
 pub mod router;
 pub mod secret;
 

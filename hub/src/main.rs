@@ -11,7 +11,6 @@ mod cmd;
 use exhub_hub::archive::Query;
 use exhub_hub::check::check;
 use exhub_hub::config::{ConfigFile, Severity};
-use exhub_hub::secret::SecretUrl;
 use exhub_schemas::{Document, Limits, Registry, decode, json, xml, xsd};
 
 /// exhub — a government data exchange hub.
@@ -53,6 +52,20 @@ enum Command {
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
+    },
+    /// Create or correct the broker's vhost, the hub's user and one user per org, with exactly
+    /// the permissions routes.toml implies (RabbitMQ management API; administrator login from
+    /// EXHUB_RABBITMQ_ADMIN=user:password, default guest:guest).
+    Provision {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Take over users that exist but were not created by exhub provision.
+        #[arg(long)]
+        adopt: bool,
     },
     /// Run hub workers (several processes may share one config) until Ctrl-C or SIGTERM.
     Hub {
@@ -97,12 +110,11 @@ enum Command {
         /// The exchange description.
         #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
-        /// The publishing org (its AMQP user must be the one the connection logs in as).
+        /// The publishing org. It logs in as the org's AMQP user with the org's password file,
+        /// or with the URL in the environment variable `EXHUB_AMQP_URL` (never a command-line
+        /// argument: those show in `ps`).
         #[arg(long = "as", value_name = "ORG")]
         org: String,
-        /// Broker URL with the org's credentials (default: `[hub] amqp`).
-        #[arg(long, env = "EXHUB_AMQP_URL")]
-        amqp: Option<String>,
         /// Documents per message: 1 sends single messages, more sends batches.
         #[arg(long, default_value_t = 1)]
         batch: usize,
@@ -267,6 +279,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Provision { config, dry_run, adopt } => block_on(cmd::provision::provision(&config, dry_run, adopt)),
         Command::Hub { config, workers } => block_on(cmd::serve::hub(&config, workers)),
         Command::Run { config } => block_on(cmd::adapters::run(&config)),
         Command::Source {
@@ -279,16 +292,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Publish {
             config,
             org,
-            amqp,
             batch,
             files,
-        } => block_on(cmd::publish::publish(
-            &config,
-            &org,
-            amqp.map(SecretUrl::new),
-            batch,
-            &files,
-        )),
+        } => block_on(cmd::publish::publish(&config, &org, batch, &files)),
         Command::Tail {
             config,
             subscriber,

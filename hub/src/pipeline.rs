@@ -6,7 +6,7 @@
 //! ingress messages. A crash anywhere before the ack means the broker redelivers, and the
 //! archive's dedupe makes the second pass route only what was not confirmed the first time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,13 @@ pub struct Hub {
     topology: Topology,
     amqp: SecretUrl,
     user: String,
+    /// AMQP user → org, for participants' dead letters.
+    orgs_by_user: HashMap<String, String>,
+    /// Subscriber → its org.
+    subscriber_orgs: HashMap<String, String>,
+    /// Most documents and bytes of one batch message.
+    batch_items: usize,
+    batch_bytes: usize,
 }
 
 impl Hub {
@@ -87,7 +94,19 @@ impl Hub {
             archive,
             topology: config.hub.topology(),
             amqp: config.hub.amqp.clone(),
-            user: amqp_user(&config.hub.amqp),
+            user: config.hub.user(),
+            orgs_by_user: config
+                .orgs
+                .iter()
+                .map(|o| (o.amqp_user().to_owned(), o.id.clone()))
+                .collect(),
+            subscriber_orgs: config
+                .subscribers
+                .iter()
+                .map(|s| (s.name().to_owned(), s.org().to_owned()))
+                .collect(),
+            batch_items: config.hub.batch_limits().0,
+            batch_bytes: config.hub.batch_limits().1,
         })
     }
 
@@ -263,13 +282,12 @@ impl Hub {
         let mut items: Vec<Item<'_>> = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
             let user = self.effective_user(&d.properties);
-            if wire::is_batch(&d.properties) {
-                match wire::split_batch(&d.data) {
+            if wire::is_dead_letter(&d.properties) {
+                out.push(self.file_dead_letter(d));
+            } else if wire::is_batch(&d.properties) {
+                match self.split(d) {
                     Ok(parts) => items.extend(parts.into_iter().map(|raw| Item::new(i, raw, &user))),
-                    Err(e) => {
-                        let r = Rejection::new(reason::MALFORMED, e.to_string());
-                        out.push(self.dead_letter(&d.data, &d.properties, user.as_deref(), &r));
-                    }
+                    Err(r) => out.push(self.dead_letter(&d.data, &d.properties, user.as_deref(), &r)),
                 }
             } else {
                 items.push(Item::new(i, &d.data, &user));
@@ -404,6 +422,106 @@ impl Hub {
         user
     }
 
+    /// The documents of a batch message, unless the batch as a whole is refused: over the byte
+    /// or item limit, malformed, or holding another number of documents than `x-exhub-count`
+    /// says. A refused batch is dead-lettered whole, as one message.
+    fn split<'d>(&self, d: &'d Delivery) -> Result<Vec<&'d [u8]>, Rejection> {
+        if d.data.len() > self.batch_bytes {
+            return Err(Rejection::new(
+                reason::TOO_LARGE,
+                format!(
+                    "batch message of {} bytes, over the limit of {} (max_batch_bytes)",
+                    d.data.len(),
+                    self.batch_bytes
+                ),
+            ));
+        }
+        let parts = wire::split_batch(&d.data).map_err(|e| Rejection::new(reason::MALFORMED, e.to_string()))?;
+        if parts.len() > self.batch_items {
+            return Err(Rejection::new(
+                reason::TOO_LARGE,
+                format!(
+                    "batch of {} documents, over the limit of {} (max_batch_items)",
+                    parts.len(),
+                    self.batch_items
+                ),
+            ));
+        }
+        let count = wire::header_str(&d.properties, header::COUNT);
+        if count.as_deref() != Some(parts.len().to_string().as_str()) {
+            return Err(Rejection::new(
+                reason::MALFORMED,
+                format!(
+                    "{} says {} but the batch holds {} documents",
+                    header::COUNT,
+                    wire::excerpt(count.as_deref().unwrap_or("nothing"), 32),
+                    parts.len()
+                ),
+            ));
+        }
+        Ok(parts)
+    }
+
+    /// A participant's dead letter (a source's unmappable row, a sink's refused document), filed
+    /// in the DLQ it names — if its sender is an org of this exchange, its reason one a
+    /// participant may give, and the subscriber it names that org's. Otherwise it goes to the
+    /// hub DLQ, refused with the reason why.
+    fn file_dead_letter(&self, d: &Delivery) -> Outgoing {
+        let props = &d.properties;
+        // Only RabbitMQ's verified user_id: a participant's dead letter is never the hub's.
+        let user = props.user_id().as_ref().map(|u| u.as_str());
+        let org = user.and_then(|u| self.orgs_by_user.get(u));
+        let given = wire::header_str(props, header::REASON).unwrap_or_default();
+        let detail = wire::header_str(props, header::DETAIL).unwrap_or_default();
+        let subscriber = wire::header_str(props, header::SUBSCRIBER);
+        let refuse = |reason, detail: String| self.dead_letter(&d.data, props, user, &Rejection::new(reason, detail));
+        let Some(org) = org else {
+            let shown = wire::excerpt(user.unwrap_or(""), 64);
+            return refuse(
+                reason::UNAUTHENTICATED,
+                format!("a dead letter from AMQP user {shown:?}, which is no org's"),
+            );
+        };
+        let Some(reason) = reason::FROM_PARTICIPANTS.into_iter().find(|r| *r == given) else {
+            let shown = wire::excerpt(&given, 64);
+            return refuse(
+                reason::MALFORMED,
+                format!("a dead letter from org {org:?} with reason {shown:?}, which is not a participant's"),
+            );
+        };
+        let queue = match &subscriber {
+            None => self.topology.hub_dlq(),
+            Some(s) if self.subscriber_orgs.get(s) == Some(org) => self.topology.subscriber_dlq(s),
+            Some(s) => {
+                let shown = wire::excerpt(s, 64);
+                return refuse(
+                    reason::UNAUTHORIZED,
+                    format!("org {org:?} filed a dead letter for subscriber {shown:?}, which is not its own"),
+                );
+            }
+        };
+        tracing::warn!(
+            reason,
+            org = %org,
+            subscriber = subscriber.as_deref().unwrap_or(""),
+            %detail,
+            "a participant dead-lettered a document"
+        );
+        let letter = wire::DeadLetter {
+            reason,
+            detail: &detail,
+            subscriber: subscriber.as_deref(),
+        };
+        let mut properties = wire::dead_letter_properties(props, &d.data, &self.user, &letter);
+        properties = wire::with_header(properties, header::USER, user.unwrap_or(""));
+        Outgoing {
+            exchange: self.topology.dead_letter_exchange(),
+            routing_key: queue,
+            payload: d.data.to_vec(),
+            properties,
+        }
+    }
+
     /// A refused document on its way to the hub DLQ, with the reason in its headers.
     fn dead_letter(&self, raw: &[u8], props: &BasicProperties, user: Option<&str>, r: &Rejection) -> Outgoing {
         tracing::warn!(
@@ -413,22 +531,12 @@ impl Hub {
             user = user.unwrap_or(""),
             "document refused; sent to the DLQ"
         );
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_user_id(self.user.as_str().into())
-            .with_content_type(
-                Encoding::detect(raw)
-                    .map_or("application/octet-stream", Encoding::content_type)
-                    .into(),
-            );
-        if let Some(id) = props.message_id() {
-            properties = properties.with_message_id(id.clone());
-        }
-        if let Some(t) = props.kind() {
-            properties = properties.with_type(t.clone());
-        }
-        properties = wire::with_header(properties, header::REASON, r.reason);
-        properties = wire::with_header(properties, header::DETAIL, &r.detail);
+        let letter = wire::DeadLetter {
+            reason: r.reason,
+            detail: &r.detail,
+            subscriber: None,
+        };
+        let mut properties = wire::dead_letter_properties(props, raw, &self.user, &letter);
         if let Some(u) = user {
             properties = wire::with_header(properties, header::USER, u);
         }
@@ -589,28 +697,7 @@ pub fn copy_for(a: &Admitted, raw: &[u8], target: &Target, registry: &Registry) 
 
 /// The user name in an AMQP URL (RabbitMQ's default `guest` when it has none).
 pub fn amqp_user(url: &SecretUrl) -> String {
-    url.parse()
-        .ok()
-        .map(|u| u.username().to_owned())
+    Some(url.username())
         .filter(|u| !u.is_empty())
-        .map(|u| url_decode(&u))
         .unwrap_or_else(|| "guest".to_owned())
-}
-
-fn url_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

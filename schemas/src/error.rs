@@ -72,3 +72,28 @@ impl DecodeError {
         }
     }
 }
+
+/// `text` cut to at most `max` bytes at a character boundary, ending in `…` when cut: how a
+/// value from input is echoed in an error, so that no message grows with the input.
+pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
+#[cfg(test)]
+mod excerpt_tests {
+    #[test]
+    fn excerpts_cut_at_a_character_boundary() {
+        assert_eq!(super::excerpt("short", 64), "short");
+        let long = "税".repeat(100);
+        let cut = super::excerpt(&long, 64);
+        assert!(cut.len() <= 64 && cut.ends_with('…'), "{cut}");
+        assert_eq!(super::excerpt("abcdef", 4), "a…");
+    }
+}

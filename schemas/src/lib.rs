@@ -38,6 +38,6 @@ pub mod xsd;
 
 pub use codec::{Encoding, decode};
 pub use document::{Classification, Document, Header, Limits, Op, Sender, Signature, SourceInfo};
-pub use error::DecodeError;
+pub use error::{DecodeError, excerpt};
 pub use registry::{Registry, Schema, SchemaError, Violation, valid_doc_type};
 pub use value::{Date, Decimal, Kind, Timestamp, Value};

@@ -299,7 +299,7 @@ impl Registry {
                 .iter_errors(&body)
                 .map(|e| Violation {
                     pointer: format!("/body{}", e.instance_path()),
-                    message: e.to_string(),
+                    message: echo_cut(&e),
                 })
                 .collect()
         };
@@ -375,6 +375,21 @@ fn check_kinds(value: &Value, shape: &Shape, pointer: &str, out: &mut Vec<Violat
             }
         }
     }
+}
+
+/// How long a value from the document may be where a violation message echoes it.
+const ECHO_MAX: usize = 64;
+
+/// A validator's message with the value it echoes cut to [`ECHO_MAX`] bytes: a 12,000-character
+/// name must not make a 12,000-character refusal.
+fn echo_cut(e: &jsonschema::ValidationError<'_>) -> String {
+    let message = e.to_string();
+    let shown = e.instance().to_string();
+    if shown.len() <= ECHO_MAX {
+        return message;
+    }
+    let cut = message.replace(&shown, &crate::excerpt(&shown, ECHO_MAX));
+    crate::excerpt(&cut, 4 * ECHO_MAX).into_owned()
 }
 
 #[cfg(test)]

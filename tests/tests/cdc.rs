@@ -640,6 +640,8 @@ async fn postgres_idle_source_advances_its_slot_and_reports_lag() {
         text.replace(&marker, &format!("{marker}\nlag_warn_mb = 0")),
     )
     .unwrap();
+    // The hub declares the topology; a source alone waits for it.
+    cdc.exchange.start_hub().await;
     cdc.start("source", &["source", "legacy"], "streaming the slot").await;
     let confirmed = format!(
         "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
@@ -739,4 +741,58 @@ async fn postgres_bad_source_settings_name_the_cause() {
     assert!(missing.contains("scjg_gone does not exist"), "{missing}");
     let no_db = run(&url, "postgres://postgres@127.0.0.1:5432/no_such_db_exhub");
     assert!(no_db.contains("no such database"), "{no_db}");
+}
+
+/// A copy that did not come from the hub — here published straight into the out exchange by the
+/// broker's administrator, standing in for any login that could — is not applied: it lands in
+/// the subscriber's DLQ as `unauthenticated`, and its fake, newer `source.position` does not make
+/// the sink skip the genuine document as stale.
+#[tokio::test(flavor = "multi_thread")]
+async fn sink_refuses_copies_not_published_by_the_hub() {
+    let mut cdc = Cdc::new("sink-forged", false);
+    cdc.exchange.start_hub().await;
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    let t = cdc.exchange.topology.clone();
+    let (forged_id, forged) = crate::exchange::tax_doc("nanhai.tax", 7, "南海");
+    let forged = String::from_utf8(forged)
+        .unwrap()
+        .replace("mysql-bin.000003:", "mysql-bin.999999:")
+        .replace("第7分公司", "（伪造）");
+    let admin = crate::exchange::connect().await.unwrap();
+    let ch = admin.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        t.out_exchange().as_str().into(),
+        "mirror".into(),
+        Default::default(),
+        forged.as_bytes(),
+        crate::exchange::props(&forged_id, "guest"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let dlq = cdc
+        .exchange
+        .take(&t.subscriber_dlq("mirror"), Duration::from_secs(30), |t| {
+            !t.messages.is_empty()
+        })
+        .await;
+    let p = &dlq.messages[0].properties;
+    assert_eq!(
+        exhub_connect::wire::header_str(p, exhub_connect::wire::header::REASON).as_deref(),
+        Some("unauthenticated")
+    );
+    // The genuine document, through the hub, is applied.
+    let (id, doc) = crate::exchange::tax_doc("nanhai.tax", 7, "南海");
+    cdc.exchange.publish(vec![(doc, cdc.exchange.props(&id))]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let names = loop {
+        let names = cdc.target_sql("SELECT name FROM tax_registration");
+        if !names.is_empty() || Instant::now() > deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(names.ends_with("第7分公司"), "{names}");
 }

@@ -1,7 +1,10 @@
 //! A test exchange: its own AMQP prefix (so tests share the broker without seeing each other),
-//! its own scratch directory with a routes.toml, its own archive (SQLite file or a fresh
-//! PostgreSQL database), hub processes of the real binary, and helpers to publish and to read
-//! queues. Dropping it stops its hubs and deletes its queues, exchanges and database.
+//! its own RabbitMQ users with least privilege, made by the real `exhub provision` (the hub's
+//! and one per org, all named after the prefix, passwords in the scratch directory), its own
+//! scratch directory with a routes.toml, its own archive (SQLite file or a fresh PostgreSQL
+//! database), hub processes of the real binary, and helpers to publish as an org and to read
+//! queues (as the broker's administrator, an observer outside the exchange). Dropping it stops
+//! its hubs and deletes its queues, exchanges, users and database.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -20,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{exhub_bin, scratch};
 
+/// The broker's administrator: what tests observe queues with, and what an over-privileged
+/// (misconfigured) participant would be.
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Where the archive lives.
@@ -40,29 +45,39 @@ pub struct Exchange {
     /// Hub processes started so far (each logs to `hub-<n>.log`).
     started: usize,
     owner: bool,
+    /// The AMQP prefix, which the exchange's user names start with.
+    prefix: String,
 }
 
-/// Orgs every test exchange has: `nanhai.tax` (guest; tax.registration), `nanhai.commerce`
-/// (guest; business licences), `nanhai.other` (publishes as another AMQP user).
-const ORGS: &str = r#"
+/// Orgs every test exchange has: `nanhai.tax` (AMQP user `<prefix>-tax`; tax.registration),
+/// `nanhai.commerce` (`<prefix>-commerce`; business licences), `nanhai.other`
+/// (`<prefix>-other`; tax.registration too).
+fn orgs(prefix: &str) -> String {
+    format!(
+        r#"
 [[org]]
 id = "nanhai.tax"
 name = "南海区税务局"
 publishes = ["tax.registration"]
-amqp_user = "guest"
+amqp_user = "{prefix}-tax"
 
 [[org]]
 id = "nanhai.commerce"
 name = "南海区市场监督管理局"
 publishes = ["commerce.business_license"]
-amqp_user = "guest"
+amqp_user = "{prefix}-commerce"
 
 [[org]]
 id = "nanhai.other"
 name = "另一个单位"
 publishes = ["tax.registration"]
-amqp_user = "someone-else"
-"#;
+amqp_user = "{prefix}-other"
+"#
+    )
+}
+
+/// The org short names of [`orgs`].
+const ORG_USERS: [&str; 3] = ["tax", "commerce", "other"];
 
 impl Exchange {
     /// A new exchange whose `[hub]` gets `hub_extra` lines and whose subscribers and routes
@@ -80,7 +95,9 @@ impl Exchange {
         };
         let config = dir.join("routes.toml");
         let toml = format!(
-            "[hub]\namqp = \"{AMQP}\"\narchive = \"{archive_url}\"\nprefix = \"{prefix}\"\n{hub_extra}\n{ORGS}\n{graph}"
+            "[hub]\namqp = {{ url = \"amqp://{prefix}-hub@127.0.0.1:5672/%2f\", password_file = \"secrets/hub.password\" }}\n\
+             secrets = \"secrets\"\narchive = \"{archive_url}\"\nprefix = \"{prefix}\"\n{hub_extra}\n{}\n{graph}",
+            orgs(&prefix)
         );
         std::fs::write(&config, toml).unwrap();
         let subscribers = graph
@@ -89,32 +106,62 @@ impl Exchange {
             .filter_map(|l| l.strip_suffix('"'))
             .map(str::to_owned)
             .collect();
-        Exchange {
+        let ex = Exchange {
             dir,
             config,
-            topology: Topology::new(prefix),
+            topology: Topology::new(prefix.clone()),
             archive_url,
             subscribers,
             pg_db,
             hubs: Vec::new(),
             started: 0,
             owner: true,
-        }
+            prefix,
+        };
+        let out = ex.exhub(&["provision"]);
+        assert!(
+            out.status.success(),
+            "exhub provision: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ex
     }
 
-    /// A handle on an existing exchange's queues only (for a second task to publish with); it
-    /// owns nothing and cleans up nothing.
-    pub fn attach(topology: Topology) -> Exchange {
+    /// The AMQP user of org `nanhai.<short>` (`tax`, `commerce`, `other`), or `hub`.
+    pub fn user(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// The AMQP URL of that user, with the password `exhub provision` wrote for it.
+    pub fn url_of(&self, short: &str) -> String {
+        let file = match short {
+            "hub" => "hub.password".to_owned(),
+            _ => format!("{}.password", self.user(short)),
+        };
+        let password = std::fs::read_to_string(self.dir.join("secrets").join(file)).unwrap();
+        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.user(short), password.trim())
+    }
+
+    /// Properties of a tax registration published by the tax bureau's AMQP user.
+    pub fn props(&self, id: &str) -> BasicProperties {
+        props(id, &self.user("tax"))
+    }
+
+    /// A handle on this exchange (for a second task to publish with); it owns nothing and
+    /// cleans up nothing.
+    pub fn handle(&self) -> Exchange {
         Exchange {
-            dir: PathBuf::new(),
-            config: PathBuf::new(),
-            topology,
-            archive_url: String::new(),
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            topology: self.topology.clone(),
+            archive_url: self.archive_url.clone(),
             subscribers: Vec::new(),
             pg_db: None,
             hubs: Vec::new(),
             started: 0,
             owner: false,
+            prefix: self.prefix.clone(),
         }
     }
 
@@ -153,6 +200,16 @@ impl Exchange {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The peak resident memory (VmHWM, kB) of running hub `n`.
+    pub fn hub_peak_rss_kb(&self, n: usize) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.hubs[n].id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     /// The log of hub `n`.
@@ -195,8 +252,14 @@ impl Exchange {
         q.message_count()
     }
 
-    /// Publishes raw messages to the ingress exchange with confirms.
+    /// Publishes raw messages to the ingress exchange with confirms, as the tax bureau's user.
     pub async fn publish(&self, messages: Vec<(Vec<u8>, BasicProperties)>) {
+        self.publish_as("tax", messages).await;
+    }
+
+    /// Publishes raw messages to the ingress exchange with confirms, logged in as `user` (see
+    /// [`Exchange::user`]).
+    pub async fn publish_as(&self, user: &str, messages: Vec<(Vec<u8>, BasicProperties)>) {
         let out: Vec<Outgoing> = messages
             .into_iter()
             .map(|(payload, properties)| Outgoing {
@@ -206,7 +269,7 @@ impl Exchange {
                 properties,
             })
             .collect();
-        let mut p = Publisher::new(AMQP, "exhub-test", Declare::Ingress(self.topology.clone()));
+        let mut p = Publisher::new(self.url_of(user), "exhub-test", Declare::Ingress(self.topology.clone()));
         p.publish(&out, &CancellationToken::new()).await.unwrap();
     }
 
@@ -290,6 +353,7 @@ impl Drop for Exchange {
         self.kill_hubs();
         let topology = self.topology.clone();
         let subscribers = self.subscribers.clone();
+        let users: Vec<String> = ORG_USERS.iter().chain(&["hub"]).map(|u| self.user(u)).collect();
         // Drop may run inside a runtime: clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -301,6 +365,11 @@ impl Drop for Exchange {
                     && let Ok(ch) = conn.create_channel().await
                 {
                     let _ = topology.delete_all(&ch, &subscribers).await;
+                }
+                if let Ok(api) = management() {
+                    for u in users {
+                        let _ = api.delete(&format!("users/{u}")).await;
+                    }
                 }
             });
         })
@@ -344,6 +413,15 @@ pub fn doc_id(doc: &[u8]) -> Option<String> {
     Some(v["header"]["id"].as_str()?.to_owned())
 }
 
+/// The management API as the broker's administrator.
+pub fn management() -> Result<exhub_hub::provision::Management, exhub_hub::provision::ProvisionError> {
+    exhub_hub::provision::Management::new(
+        "http://127.0.0.1:15672",
+        "guest",
+        &exhub_hub::secret::Secret::new("guest"),
+    )
+}
+
 pub async fn connect() -> lapin::Result<Connection> {
     Connection::connect(AMQP, ConnectionProperties::default()).await
 }
@@ -352,7 +430,7 @@ pub fn psql(sql: &str) {
     crate::services::psql("postgres", sql);
 }
 
-/// Properties of a document published by AMQP user `guest`.
+/// Properties of a document published by AMQP user `user`.
 pub fn props(id: &str, user: &str) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)

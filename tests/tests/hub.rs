@@ -52,15 +52,14 @@ async fn routes_filters_masks_and_encodes(archive: ArchiveKind) {
     let licence = crate::root().join("examples/documents/commerce.business_license.xml");
     std::fs::write(ex.dir.join("a.json"), &nanhai_doc).unwrap();
     std::fs::write(ex.dir.join("b.json"), &other_doc).unwrap();
-    let out = ex.exhub(&[
-        "publish",
-        "--as",
-        "nanhai.tax",
-        "a.json",
-        "b.json",
-        licence.to_str().unwrap(),
-    ]);
+    let out = ex.exhub(&["publish", "--as", "nanhai.tax", "a.json", "b.json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let by_commerce = ex.exhub(&["publish", "--as", "nanhai.commerce", licence.to_str().unwrap()]);
+    assert!(
+        by_commerce.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_commerce.stderr)
+    );
     assert!(
         stdout(&out).contains(&format!("a.json\t{nanhai}\tconfirmed")),
         "{}",
@@ -181,7 +180,7 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
     let deep = format!(r#"{{"header":{{"id":"{}"}},"body":{{"x":{deep}}}}}"#, fresh());
     // Same id as good1, different content.
     let conflict = String::from_utf8(good1_doc.clone()).unwrap().replace("陈志强", "李四");
-    let g = |id: &str| props(id, "guest");
+    let g = |id: &str| ex.props(id);
     ex.publish(vec![(good1_doc.clone(), g(&good1))]).await;
     ex.take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1)
         .await;
@@ -193,7 +192,6 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
         (large, g(&large_id)),
         (deep.into_bytes(), g("deep")),
         (forged, g(&forged_id)),
-        (forbidden, g(&forbidden_id)),
         (hash, g(&hash_id)),
         (
             nouser,
@@ -202,10 +200,16 @@ async fn hub_dead_letters_every_reason_and_the_stream_goes_on() {
                 .with_message_id(nouser_id.as_str().into()),
         ),
         (conflict.into_bytes(), g(&good1)),
-        (b"[1, 2".to_vec(), wire::batch_properties(Encoding::Json, 2, "guest")),
-        (good2_doc, g(&good2)),
+        (
+            b"[1, 2".to_vec(),
+            wire::batch_properties(Encoding::Json, 2, &ex.user("tax")),
+        ),
     ])
     .await;
+    // The commerce bureau, as itself, sends a tax registration it may not publish.
+    let commerce = props(&forbidden_id, &ex.user("commerce"));
+    ex.publish_as("commerce", vec![(forbidden, commerce)]).await;
+    ex.publish(vec![(good2_doc, g(&good2))]).await;
     let got = ex
         .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 1)
         .await;
@@ -278,7 +282,8 @@ async fn dlq_list_shows_and_retry_delivers_after_the_fix() {
     let mut ex = Exchange::new("retry", ArchiveKind::Sqlite, "", GRAPH);
     ex.start_hub().await;
     let (id, doc) = tax_doc("nanhai.commerce", 20, "南海");
-    ex.publish(vec![(doc, props(&id, "guest"))]).await;
+    ex.publish_as("commerce", vec![(doc, props(&id, &ex.user("commerce")))])
+        .await;
     // Wait for the refusal, without taking it.
     let deadline = std::time::Instant::now() + WAIT;
     while ex.depth(&ex.topology.hub_dlq()).await < 1 {
@@ -326,7 +331,7 @@ async fn duplicates_route_once_and_batches_stay_batches() {
         .chain([docs[0].1.as_slice()])
         .collect();
     let batch = wire::encode_batch(Encoding::Json, &bodies);
-    let batch_props = wire::batch_properties(Encoding::Json, bodies.len(), "guest");
+    let batch_props = wire::batch_properties(Encoding::Json, bodies.len(), &ex.user("tax"));
     ex.publish(vec![(batch.clone(), batch_props.clone())]).await;
     let first = ex
         .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.docs >= 10)
@@ -340,14 +345,11 @@ async fn duplicates_route_once_and_batches_stay_batches() {
     assert!(xml.messages[0].docs.iter().all(|d| d.starts_with(b"<document")));
 
     // Republished: the batch again, and one document alone.
-    ex.publish(vec![
-        (batch, batch_props),
-        (docs[3].1.clone(), props(&docs[3].0, "guest")),
-    ])
-    .await;
+    ex.publish(vec![(batch, batch_props), (docs[3].1.clone(), ex.props(&docs[3].0))])
+        .await;
     // A marker published after them arrives only once they were processed.
     let (marker, marker_doc) = tax_doc("nanhai.tax", 999, "南海");
-    ex.publish(vec![(marker_doc, props(&marker, "guest"))]).await;
+    ex.publish(vec![(marker_doc, ex.props(&marker))]).await;
     let again = ex
         .take(&ex.topology.subscriber_queue("all"), WAIT, |t| t.ids.contains(&marker))
         .await;
@@ -375,7 +377,7 @@ async fn tail_watches_without_taking_and_replay_resends() {
     std::io::BufRead::read_line(&mut stderr, &mut banner).unwrap();
     assert!(banner.starts_with("tailing nanhai-xml"), "{banner}");
     let docs: Vec<(String, Vec<u8>)> = (0..3).map(|n| tax_doc("nanhai.tax", 200 + n, "南海")).collect();
-    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect())
+    ex.publish(docs.iter().map(|(id, d)| (d.clone(), ex.props(id))).collect())
         .await;
     let out = tail.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -425,7 +427,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let mut ex = Exchange::new("sigterm", ArchiveKind::Sqlite, "", GRAPH);
     ex.start_hub().await;
     let docs: Vec<(String, Vec<u8>)> = (0..2000).map(|n| tax_doc("nanhai.tax", 300 + n, "顺德")).collect();
-    ex.publish(docs.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect())
+    ex.publish(docs.iter().map(|(id, d)| (d.clone(), ex.props(id))).collect())
         .await;
     // Stop it mid-stream: as soon as the first documents are through.
     let first = ex

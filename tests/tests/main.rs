@@ -8,6 +8,7 @@ mod exchange;
 mod hub;
 mod recovery;
 mod services;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::exchange::{ArchiveKind, Exchange, props, tax_doc};
+use crate::exchange::{ArchiveKind, Exchange, tax_doc};
 
 const DOCS: u64 = 20_000;
 const CHUNK: usize = 500;
@@ -82,7 +82,7 @@ async fn restart_rabbitmq_mid_stream_loses_nothing() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        ex.publish(chunk.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect())
+        ex.publish(chunk.iter().map(|(id, d)| (d.clone(), ex.props(id))).collect())
             .await;
     }
     restarter.unwrap().join().unwrap();
@@ -100,12 +100,12 @@ async fn hub_killed_mid_stream_loses_nothing() {
     ex.start_hub().await;
     let docs = documents(2_000_000);
     let publishing = {
-        let topology = ex.topology.clone();
+        let handle = ex.handle();
         let docs = docs.clone();
         tokio::spawn(async move {
-            let ex = Exchange::attach(topology);
+            let ex = handle;
             for chunk in docs.chunks(CHUNK) {
-                ex.publish(chunk.iter().map(|(id, d)| (d.clone(), props(id, "guest"))).collect())
+                ex.publish(chunk.iter().map(|(id, d)| (d.clone(), ex.props(id))).collect())
                     .await;
             }
         })

@@ -32,4 +32,4 @@ pub use amqp::{AmqpError, Backoff};
 pub use checkpoint::{CheckpointError, CheckpointStore};
 pub use mapping::{Cell, Mapper, MappingError, TableMapping};
 pub use publisher::{Outgoing, Publisher};
-pub use topology::Topology;
+pub use topology::{Permissions, Topology};

@@ -1,6 +1,6 @@
 //! A source adapter's way out: mapped rows become documents, published to the ingress exchange in
-//! the batch form with the broker's confirms; rows that cannot be mapped go to the hub's DLQ
-//! with reason `mapping`. Shared by every source adapter, so that they all keep the same
+//! the batch form with the broker's confirms; rows that cannot be mapped go, through the hub
+//! (a participant writes only to the ingress exchange), to the hub's DLQ with reason `mapping`. Shared by every source adapter, so that they all keep the same
 //! delivery contract: a position may be checkpointed once [`Outbox::flush`] returned.
 
 use std::time::{Duration, Instant};
@@ -10,11 +10,14 @@ use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{Origin, RowPosition};
-use crate::wire::{self, header};
+use crate::wire;
 use crate::{AmqpError, Cell, Mapper, MappingError, Outgoing, Publisher, Topology};
 
 /// Documents per published AMQP message (the batch form).
 const DOCS_PER_MESSAGE: usize = 100;
+/// Bytes per published batch message, about (a bigger document goes alone): well under the
+/// hub's `max_batch_bytes`, whatever the rows' width.
+const BYTES_PER_MESSAGE: usize = 1 << 20;
 /// How long a document waits for others before it is published anyway.
 const LINGER: Duration = Duration::from_millis(20);
 /// Documents a source should hold at most before it flushes (bounds memory whatever the
@@ -119,19 +122,15 @@ impl<'a> Outbox<'a> {
             "field": e.field,
             "column": e.column,
         });
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_app_id(s.org.as_str().into())
-            .with_user_id(s.amqp_user.as_str().into());
-        properties = wire::with_header(properties, header::REASON, "mapping");
-        properties = wire::with_header(properties, header::DETAIL, &e.to_string());
-        Outgoing {
-            exchange: s.topology.dead_letter_exchange(),
-            routing_key: s.topology.hub_dlq(),
-            payload: body.to_string().into_bytes(),
-            properties,
-        }
+        let properties = BasicProperties::default().with_app_id(s.org.as_str().into());
+        let payload = body.to_string().into_bytes();
+        let detail = e.to_string();
+        let letter = wire::DeadLetter {
+            reason: wire::reason::MAPPING,
+            detail: &detail,
+            subscriber: None,
+        };
+        wire::participant_dead_letter(&s.topology, &properties, &payload, &s.amqp_user, &letter)
     }
 
     /// Publishes everything pending and waits for the broker's confirms.
@@ -141,7 +140,7 @@ impl<'a> Outbox<'a> {
         }
         let s = &self.source;
         let mut messages: Vec<Outgoing> = std::mem::take(&mut self.dead);
-        for chunk in self.docs.chunks(DOCS_PER_MESSAGE) {
+        for chunk in batches(&self.docs, DOCS_PER_MESSAGE, BYTES_PER_MESSAGE) {
             messages.push(Outgoing {
                 exchange: s.topology.ingress_exchange(),
                 routing_key: String::new(),
@@ -150,12 +149,31 @@ impl<'a> Outbox<'a> {
             });
         }
         self.publisher.publish(&messages, cancel).await?;
-        tracing::debug!(source = %s.name, documents = self.docs.len(), dead = messages.len() - self.docs.len().div_ceil(DOCS_PER_MESSAGE), "published");
+        tracing::debug!(source = %s.name, documents = self.docs.len(), messages = messages.len(), "published");
         self.docs.clear();
         self.first_at = None;
         self.flushed_at = Some(Instant::now());
         Ok(())
     }
+}
+
+/// `docs` cut into runs of at most `max_docs` documents and about `max_bytes` bytes (a run
+/// closes before the document that would cross it; a bigger document is a run of its own).
+fn batches<D: AsRef<[u8]>>(docs: &[D], max_docs: usize, max_bytes: usize) -> Vec<&[D]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, d) in docs.iter().enumerate() {
+        let len = d.as_ref().len();
+        if i > start && (i - start == max_docs || bytes + len > max_bytes) {
+            out.push(&docs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < docs.len() {
+        out.push(&docs[start..]);
+    }
+    out
 }
 
 /// A progress bar for a table snapshot: rows done of the server's estimate (drawn only when
@@ -167,4 +185,16 @@ pub fn snapshot_progress(estimated: u64, table: &str) -> indicatif::ProgressBar 
     }
     bar.set_message(format!("snapshot {table}"));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batches_are_cut_by_count_and_by_bytes() {
+        let docs: Vec<Vec<u8>> = [3, 3, 3, 10, 1, 1].iter().map(|n| vec![0u8; *n]).collect();
+        let sizes = |runs: Vec<&[Vec<u8>]>| runs.iter().map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(super::batches(&docs, 2, 100)), [2, 2, 2]);
+        assert_eq!(sizes(super::batches(&docs, 100, 7)), [2, 1, 1, 2]);
+        assert!(super::batches::<Vec<u8>>(&[], 2, 7).is_empty());
+    }
 }

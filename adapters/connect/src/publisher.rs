@@ -30,7 +30,9 @@ pub struct Outgoing {
 pub enum Declare {
     /// Nothing (the caller guarantees the topology exists).
     Nothing,
-    /// The ingress part of a topology (adapters, `exhub publish`).
+    /// Nothing, but the ingress exchange must exist: checked passively, since a participant (a
+    /// source, a sink, `exhub publish`) has no right to declare. Until the hub has declared it,
+    /// the check fails as NOT_FOUND and publishing waits and retries.
     Ingress(Topology),
     /// The whole topology with these subscribers (the hub).
     All(Topology, Vec<String>),
@@ -151,7 +153,7 @@ impl Publisher {
         let channel = amqp::confirmed_channel(&conn).await?;
         match &self.declare {
             Declare::Nothing => {}
-            Declare::Ingress(t) => t.declare_ingress(&channel).await?,
+            Declare::Ingress(t) => t.expect_ingress(&channel).await?,
             Declare::All(t, subscribers) => t.declare_all(&channel, subscribers).await?,
         }
         self.live = Some((conn, channel.clone()));

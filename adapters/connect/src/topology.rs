@@ -84,9 +84,8 @@ impl Topology {
         format!("{}.dlq.{subscriber}", self.prefix)
     }
 
-    /// Declares what publishers need: the ingress exchange and queue, and the hub DLQ they
-    /// dead-letter to.
-    pub async fn declare_ingress(&self, channel: &Channel) -> Result<(), AmqpError> {
+    /// Declares the ingress exchange and queue, and the hub DLQ the queue dead-letters to.
+    async fn declare_ingress(&self, channel: &Channel) -> Result<(), AmqpError> {
         self.declare_exchange(channel, &self.dead_letter_exchange(), ExchangeKind::Direct)
             .await?;
         self.declare_dlq(channel, &self.hub_dlq()).await?;
@@ -96,6 +95,52 @@ impl Topology {
             .await?;
         self.bind(channel, &self.ingress_queue(), &self.ingress_exchange(), "")
             .await
+    }
+
+    /// What the hub's own user may do: configure, write and read everything of this topology,
+    /// and the server-named exclusive queues of taps (`exhub tail`, `amq.gen-…`).
+    pub fn hub_permissions(&self) -> Permissions {
+        let all = format!("^({}\\.|amq\\.gen-)", regex_escape(&self.prefix));
+        Permissions {
+            configure: all.clone(),
+            write: all.clone(),
+            read: all,
+        }
+    }
+
+    /// What an organisation's user may do: configure nothing, write only to the ingress
+    /// exchange, read only its own subscribers' queues and their DLQs.
+    pub fn org_permissions<S: AsRef<str>>(&self, subscribers: &[S]) -> Permissions {
+        let read = if subscribers.is_empty() {
+            NOTHING.to_owned()
+        } else {
+            let names: Vec<String> = subscribers.iter().map(|s| regex_escape(s.as_ref())).collect();
+            format!("^{}\\.(sub|dlq)\\.({})$", regex_escape(&self.prefix), names.join("|"))
+        };
+        Permissions {
+            configure: NOTHING.to_owned(),
+            write: format!("^{}$", regex_escape(&self.ingress_exchange())),
+            read,
+        }
+    }
+
+    /// Checks that the ingress exchange exists, without declaring it (a passive declare needs no
+    /// permission; participants may not configure anything).
+    pub async fn expect_ingress(&self, channel: &Channel) -> Result<(), AmqpError> {
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.ingress_exchange().as_str().into(),
+                ExchangeKind::Fanout,
+                options,
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Declares everything: ingress, the out exchange, and a queue and DLQ per subscriber.
@@ -187,6 +232,32 @@ impl Topology {
     }
 }
 
+/// A user's RabbitMQ permissions in a vhost: regular expressions over resource names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Resources the user may declare, delete or bind to.
+    pub configure: String,
+    /// Exchanges it may publish to (and queues it may bind).
+    pub write: String,
+    /// Queues it may consume from (and exchanges it may bind from).
+    pub read: String,
+}
+
+/// The permission regex that matches no resource name.
+pub const NOTHING: &str = "^$";
+
+/// `text` with every regular-expression metacharacter escaped.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
@@ -200,4 +271,20 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
     };
     channel.queue_declare(name.into(), options, args).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_org_may_write_the_ingress_exchange_and_read_its_own_queues_only() {
+        let t = Topology::new("exhub");
+        let p = t.org_permissions(&["tax-mirror", "a.b"]);
+        assert_eq!(p.configure, "^$");
+        assert_eq!(p.write, "^exhub\\.in$");
+        assert_eq!(p.read, "^exhub\\.(sub|dlq)\\.(tax-mirror|a\\.b)$");
+        assert_eq!(t.org_permissions::<&str>(&[]).read, "^$");
+        assert_eq!(t.hub_permissions().configure, "^(exhub\\.|amq\\.gen-)");
+    }
 }

@@ -36,6 +36,53 @@ pub mod header {
     pub const REPLAY: &str = "x-exhub-replay";
     /// Number of documents in a batch.
     pub const COUNT: &str = "x-exhub-count";
+    /// On a participant's dead letter (type [`super::DEAD_LETTER_TYPE`]): the subscriber whose
+    /// DLQ it belongs in (a sink's refusal); absent for the hub DLQ (a source's mapping failure).
+    pub const SUBSCRIBER: &str = "x-exhub-subscriber";
+}
+
+/// The `type` property of a dead letter a participant hands to the hub: a source's unmappable
+/// row or a sink's refused document. Participants may write only to the ingress exchange, so
+/// their dead letters travel through the hub, which checks who sent them and files them.
+pub const DEAD_LETTER_TYPE: &str = "exhub.dead-letter";
+
+/// The most bytes of a header value exhub writes ([`with_header`] cuts longer ones). AMQP puts
+/// all properties in one frame (32 KiB here): a header built from input must never fill it.
+pub const HEADER_MAX: usize = 1024;
+
+pub use exhub_schemas::excerpt;
+
+/// Why a document was dead-lettered: every code of `x-exhub-reason`, from the hub, the sources
+/// and the sinks, in one place.
+pub mod reason {
+    /// Not a document: bad JSON/XML, bad UTF-8, DOCTYPE, a malformed batch.
+    pub const MALFORMED: &str = "malformed";
+    /// Bigger than `max_document_bytes`.
+    pub const TOO_LARGE: &str = "too_large";
+    /// Nested deeper than the limit.
+    pub const TOO_DEEP: &str = "too_deep";
+    /// A header field or typed value is wrong.
+    pub const INVALID: &str = "invalid";
+    /// No schema for the doc type and version.
+    pub const UNKNOWN_DOC_TYPE: &str = "unknown_doc_type";
+    /// The body breaks its schema.
+    pub const SCHEMA: &str = "schema";
+    /// The publishing AMQP user does not belong to the sender org (or the org is unknown); at a
+    /// sink, a copy not published by the hub.
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// The sender org may not publish this doc type.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// `content_hash` does not match the content.
+    pub const INTEGRITY: &str = "integrity";
+    /// The id was archived before with different content.
+    pub const CONFLICT: &str = "conflict";
+    /// A source could not map a row to a document (hub DLQ).
+    pub const MAPPING: &str = "mapping";
+    /// A sink's target database refused the document (subscriber DLQ).
+    pub const APPLY: &str = "apply";
+
+    /// The codes a participant (a source or a sink) may give its own dead letters.
+    pub const FROM_PARTICIPANTS: [&str; 4] = [MAPPING, APPLY, MALFORMED, UNAUTHENTICATED];
 }
 
 /// A malformed batch.
@@ -203,11 +250,84 @@ pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// `props` with string header `name` set to `value`.
+/// `props` with string header `name` set to `value`, cut to [`HEADER_MAX`] bytes.
 pub fn with_header(props: BasicProperties, name: &str, value: &str) -> BasicProperties {
     let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+    let value = excerpt(value, HEADER_MAX);
+    headers.insert(ShortString::from(name), AMQPValue::LongString(value.as_ref().into()));
     props.with_headers(headers)
+}
+
+/// Whether a message is a participant's dead letter ([`DEAD_LETTER_TYPE`]).
+pub fn is_dead_letter(props: &BasicProperties) -> bool {
+    props.kind().as_ref().is_some_and(|t| t.as_str() == DEAD_LETTER_TYPE)
+}
+
+/// What a dead letter says: why, in a code and in words (both cut to [`HEADER_MAX`]), and the
+/// subscriber whose DLQ it belongs in (none: the hub's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter<'a> {
+    /// The reason code (`mapping`, `apply`, `schema`, …).
+    pub reason: &'a str,
+    /// What exactly is wrong.
+    pub detail: &'a str,
+    /// The subscriber's DLQ, or `None` for the hub DLQ.
+    pub subscriber: Option<&'a str>,
+}
+
+/// Properties of a dead letter for a message whose properties were `original` and whose body is
+/// `payload`: persistent, the original's message id and type (a batch's type is dropped: a dead
+/// letter is one document or one whole message), the reason headers, and `user_id` = `user`
+/// (the AMQP user publishing the dead letter).
+pub fn dead_letter_properties(
+    original: &BasicProperties,
+    payload: &[u8],
+    user: &str,
+    letter: &DeadLetter<'_>,
+) -> BasicProperties {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_user_id(user.into())
+        .with_timestamp(unix_seconds())
+        .with_content_type(
+            Encoding::detect(payload)
+                .map_or("application/octet-stream", Encoding::content_type)
+                .into(),
+        );
+    if let Some(id) = original.message_id() {
+        properties = properties.with_message_id(id.clone());
+    }
+    if let Some(t) = original.kind()
+        && !is_batch(original)
+        && !is_dead_letter(original)
+    {
+        properties = properties.with_type(t.clone());
+    }
+    properties = with_header(properties, header::REASON, letter.reason);
+    properties = with_header(properties, header::DETAIL, letter.detail);
+    if let Some(s) = letter.subscriber {
+        properties = with_header(properties, header::SUBSCRIBER, s);
+    }
+    properties
+}
+
+/// A participant's dead letter on its way to the hub: published to the ingress exchange (the only
+/// one a participant may write to) with type [`DEAD_LETTER_TYPE`]; the hub checks who sent it
+/// and files it in the DLQ it names.
+pub fn participant_dead_letter(
+    topology: &crate::Topology,
+    original: &BasicProperties,
+    payload: &[u8],
+    user: &str,
+    letter: &DeadLetter<'_>,
+) -> crate::Outgoing {
+    let properties = dead_letter_properties(original, payload, user, letter).with_type(DEAD_LETTER_TYPE.into());
+    crate::Outgoing {
+        exchange: topology.ingress_exchange(),
+        routing_key: String::new(),
+        payload: payload.to_vec(),
+        properties,
+    }
 }
 
 /// The `content_type` of a message as an [`Encoding`], if it names one.

@@ -1,6 +1,7 @@
-//! The sink's consumer: batches from the subscriber's queue, decoded (batch messages split),
-//! applied in one transaction, refused documents to the subscriber's DLQ with the reason, then
-//! one `ack multiple`. A lost connection (RabbitMQ or the database) ends the session without
+//! The sink's consumer: batches from the subscriber's queue, only copies the hub published
+//! (`user_id` = the hub's user), decoded (batch messages split), applied in one transaction,
+//! refused documents to the subscriber's DLQ with the reason (through the hub: a subscriber's
+//! login may write only to the ingress exchange), then one `ack multiple`. A lost connection (RabbitMQ or the database) ends the session without
 //! acknowledging; the broker redelivers and the bookkeeping makes the second pass harmless.
 
 use std::sync::Arc;
@@ -9,9 +10,9 @@ use std::time::Duration;
 use exhub_connect::amqp::{self, AmqpError, Backoff};
 use exhub_connect::consumer::{BatchLimits, next_batch};
 use exhub_connect::publisher::Declare;
-use exhub_connect::wire::{self, header};
+use exhub_connect::wire::{self, reason};
 use exhub_connect::{Outgoing, Publisher, Topology};
-use exhub_schemas::{Document, Encoding, Limits, Registry};
+use exhub_schemas::{Document, Limits, Registry};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -43,8 +44,11 @@ pub struct SinkSettings {
     pub amqp: String,
     /// The exchange's AMQP names.
     pub topology: Topology,
-    /// The AMQP user in that URL.
+    /// The AMQP user in that URL (the subscriber's org's).
     pub amqp_user: String,
+    /// The hub's AMQP user: the only publisher whose copies the sink applies (RabbitMQ verifies
+    /// `user_id`, so it cannot be forged).
+    pub hub_user: String,
 }
 
 /// Why a sink stopped.
@@ -156,7 +160,8 @@ impl DbSink {
         let topology = &self.settings.topology;
         let conn = amqp::connect_with_retry(&self.settings.amqp, name, cancel).await?;
         let channel = conn.create_channel().await.map_err(AmqpError::from)?;
-        topology.declare_all(&channel, &[self.settings.name.as_str()]).await?;
+        // The hub declares the topology (a subscriber's login may not); until it has, consuming
+        // fails as NOT_FOUND, a passing failure retried with backoff.
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await
@@ -198,11 +203,22 @@ impl DbSink {
         let mut docs: Vec<(Document, &[u8], &BasicProperties)> = Vec::new();
         let mut dead: Vec<Outgoing> = Vec::new();
         for d in deliveries {
+            let publisher = d.properties.user_id().as_ref().map(|u| u.as_str());
+            if publisher != Some(self.settings.hub_user.as_str()) {
+                let detail = format!(
+                    "published by AMQP user {:?}, not by the hub ({:?}): not applied",
+                    wire::excerpt(publisher.unwrap_or(""), 64),
+                    self.settings.hub_user
+                );
+                tracing::warn!(sink = %self.settings.name, %detail, "refused a message not published by the hub");
+                dead.push(self.dead_letter(&d.data, &d.properties, reason::UNAUTHENTICATED, &detail));
+                continue;
+            }
             let parts: Vec<&[u8]> = if wire::is_batch(&d.properties) {
                 match wire::split_batch(&d.data) {
                     Ok(parts) => parts,
                     Err(e) => {
-                        dead.push(self.dead_letter(&d.data, &d.properties, "malformed", &e.to_string()));
+                        dead.push(self.dead_letter(&d.data, &d.properties, reason::MALFORMED, &e.to_string()));
                         continue;
                     }
                 }
@@ -212,7 +228,7 @@ impl DbSink {
             for raw in parts {
                 match exhub_schemas::decode(raw, &self.registry, &limits) {
                     Ok(doc) => docs.push((doc, raw, &d.properties)),
-                    Err(e) => dead.push(self.dead_letter(raw, &d.properties, "malformed", &e.to_string())),
+                    Err(e) => dead.push(self.dead_letter(raw, &d.properties, reason::MALFORMED, &e.to_string())),
                 }
             }
         }
@@ -237,7 +253,7 @@ impl DbSink {
                                 error = %e,
                                 "the target refused a document; sent to the subscriber's DLQ"
                             );
-                            dead.push(self.dead_letter(raw, props, "apply", &e.to_string()));
+                            dead.push(self.dead_letter(raw, props, reason::APPLY, &e.to_string()));
                         }
                         Err(e) => return Err(Failure::Db(e)),
                     }
@@ -266,27 +282,13 @@ impl DbSink {
         Ok(())
     }
 
+    /// A refused document on its way, through the hub, to the subscriber's DLQ.
     fn dead_letter(&self, raw: &[u8], props: &BasicProperties, reason: &str, detail: &str) -> Outgoing {
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_user_id(self.settings.amqp_user.as_str().into())
-            .with_content_type(
-                Encoding::detect(raw)
-                    .map_or("application/octet-stream", Encoding::content_type)
-                    .into(),
-            );
-        if let Some(t) = props.kind()
-            && !wire::is_batch(props)
-        {
-            properties = properties.with_type(t.clone());
-        }
-        properties = wire::with_header(properties, header::REASON, reason);
-        properties = wire::with_header(properties, header::DETAIL, detail);
-        Outgoing {
-            exchange: self.settings.topology.dead_letter_exchange(),
-            routing_key: self.settings.topology.subscriber_dlq(&self.settings.name),
-            payload: raw.to_vec(),
-            properties,
-        }
+        let letter = wire::DeadLetter {
+            reason,
+            detail,
+            subscriber: Some(&self.settings.name),
+        };
+        wire::participant_dead_letter(&self.settings.topology, props, raw, &self.settings.amqp_user, &letter)
     }
 }

@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use exhub_connect::source::SourceCommon;
-use exhub_hub::config::{Config, DbSink, DbSource, SourceConfig, SubscriberConfig, parse_offset};
+use exhub_hub::config::{DbSink, DbSource, SourceConfig, SubscriberConfig, parse_offset};
 use exhub_hub::pipeline::{Hub, amqp_user};
 use exhub_hub::secret::SecretUrl;
 use exhub_mssql::MssqlSource;
 use exhub_mysql::{MysqlSource, SourceSettings};
 use exhub_postgres::PostgresSource;
-use exhub_schemas::Registry;
 use exhub_sink::{DbSink as Sink, SinkSettings, TableTarget};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,7 +27,7 @@ pub async fn source(path: &Path, name: &str, reset: bool, drop_slot: bool) -> Re
         bail!("no source {name:?} in {}", path.display());
     };
     let shutdown = shutdown_on_signal();
-    let source = build_source(&loaded, source, path)?;
+    let source = build_source(&loaded, source)?;
     if drop_slot {
         return source.drop_slot().await;
     }
@@ -52,7 +51,7 @@ pub async fn sink(path: &Path, name: &str) -> Result<()> {
         bail!("no database subscriber {name:?} in {}", path.display());
     };
     let shutdown = shutdown_on_signal();
-    let sink = build_sink(&loaded.config, db, &loaded.registry).await?;
+    let sink = build_sink(&loaded, db).await?;
     sink.run(&shutdown).await?;
     tracing::info!(sink = name, "sink stopped cleanly");
     Ok(())
@@ -79,7 +78,7 @@ pub async fn run(path: &Path) -> Result<()> {
     ));
     for sub in &loaded.config.subscribers {
         let Some(db) = sub.database() else { continue };
-        let sink = build_sink(&loaded.config, db, &loaded.registry).await?;
+        let sink = build_sink(&loaded, db).await?;
         let token = shutdown.clone();
         parts.push((
             format!("sink {}", db.name),
@@ -87,7 +86,7 @@ pub async fn run(path: &Path) -> Result<()> {
         ));
     }
     for source in &loaded.config.sources {
-        let source = build_source(&loaded, source, path)?;
+        let source = build_source(&loaded, source)?;
         let token = shutdown.clone();
         parts.push((
             format!("source {}", source.name()),
@@ -164,11 +163,11 @@ impl Source {
     }
 }
 
-fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<Source> {
+fn build_source(loaded: &Loaded, source: &SourceConfig) -> Result<Source> {
     let config = &loaded.config;
     let s: &DbSource = source.common();
-    let amqp: &SecretUrl = s.amqp.as_ref().unwrap_or(&config.hub.amqp);
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let amqp = org_login(loaded, &s.org, s.amqp.as_ref(), &format!("source {:?}", s.name))?;
+    let base = &loaded.base;
     let checkpoint = match &s.checkpoint {
         Some(p) => base.join(p),
         None => base.join("exhub-state").join(format!("{}.json", s.name)),
@@ -187,7 +186,7 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
         checkpoint,
         amqp: amqp.expose().to_owned(),
         topology: config.hub.topology(),
-        amqp_user: amqp_user(amqp),
+        amqp_user: amqp_user(&amqp),
     };
     match source {
         SourceConfig::Mysql(_) => {
@@ -237,8 +236,17 @@ fn build_source(loaded: &Loaded, source: &SourceConfig, path: &Path) -> Result<S
     }
 }
 
-async fn build_sink(config: &Config, db: &DbSink, registry: &Arc<Registry>) -> Result<Sink> {
-    let amqp: &SecretUrl = db.amqp.as_ref().unwrap_or(&config.hub.amqp);
+/// The AMQP login of an adapter of `org` (never the hub's: see [`Config::org_login`]).
+fn org_login(loaded: &Loaded, org: &str, endpoint: Option<&SecretUrl>, what: &str) -> Result<SecretUrl> {
+    loaded
+        .config
+        .org_login(org, endpoint, &loaded.base)
+        .with_context(|| format!("{what}: the AMQP login of org {org:?} (`exhub provision` writes its password file)"))
+}
+
+async fn build_sink(loaded: &Loaded, db: &DbSink) -> Result<Sink> {
+    let config = &loaded.config;
+    let amqp = org_login(loaded, &db.org, db.amqp.as_ref(), &format!("sink {:?}", db.name))?;
     let settings = SinkSettings {
         name: db.name.clone(),
         url: db.url.expose().to_owned(),
@@ -253,9 +261,10 @@ async fn build_sink(config: &Config, db: &DbSink, registry: &Arc<Registry>) -> R
             .collect(),
         amqp: amqp.expose().to_owned(),
         topology: config.hub.topology(),
-        amqp_user: amqp_user(amqp),
+        amqp_user: amqp_user(&amqp),
+        hub_user: config.hub.user(),
     };
-    Ok(Sink::connect(settings, Arc::clone(registry)).await?)
+    Ok(Sink::connect(settings, Arc::clone(&loaded.registry)).await?)
 }
 
 /// A replica server id from the source's name and URL (FNV-1a), away from the small ids servers

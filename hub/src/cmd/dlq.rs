@@ -10,7 +10,6 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use exhub_connect::wire::{self, header};
 use exhub_connect::{Topology, amqp};
-use exhub_hub::pipeline::amqp_user;
 use exhub_hub::router::Router;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
@@ -29,7 +28,7 @@ async fn open(path: &Path) -> Result<(Connection, Channel, Topology, String, Str
         .with_context(|| format!("connecting to {}", config.hub.amqp))?;
     let channel = conn.create_channel().await?;
     topology.declare_all(&channel, &router.subscribers()).await?;
-    let user = amqp_user(&config.hub.amqp);
+    let user = config.hub.user();
     let queue = topology.hub_dlq();
     Ok((conn, channel, topology, user, queue))
 }
@@ -125,7 +124,14 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
             kept += 1;
             continue;
         }
-        let original = wire::header_str(p, header::USER).unwrap_or_else(|| user.clone());
+        // Who published it first: `x-exhub-user` only on a message the hub itself wrote
+        // (RabbitMQ verified its user_id); on anything else, its own verified user_id.
+        let verified = p.user_id().as_ref().map(|u| u.as_str().to_owned());
+        let original = if verified.as_deref() == Some(user.as_str()) {
+            wire::header_str(p, header::USER)
+        } else {
+            verified
+        };
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_user_id(user.as_str().into());
@@ -138,7 +144,9 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
         if let Some(t) = p.kind() {
             props = props.with_type(t.clone());
         }
-        props = wire::with_header(props, header::USER, &original);
+        if let Some(original) = &original {
+            props = wire::with_header(props, header::USER, original);
+        }
         let confirm = publish
             .basic_publish(
                 topology.ingress_exchange().as_str().into(),

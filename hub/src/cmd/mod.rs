@@ -4,6 +4,7 @@
 pub mod adapters;
 pub mod archive;
 pub mod dlq;
+pub mod provision;
 pub mod publish;
 pub mod serve;
 pub mod tail;
@@ -19,14 +20,25 @@ use tokio_util::sync::CancellationToken;
 
 /// A checked config and its schemas. A config with errors does not start anything.
 pub struct Loaded {
-    /// The exchange description.
+    /// The exchange description, every URL's password read from its file or variable.
     pub config: Config,
+    /// The directory of routes.toml (relative paths in it are against this).
+    pub base: std::path::PathBuf,
     /// Its schemas.
     pub registry: Arc<Registry>,
 }
 
-/// Loads routes.toml, refusing it (with every problem printed) if the check finds errors.
+/// Loads routes.toml, refusing it (with every problem printed) if the check finds errors, and
+/// reads every URL's password from its file or environment variable.
 pub fn load(path: &Path) -> Result<Loaded> {
+    let mut loaded = load_checked(path)?;
+    loaded.config.resolve_secrets(&loaded.base)?;
+    Ok(loaded)
+}
+
+/// As [`load`], but leaves passwords where they are (for `exhub provision`, which may create
+/// the files first).
+pub fn load_checked(path: &Path) -> Result<Loaded> {
     let file = ConfigFile::load(path).with_context(|| format!("reading {}", path.display()))?;
     let registry = exhub_hub::registry_for(&file).context("loading schemas")?;
     let (problems, _) = check(&file, &registry);
@@ -41,11 +53,13 @@ pub fn load(path: &Path) -> Result<Loaded> {
             errors.len()
         );
     }
+    let base = file.base_dir();
     let Some(config) = file.config else {
         bail!("{} could not be read", path.display());
     };
     Ok(Loaded {
         config,
+        base,
         registry: Arc::new(registry),
     })
 }

@@ -25,20 +25,23 @@ struct File {
 }
 
 /// Publishes `files` as `org`, `batch` documents per message (1 = single messages).
-pub async fn publish(path: &Path, org: &str, amqp: Option<SecretUrl>, batch: usize, files: &[PathBuf]) -> Result<()> {
+pub async fn publish(path: &Path, org: &str, batch: usize, files: &[PathBuf]) -> Result<()> {
     let loaded = load(path)?;
     let config = &loaded.config;
-    let Some(org_config) = config.orgs.iter().find(|o| o.id == org) else {
+    let Some(org_config) = config.org(org) else {
         bail!("org {org:?} is not in {}", path.display());
     };
-    let url = amqp.unwrap_or_else(|| config.hub.amqp.clone());
+    let url = match std::env::var("EXHUB_AMQP_URL") {
+        Ok(url) => SecretUrl::new(url),
+        Err(_) => config
+            .org_login(org, None, &loaded.base)
+            .with_context(|| format!("the AMQP login of org {org} (or set EXHUB_AMQP_URL)"))?,
+    };
     let user = amqp_user(&url);
     if user != org_config.amqp_user() {
         bail!(
-            "org {org} publishes as AMQP user {:?}, but {url} logs in as {user:?}; pass --amqp \
-             amqp://{}:PASSWORD@host/vhost (or set EXHUB_AMQP_URL)",
+            "org {org} publishes as AMQP user {:?}, but EXHUB_AMQP_URL ({url}) logs in as {user:?}",
             org_config.amqp_user(),
-            org_config.amqp_user()
         );
     }
     let limits = config.hub.limits();

@@ -1,0 +1,446 @@
+//! Trust, tried as a hostile department would: after `exhub provision`, the broker itself
+//! refuses every attempt of one org's login to read, forge or delete another's data, and the hub
+//! refuses what the broker cannot judge (forged dead letters, oversized batches, refusals whose
+//! detail would not fit a frame) without stopping for anyone else.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use exhub_connect::wire::{self, header};
+use exhub_schemas::Encoding;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::exchange::{ArchiveKind, Exchange, props, tax_doc};
+use crate::stdout;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Two departments, each with a feed of its own.
+const GRAPH: &str = r#"
+[[subscriber]]
+name = "tax-feed"
+org = "nanhai.tax"
+kind = "amqp"
+
+[[subscriber]]
+name = "commerce-feed"
+org = "nanhai.commerce"
+kind = "amqp"
+
+[[route]]
+name = "registrations"
+doc_types = ["tax.registration"]
+to = ["tax-feed"]
+
+[[route]]
+name = "licences"
+doc_types = ["commerce.business_license"]
+to = ["commerce-feed"]
+"#;
+
+async fn exchange(tag: &str, hub_extra: &str) -> Exchange {
+    let mut ex = Exchange::new(tag, ArchiveKind::Sqlite, hub_extra, GRAPH);
+    ex.start_hub().await;
+    ex
+}
+
+/// A fresh channel (with confirms) logged in as `url`.
+async fn channel(url: &str) -> (Connection, Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    (conn, ch)
+}
+
+/// Asserts that the broker refused `what` with ACCESS_REFUSED.
+fn refused<T: std::fmt::Debug>(what: &str, result: lapin::Result<T>) {
+    match result {
+        Err(e) => assert!(
+            format!("{e:?}").contains("ACCESS_REFUSED"),
+            "{what}: refused, but how? {e:?}"
+        ),
+        Ok(v) => panic!("{what}: the broker allowed it ({v:?})"),
+    }
+}
+
+/// Publishes as the channel's login and waits for the confirm (a refused publish closes the
+/// channel, which fails the confirm).
+async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> lapin::Result<()> {
+    let confirm = ch
+        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, props)
+        .await?
+        .await?;
+    assert!(confirm.is_ack(), "nacked");
+    Ok(())
+}
+
+/// Every attack of the issue, as the commerce bureau's own login, refused by RabbitMQ; the
+/// exchange runs on as if nothing happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_refuses_a_hostile_department() {
+    let ex = exchange("hostile", "").await;
+    let t = ex.topology.clone();
+    let hostile = ex.url_of("commerce");
+    let (_, victim_doc) = tax_doc("nanhai.tax", 1, "南海");
+    let forged = props("forged", &ex.user("commerce"));
+
+    // Reading another department's queue, its DLQ, the hub's DLQ.
+    for queue in [
+        t.subscriber_queue("tax-feed"),
+        t.subscriber_dlq("tax-feed"),
+        t.hub_dlq(),
+        t.ingress_queue(),
+    ] {
+        let (_c, ch) = channel(&hostile).await;
+        refused(
+            &format!("basic.get {queue}"),
+            ch.basic_get(queue.as_str().into(), BasicGetOptions::default()).await,
+        );
+        let (_c, ch) = channel(&hostile).await;
+        refused(
+            &format!("basic.consume {queue}"),
+            ch.basic_consume(
+                queue.as_str().into(),
+                "spy".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+        );
+    }
+    // A private queue to bind to the out or in exchange (a tap on everyone's copies).
+    let (_c, ch) = channel(&hostile).await;
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    refused(
+        "declaring a private queue",
+        ch.queue_declare("".into(), private, FieldTable::default()).await,
+    );
+    for exchange in [t.out_exchange(), t.ingress_exchange()] {
+        let (_c, ch) = channel(&hostile).await;
+        refused(
+            &format!("binding its own queue to {exchange}"),
+            ch.queue_bind(
+                t.subscriber_queue("commerce-feed").as_str().into(),
+                exchange.as_str().into(),
+                "tax-feed".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+        );
+    }
+    // Publishing around the hub: to the out exchange, the default exchange, the dead letters.
+    for (exchange, key) in [
+        (t.out_exchange(), "tax-feed".to_owned()),
+        (String::new(), t.subscriber_queue("tax-feed")),
+        (t.dead_letter_exchange(), t.hub_dlq()),
+        (t.dead_letter_exchange(), t.subscriber_dlq("tax-feed")),
+    ] {
+        let (_c, ch) = channel(&hostile).await;
+        refused(
+            &format!("publishing to {exchange:?} with key {key}"),
+            publish(&ch, &exchange, &key, &victim_doc, forged.clone()).await,
+        );
+    }
+    // Deleting or re-declaring the hub's resources.
+    let (_c, ch) = channel(&hostile).await;
+    refused(
+        "deleting the ingress queue",
+        ch.queue_delete(t.ingress_queue().as_str().into(), QueueDeleteOptions::default())
+            .await,
+    );
+    let (_c, ch) = channel(&hostile).await;
+    let classic = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    refused(
+        "re-declaring the ingress queue as a classic queue",
+        ch.queue_declare(t.ingress_queue().as_str().into(), classic, FieldTable::default())
+            .await,
+    );
+    let (_c, ch) = channel(&hostile).await;
+    refused(
+        "deleting the ingress exchange",
+        ch.exchange_delete(t.ingress_exchange().as_str().into(), ExchangeDeleteOptions::default())
+            .await,
+    );
+
+    // What the department may do: read its own feed, publish to the hub.
+    let (_c, ch) = channel(&hostile).await;
+    assert!(
+        ch.basic_get(
+            t.subscriber_queue("commerce-feed").as_str().into(),
+            BasicGetOptions::default()
+        )
+        .await
+        .is_ok()
+    );
+    // The exchange runs on: the tax bureau's registration reaches the tax feed, and nothing
+    // forged came with it.
+    let (id, doc) = tax_doc("nanhai.tax", 2, "南海");
+    ex.publish(vec![(doc, ex.props(&id))]).await;
+    let got = ex
+        .take(&t.subscriber_queue("tax-feed"), Duration::from_secs(3), |t| t.docs >= 2)
+        .await;
+    assert_eq!(got.order, [id], "only the genuine document");
+    assert!(!ex.hub_log(0).contains("PRECONDITION"), "{}", ex.hub_log(0));
+}
+
+/// `exhub check` refuses what would undo the isolation: an org logging in as the hub, two orgs
+/// sharing a login, an adapter logging in as someone else, names that are paths.
+#[test]
+fn check_refuses_shared_logins_and_path_names() {
+    let dir = crate::scratch("trust-check");
+    let config = dir.join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"
+[hub]
+amqp = "amqp://exhub-hub:pw@127.0.0.1:5672/%2f"
+archive = "sqlite://a.db"
+
+[[org]]
+id = "nanhai.tax"
+name = "税务"
+publishes = ["tax.registration"]
+amqp_user = "exhub-hub"
+
+[[org]]
+id = "nanhai.commerce"
+name = "市场监管"
+publishes = ["commerce.business_license"]
+amqp_user = "shared"
+
+[[org]]
+id = "nanhai.social"
+name = "社保"
+amqp_user = "shared"
+
+[[source]]
+name = "../../etc/x"
+org = "nanhai.commerce"
+kind = "postgres"
+url = "postgres://u@127.0.0.1/db"
+amqp = "amqp://nanhai.tax@127.0.0.1:5672/%2f"
+
+[[subscriber]]
+name = "Feed With Spaces"
+org = "nanhai.commerce"
+kind = "amqp"
+
+[[route]]
+name = "r"
+doc_types = ["commerce.business_license"]
+to = ["Feed With Spaces"]
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::exhub_bin())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "org \"nanhai.tax\": AMQP user \"exhub-hub\" is the hub's own user",
+        "org \"nanhai.social\": AMQP user \"shared\" is already org \"nanhai.commerce\"'s",
+        "source \"../../etc/x\": name \"../../etc/x\": lower-case letters",
+        "logs in as AMQP user \"nanhai.tax\", but its org \"nanhai.commerce\" is \"shared\"",
+        "subscriber \"Feed With Spaces\": name \"Feed With Spaces\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // And a source whose name is a path never gets as far as its checkpoint.
+    let reset = std::process::Command::new(crate::exhub_bin())
+        .args(["source", "../../etc/x", "--reset", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(reset.status.code(), Some(2));
+}
+
+/// A dead letter in the hub DLQ that the hub did not write (here put there by the broker's
+/// administrator, standing in for any login that could once write there) is retried as its real
+/// publisher, not as the org its `x-exhub-user` header names.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_dlq_message_is_retried_as_its_real_sender() {
+    let ex = exchange("forged-retry", "").await;
+    let (id, doc) = tax_doc("nanhai.tax", 3, "南海");
+    let admin = crate::exchange::connect().await.unwrap();
+    let ch = admin.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let forged = wire::with_header(props(&id, "guest"), header::USER, &ex.user("tax"));
+    let forged = wire::with_header(forged, header::REASON, "schema");
+    publish(
+        &ch,
+        &ex.topology.dead_letter_exchange(),
+        &ex.topology.hub_dlq(),
+        &doc,
+        forged,
+    )
+    .await
+    .unwrap();
+    let retry = ex.exhub(&["dlq", "retry", "--all"]);
+    assert!(stdout(&retry).contains("1 document(s) sent back"), "{}", stdout(&retry));
+    // Refused again, now as what it is: not from the tax bureau's login.
+    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| !t.messages.is_empty()).await;
+    let p = &dlq.messages[0].properties;
+    assert_eq!(wire::header_str(p, header::REASON).as_deref(), Some("unauthenticated"));
+    assert_eq!(wire::header_str(p, header::USER).as_deref(), Some("guest"));
+    let feed = ex
+        .take(&ex.topology.subscriber_queue("tax-feed"), Duration::from_secs(2), |t| {
+            t.docs >= 1
+        })
+        .await;
+    assert_eq!(feed.docs, 0, "the forged document was routed");
+}
+
+/// Refusals whose detail would be huge (a 12,000-character name, a 40,000-character sender org)
+/// are dead-lettered with the detail cut, and the next valid document is routed at once — no
+/// stuck worker, however many such documents come.
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_refusals_are_cut_and_the_stream_goes_on() {
+    let ex = exchange("huge", "").await;
+    let edit = |n: u64, f: &dyn Fn(&mut serde_json::Value)| {
+        let (id, doc) = tax_doc("nanhai.tax", n, "南海");
+        let mut v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+        f(&mut v);
+        (id, serde_json::to_vec(&v).unwrap())
+    };
+    let mut bad = Vec::new();
+    for n in 0..4 {
+        bad.push(edit(10 + n, &|v| v["body"]["name"] = "名".repeat(12_000).into()));
+        bad.push(edit(20 + n, &|v| {
+            v["header"]["sender"]["org"] = "x".repeat(40_000).into()
+        }));
+    }
+    ex.publish(bad.iter().map(|(id, d)| (d.clone(), ex.props(id))).collect())
+        .await;
+    let (good, good_doc) = tax_doc("nanhai.tax", 30, "南海");
+    let sent = Instant::now();
+    ex.publish(vec![(good_doc, ex.props(&good))]).await;
+    let got = ex
+        .take(&ex.topology.subscriber_queue("tax-feed"), WAIT, |t| t.docs >= 1)
+        .await;
+    assert_eq!(got.order, std::slice::from_ref(&good));
+    assert!(sent.elapsed() < Duration::from_secs(5), "took {:?}", sent.elapsed());
+    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| t.messages.len() >= 8).await;
+    let reasons: HashMap<String, (String, String)> = dlq
+        .messages
+        .iter()
+        .map(|r| {
+            let p = &r.properties;
+            let id = p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+            let reason = wire::header_str(p, header::REASON).unwrap_or_default();
+            (id, (reason, wire::header_str(p, header::DETAIL).unwrap_or_default()))
+        })
+        .collect();
+    for (i, (id, _)) in bad.iter().enumerate() {
+        let (reason, detail) = &reasons[id];
+        assert_eq!(
+            reason,
+            if i % 2 == 0 { "schema" } else { "unauthenticated" },
+            "{detail}"
+        );
+        assert!(detail.len() <= wire::HEADER_MAX, "{} bytes", detail.len());
+        assert!(detail.contains('…'), "the echoed value is cut: {detail}");
+    }
+    let log = ex.hub_log(0);
+    assert!(!log.contains("FRAME") && !log.contains("frame"), "{log}");
+    assert_eq!(ex.depth(&ex.topology.ingress_queue()).await, 0);
+}
+
+/// A 200 KB batch message of 100,000 junk items is one dead letter, not 100,000, and the hub's
+/// memory stays small; a batch whose `x-exhub-count` lies is refused whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_batches_are_one_dead_letter_each() {
+    let ex = exchange("junk-batch", "").await;
+    let tax = ex.user("tax");
+    let junk = format!("[{}1]", "1,".repeat(99_999)).into_bytes();
+    let (a, doc_a) = tax_doc("nanhai.tax", 40, "南海");
+    let (b, doc_b) = tax_doc("nanhai.tax", 41, "南海");
+    let lying = wire::encode_batch(Encoding::Json, &[doc_a.as_slice(), doc_b.as_slice()]);
+    let with_id = |p: BasicProperties, id: &str| p.with_message_id(id.into());
+    ex.publish(vec![
+        (
+            junk,
+            with_id(wire::batch_properties(Encoding::Json, 100_000, &tax), "junk"),
+        ),
+        (lying, with_id(wire::batch_properties(Encoding::Json, 3, &tax), "lying")),
+    ])
+    .await;
+    let (good, good_doc) = tax_doc("nanhai.tax", 42, "南海");
+    ex.publish(vec![(good_doc, ex.props(&good))]).await;
+    let got = ex
+        .take(&ex.topology.subscriber_queue("tax-feed"), WAIT, |t| t.docs >= 1)
+        .await;
+    assert_eq!(got.order, [good], "neither {a} nor {b} of the lying batch was routed");
+    let dlq = ex
+        .take(&ex.topology.hub_dlq(), Duration::from_secs(3), |t| {
+            t.messages.len() >= 3
+        })
+        .await;
+    let mut reasons: Vec<(String, String)> = dlq
+        .messages
+        .iter()
+        .map(|r| {
+            let p = &r.properties;
+            (
+                p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                wire::header_str(p, header::REASON).unwrap_or_default(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("junk".to_owned(), "too_large".to_owned()),
+            ("lying".to_owned(), "malformed".to_owned())
+        ],
+        "one dead letter per bad batch"
+    );
+    let peak_kb = ex.hub_peak_rss_kb(0);
+    assert!(peak_kb < 64 * 1024, "hub peak RSS {peak_kb} kB");
+}
+
+/// A department's dead letter goes, through the hub, into its own subscriber's DLQ only.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_filed_only_for_the_senders_own_subscribers() {
+    let ex = exchange("participant-dlq", "").await;
+    let letter = |id: &str, subscriber: &str| {
+        let p = props(id, &ex.user("commerce")).with_type(wire::DEAD_LETTER_TYPE.into());
+        let p = wire::with_header(p, header::REASON, "apply");
+        let p = wire::with_header(p, header::DETAIL, &"d".repeat(50_000));
+        (b"{}".to_vec(), wire::with_header(p, header::SUBSCRIBER, subscriber))
+    };
+    ex.publish_as(
+        "commerce",
+        vec![letter("own", "commerce-feed"), letter("other", "tax-feed")],
+    )
+    .await;
+    let own = ex
+        .take(&ex.topology.subscriber_dlq("commerce-feed"), WAIT, |t| {
+            !t.messages.is_empty()
+        })
+        .await;
+    let p = &own.messages[0].properties;
+    assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("own"));
+    assert_eq!(wire::header_str(p, header::REASON).as_deref(), Some("apply"));
+    assert_eq!(wire::header_str(p, header::USER), Some(ex.user("commerce")));
+    assert!(wire::header_str(p, header::DETAIL).unwrap().len() <= wire::HEADER_MAX);
+    let hub = ex.take(&ex.topology.hub_dlq(), WAIT, |t| !t.messages.is_empty()).await;
+    let p = &hub.messages[0].properties;
+    assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("other"));
+    assert_eq!(wire::header_str(p, header::REASON).as_deref(), Some("unauthorized"));
+    assert_eq!(ex.depth(&ex.topology.subscriber_dlq("tax-feed")).await, 0);
+}
