@@ -100,6 +100,15 @@ $exhub dlq list | grep -E "$forged_id|shown"
 echo; echo "== exhub archive search --doc-type tax.registration (latest 3, with delivery status)"
 $exhub archive search --doc-type tax.registration --limit 1000 2>/dev/null | tail -3
 
+licence_id=$(grep -oE '<id>[^<]+</id>' "$tmp/licence.xml" | head -1 | sed -E 's/<\/?id>//g')
+echo; echo "== exhub archive show: the hand-published licence's chain — received, archived, published, applied (the tax mirror's receipt)"
+wait_for '$exhub archive show "$licence_id" | grep -c "applied    tax-mirror"' 1
+$exhub archive show "$licence_id"
+
+echo; echo "== exhub audit verify: the archive's hash-chained audit log"
+$exhub audit verify
+$exhub audit list --limit 4 | cut -c1-150
+
 echo; echo "== stopping the exchange (SIGTERM: finish in-flight work, exit 0)"
 kill -TERM "$run_pid"; wait "$run_pid"; run_pid=
 tail -1 "$tmp/run.log"

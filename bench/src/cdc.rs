@@ -66,14 +66,20 @@ impl Legacy {
 /// Rows per INSERT statement.
 const ROWS_PER_STATEMENT: u64 = 1_000;
 
-/// Runs the benchmark from `legacy` with `--tx N --rows N --workers N --archive sqlite|postgres`.
+/// Runs the benchmark from `legacy` with `--tx N --rows N --workers N --archive sqlite|postgres
+/// --sign none|ed25519|sm2 --tls off|on` (signing: sources sign, the hub verifies and signs
+/// copies, the sink verifies and signs receipts; TLS: every connection of the exchange).
 pub async fn run(legacy: Legacy, flags: Flags) -> Result<()> {
     let tx: u64 = flags.get("tx", 200)?;
     let rows: u64 = flags.get("rows", 1_000)?;
     let workers: usize = flags.get("workers", 2)?;
     let archive: String = flags.get("archive", "sqlite".to_owned())?;
-    flags.done(&["tx", "rows", "workers", "archive"])?;
+    let sign: String = flags.get("sign", "none".to_owned())?;
+    let tls: String = flags.get("tls", "off".to_owned())?;
+    flags.done(&["tx", "rows", "workers", "archive", "sign", "tls"])?;
     let bench = Bench::create(legacy, workers, &archive).await?;
+    crate::procs::enable_signing(&bench.config, &sign)?;
+    crate::procs::set_tls(&bench.config, tls == "on")?;
     let result = bench.measure(tx, rows).await;
     bench.cleanup().await;
     result

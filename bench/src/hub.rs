@@ -34,6 +34,7 @@ struct Args {
     docs: u64,
     batch: usize,
     workers: usize,
+    sign: String,
 }
 
 /// Runs the benchmark with `--docs N --batch N --workers N`.
@@ -42,8 +43,9 @@ pub async fn run(flags: Flags) -> Result<()> {
         docs: flags.get("docs", 200_000)?,
         batch: flags.get("batch", 100)?,
         workers: flags.get("workers", 4)?,
+        sign: flags.get("sign", "none".to_owned())?,
     };
-    flags.done(&["docs", "batch", "workers"])?;
+    flags.done(&["docs", "batch", "workers", "sign"])?;
     let dir = std::env::temp_dir().join(format!("exhub-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let docs: Vec<(String, Vec<u8>)> = (0..args.docs)
@@ -66,7 +68,7 @@ pub async fn run(flags: Flags) -> Result<()> {
         let form = if batch == 1 { "single" } else { "batch" };
         let relay = run_relay(&docs, batch, args.workers).await?;
         println!("raw relay ({form}): {relay:.0} docs/s");
-        let (hub, rss) = run_hub(&dir, &docs, batch, args.workers).await?;
+        let (hub, rss) = run_hub(&dir, &docs, batch, args.workers, &args.sign).await?;
         println!("hub ({form}): {hub:.0} docs/s, peak RSS {rss:.1} MB");
         results.push((relay, hub, rss));
     }
@@ -102,7 +104,14 @@ async fn cleanup(t: &Topology) -> Result<()> {
 
 /// Fills the ingress queue: `batch` documents per message, published by AMQP user `user`
 /// logging in with `url`.
-async fn preload(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize, url: &str, user: &str) -> Result<()> {
+async fn preload(
+    t: &Topology,
+    docs: &[(String, Vec<u8>)],
+    batch: usize,
+    url: &str,
+    user: &str,
+    signer: Option<&exhub_connect::sign::SigningKey>,
+) -> Result<()> {
     let mut publisher = Publisher::new(url, "exhub-bench-preload", Declare::Ingress(t.clone()));
     let cancel = CancellationToken::new();
     for chunk in docs.chunks(5_000) {
@@ -117,12 +126,13 @@ async fn preload(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize, url: &s
                         .with_message_id(id.as_str().into())
                         .with_type("tax.registration".into())
                         .with_user_id(user.into());
-                    (d.clone(), props)
+                    (d.clone(), wire::signed(props, signer, &[d]))
                 } else {
                     let bodies: Vec<&[u8]> = group.iter().map(|(_, d)| d.as_slice()).collect();
+                    let props = wire::batch_properties(Encoding::Json, group.len(), user);
                     (
                         wire::encode_batch(Encoding::Json, &bodies),
-                        wire::batch_properties(Encoding::Json, group.len(), user),
+                        wire::signed(props, signer, &bodies),
                     )
                 };
                 Outgoing {
@@ -174,7 +184,7 @@ async fn drain(t: &Topology, want: u64) -> Result<()> {
 /// The raw relay: as many workers as the hub, same batching, same confirms, no hub logic.
 async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
     let t = topology().await?;
-    preload(&t, docs, batch, AMQP, "guest").await?;
+    preload(&t, docs, batch, AMQP, "guest", None).await?;
     let started = Instant::now();
     let stop = CancellationToken::new();
     let relayed = Arc::new(AtomicU64::new(0));
@@ -254,10 +264,19 @@ async fn relay(t: &Topology, n: usize, stop: &CancellationToken, relayed: &Atomi
 }
 
 /// The real hub process on the same kind of topology; returns (docs/s, peak RSS in MB).
-async fn run_hub(dir: &Path, docs: &[(String, Vec<u8>)], batch: usize, workers: usize) -> Result<(f64, f64)> {
+async fn run_hub(
+    dir: &Path,
+    docs: &[(String, Vec<u8>)],
+    batch: usize,
+    workers: usize,
+    sign: &str,
+) -> Result<(f64, f64)> {
     let t = topology().await?;
-    let config = dir.join(format!("routes-{}.toml", t.prefix()));
-    let archive = dir.join(format!("archive-{}.db", t.prefix()));
+    // A directory per run: its own config, archive, passwords and keys.
+    let dir = &dir.join(t.prefix());
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("routes.toml");
+    let archive = dir.join("archive.db");
     let graph = format!(
         r#"[[subscriber]]
 name = "{SUBSCRIBER}"
@@ -273,8 +292,15 @@ to = ["{SUBSCRIBER}"]
     let archive = format!("sqlite://{}", archive.display());
     std::fs::write(&config, routes_toml(&archive, t.prefix(), workers, &graph))?;
     provision(&config)?;
+    crate::procs::enable_signing(&config, sign)?;
+    let signer = match sign {
+        "none" => None,
+        _ => Some(exhub_connect::sign::SigningKey::read_file(
+            &dir.join("secrets/nanhai.tax.signing-key"),
+        )?),
+    };
     let tax = login(dir, t.prefix(), "tax")?;
-    preload(&t, docs, batch, &tax, &format!("{}-tax", t.prefix())).await?;
+    preload(&t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
     let started = Instant::now();
     let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;
     drain(&t, docs.len() as u64).await?;

@@ -54,6 +54,78 @@ pub fn provision(config: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The local CA scripts/services.sh made.
+const CA: &str = "/var/lib/exhub-tls/ca.pem";
+
+/// Sets every connection of the exchange of `config` to TLS (`on`: amqps to RabbitMQ's TLS
+/// port, PostgreSQL `verify-full`, MySQL/MariaDB `VERIFY_IDENTITY`, all against the local CA)
+/// or to clear text (`off`: also PostgreSQL, whose client would otherwise take TLS whenever
+/// the server offers it), so that the two can be compared.
+pub fn set_tls(config: &Path, on: bool) -> Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.lines() {
+        let mut line = line.to_owned();
+        if let Some(start) = line.find("\"postgres://").or_else(|| line.find("\"mysql://")) {
+            let end = line[start + 1..].find('"').map(|e| start + 1 + e);
+            if let Some(end) = end {
+                let url = &line[start + 1..end];
+                let param = match (url.starts_with("postgres"), on) {
+                    (true, true) => format!("sslmode=verify-full&sslrootcert={CA}"),
+                    (true, false) => "sslmode=disable".to_owned(),
+                    (false, true) => format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={CA}"),
+                    (false, false) => String::new(),
+                };
+                if !param.is_empty() {
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    line = format!("{}{url}{sep}{param}{}", &line[..start + 1], &line[end..]);
+                }
+            }
+        }
+        if on {
+            line = line.replace("amqp://", "amqps://").replace(
+                "@127.0.0.1:5672/%2f\"",
+                &format!("@127.0.0.1:5671/%2f?cacertfile={CA}\""),
+            );
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    std::fs::write(config, out)?;
+    Ok(())
+}
+
+/// Turns signing on for the exchange of `config`: `exhub keys generate` with `alg` (`ed25519`
+/// or `sm2`) for the tax and commerce orgs and for the hub, their public lines added to the
+/// config (the tax bureau then *must* sign, and the sinks want the hub's signature). `none`
+/// leaves the config as it is.
+pub fn enable_signing(config: &Path, alg: &str) -> Result<()> {
+    if alg == "none" {
+        return Ok(());
+    }
+    let key = |who: &[&str]| -> Result<String> {
+        let out = Command::new(exhub_bin()?)
+            .args(["keys", "generate", "--alg", alg, "--config"])
+            .arg(config)
+            .args(who)
+            .output()?;
+        if !out.status.success() {
+            bail!("exhub keys generate: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let mut text = std::fs::read_to_string(config)?;
+    let hub = key(&["--hub"])?;
+    text = text.replacen("[hub]\n", &format!("[hub]\npublic_keys = [\"{hub}\"]\n"), 1);
+    for (org, extra) in [("nanhai.tax", "require_signature = true\n"), ("nanhai.commerce", "")] {
+        let line = key(&["--org", org])?;
+        let anchor = format!("id = \"{org}\"\n");
+        text = text.replacen(&anchor, &format!("{anchor}public_keys = [\"{line}\"]\n{extra}"), 1);
+    }
+    std::fs::write(config, text)?;
+    Ok(())
+}
+
 /// The AMQP URL of user `<prefix>-<short>`, with the password [`provision`] wrote beside the
 /// config in `dir`.
 pub fn login(dir: &Path, prefix: &str, short: &str) -> Result<String> {

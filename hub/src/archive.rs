@@ -6,8 +6,15 @@
 //! Deduplication lives here: a document id is archived once (`ON CONFLICT DO NOTHING`), and a
 //! document seen again reports which subscribers already have it, so that the hub routes it
 //! only where it has not been delivered.
+//!
+//! So does the **audit log**: append-only records (who, what, when) in the same transactions
+//! as the writes they describe, each carrying the hash of the one before, so that
+//! [`Archive::verify_audit`] finds the first record changed, removed or inserted afterwards; a
+//! record of accepted documents also binds their ids and content hashes, so that editing an
+//! archived document's hash shows too.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use exhub_schemas::time::unix_micros_now;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -18,9 +25,16 @@ use uuid::Uuid;
 pub const PENDING: &str = "pending";
 /// The broker confirmed the document in the subscriber's queue.
 pub const PUBLISHED: &str = "published";
+/// The subscriber's receipt says it applied the document.
+pub const APPLIED: &str = "applied";
+/// The subscriber's receipt says it refused the document.
+pub const REFUSED: &str = "refused";
 
 /// The delivery-status table and its columns.
 const DELIVERIES: &str = "exhub_deliveries (document_id, subscriber, status, updated_at)";
+
+/// The conflict clause of inserts that keep what is there.
+const IGNORE: &str = " ON CONFLICT DO NOTHING";
 
 /// Most rows written by one statement (keeps bind parameters well under both databases' limits).
 const CHUNK: usize = 300;
@@ -65,6 +79,44 @@ pub struct Entry<'a> {
     pub raw: &'a [u8],
     /// The subscribers it is routed to.
     pub subscribers: Vec<&'a str>,
+    /// The sender's signature over the message it came in, if signed.
+    pub proof: Option<&'a Proof>,
+}
+
+/// One document's outcome at one subscriber, from the subscriber's receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    /// The document.
+    pub document_id: String,
+    /// The subscriber.
+    pub subscriber: String,
+    /// [`APPLIED`] or [`REFUSED`].
+    pub outcome: &'static str,
+    /// Why it was refused.
+    pub reason: Option<String>,
+    /// The AMQP user that sent the receipt.
+    pub amqp_user: String,
+    /// The key that signed the receipt, if signed.
+    pub key_id: Option<String>,
+    /// When the hub recorded it, µs since the epoch (0 before it is recorded).
+    pub received_at: i64,
+}
+
+/// A sender's signature over one message: the signed manifest (the SHA-256 of each document's
+/// bytes, [`exhub_connect::sign::manifest`]) and the `x-exhub-signature` value. Kept once per
+/// message; each document archived from it points to it, so that any one document can be shown
+/// to be what its sender signed: hash its archived bytes, find the line in the manifest, verify
+/// the signature over the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    /// `sha256:<hex>` of the manifest.
+    pub id: String,
+    /// The key that signed.
+    pub key_id: String,
+    /// The `x-exhub-signature` value.
+    pub signature: String,
+    /// The manifest text.
+    pub manifest: String,
 }
 
 /// What storing one document found.
@@ -221,6 +273,7 @@ impl Archive {
         let scheme = url.split(':').next().unwrap_or_default();
         let (backend, url, max) = match scheme {
             "sqlite" => {
+                create_private(url);
                 let sep = if url.contains('?') { '&' } else { '?' };
                 let url = if url.contains("mode=") {
                     url.to_owned()
@@ -285,6 +338,44 @@ impl Archive {
                 PRIMARY KEY (document_id, field))"
                 .into(),
             "CREATE INDEX IF NOT EXISTS exhub_document_keys_value ON exhub_document_keys (field, value)".into(),
+            "CREATE TABLE IF NOT EXISTS exhub_proofs (
+                id TEXT PRIMARY KEY,
+                key_id TEXT NOT NULL,
+                signature TEXT NOT NULL,
+                manifest TEXT NOT NULL)"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS exhub_document_proofs (
+                document_id TEXT PRIMARY KEY,
+                proof_id TEXT NOT NULL)"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS exhub_receipts (
+                document_id TEXT NOT NULL,
+                subscriber TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                reason TEXT,
+                received_at BIGINT NOT NULL,
+                amqp_user TEXT NOT NULL,
+                key_id TEXT,
+                PRIMARY KEY (document_id, subscriber))"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS exhub_audit (
+                seq BIGINT PRIMARY KEY,
+                at BIGINT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL)"
+                .into(),
+            // The chain's head, one row: updating it serializes appenders (a row lock on
+            // PostgreSQL, the one writer on SQLite) so that seq and prev_hash never fork.
+            "CREATE TABLE IF NOT EXISTS exhub_audit_head (
+                id BIGINT PRIMARY KEY,
+                seq BIGINT NOT NULL,
+                hash TEXT NOT NULL)"
+                .into(),
+            format!("INSERT INTO exhub_audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}') ON CONFLICT DO NOTHING"),
             "CREATE TABLE IF NOT EXISTS exhub_deliveries (
                 document_id TEXT NOT NULL,
                 subscriber TEXT NOT NULL,
@@ -302,7 +393,10 @@ impl Archive {
     /// Archives a batch in one transaction and says, per entry, whether it is new. Entries must
     /// have distinct ids. New documents get a `pending` delivery row per subscriber; known ones
     /// get rows for subscribers they did not have, and report where they were published.
-    pub async fn store(&self, entries: &[Entry<'_>]) -> Result<Vec<Stored>, ArchiveError> {
+    ///
+    /// `audit` is appended to the audit log in the same transaction, after a record of the
+    /// documents accepted (new ones), one per publishing AMQP user.
+    pub async fn store(&self, entries: &[Entry<'_>], audit: &[AuditEntry]) -> Result<Vec<Stored>, ArchiveError> {
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
         let mut new: HashSet<String> = HashSet::new();
@@ -341,25 +435,54 @@ impl Archive {
             .filter(|(_, id)| new.contains(*id))
             .flat_map(|(e, id)| e.key.iter().map(move |(f, v)| (id.as_str(), *f, v.as_str())))
             .collect();
-        for chunk in keys.chunks(CHUNK) {
-            let rows = chunk.iter().map(|(id, f, v)| [text(id), text(f), text(v)]);
-            let mut sql = self.insert("exhub_document_keys (document_id, field, value)", rows);
-            sql.push(" ON CONFLICT DO NOTHING");
-            sql.query().execute(&mut *tx).await?;
-        }
+        // Proofs: one row per signed message, and a link from each new document to its proof.
+        let mut proofs: Vec<&Proof> = entries.iter().filter_map(|e| e.proof).collect();
+        proofs.sort_by(|a, b| a.id.cmp(&b.id));
+        proofs.dedup_by(|a, b| a.id == b.id);
+        let rows = proofs
+            .iter()
+            .map(|p| [text(&p.id), text(&p.key_id), text(&p.signature), text(&p.manifest)])
+            .collect();
+        self.insert_all(&mut tx, "exhub_proofs (id, key_id, signature, manifest)", rows, IGNORE)
+            .await?;
+        let links: Vec<(&str, &str)> = entries
+            .iter()
+            .zip(&ids)
+            .filter(|(_, id)| new.contains(*id))
+            .filter_map(|(e, id)| e.proof.map(|p| (id.as_str(), p.id.as_str())))
+            .collect();
+        let rows = links.iter().map(|(id, p)| [text(id), text(p)]).collect();
+        self.insert_all(&mut tx, "exhub_document_proofs (document_id, proof_id)", rows, IGNORE)
+            .await?;
+        let rows = keys.iter().map(|(id, f, v)| [text(id), text(f), text(v)]).collect();
+        self.insert_all(&mut tx, "exhub_document_keys (document_id, field, value)", rows, IGNORE)
+            .await?;
         let deliveries: Vec<(&str, &str)> = entries
             .iter()
             .zip(&ids)
             .flat_map(|(e, id)| e.subscribers.iter().map(move |s| (id.as_str(), *s)))
             .collect();
-        for chunk in deliveries.chunks(CHUNK) {
-            let rows = chunk
-                .iter()
-                .map(|(id, s)| [text(id), text(s), text(PENDING), Arg::Int(now)]);
-            let mut sql = self.insert(DELIVERIES, rows);
-            sql.push(" ON CONFLICT DO NOTHING");
-            sql.query().execute(&mut *tx).await?;
+        let rows = deliveries
+            .iter()
+            .map(|(id, s)| [text(id), text(s), text(PENDING), Arg::Int(now)])
+            .collect();
+        self.insert_all(&mut tx, DELIVERIES, rows, IGNORE).await?;
+        // The audit records: accepted documents per publisher, then what the caller adds.
+        let mut records: Vec<AuditEntry> = Vec::new();
+        let mut by_user: std::collections::BTreeMap<&str, Vec<(&str, &str)>> = std::collections::BTreeMap::new();
+        for (e, id) in entries.iter().zip(&ids) {
+            if new.contains(id) {
+                by_user
+                    .entry(e.amqp_user)
+                    .or_default()
+                    .push((id.as_str(), e.content_hash));
+            }
         }
+        for (user, docs) in by_user {
+            records.push(AuditEntry::accepted(user, &docs));
+        }
+        records.extend_from_slice(audit);
+        append_audit(&mut tx, self.backend, &records, now).await?;
         // What the archive already knew about the documents seen before.
         let known: Vec<&str> = ids.iter().filter(|id| !new.contains(*id)).map(String::as_str).collect();
         let mut hashes: HashMap<String, String> = HashMap::new();
@@ -375,9 +498,9 @@ impl Archive {
             }
             let mut sql = Sql::new(
                 self.backend,
-                "SELECT document_id, subscriber FROM exhub_deliveries WHERE status = ",
+                "SELECT document_id, subscriber FROM exhub_deliveries WHERE status <> ",
             );
-            sql.bind(text(PUBLISHED)).push(" AND document_id IN ");
+            sql.bind(text(PENDING)).push(" AND document_id IN ");
             sql.tuple(chunk.iter().map(|id| text(id)));
             for row in sql.query().fetch_all(&mut *tx).await? {
                 published.entry(row.try_get(0)?).or_default().insert(row.try_get(1)?);
@@ -402,20 +525,24 @@ impl Archive {
 
     /// Records that the broker confirmed these documents in these subscribers' queues (the
     /// pipeline, and replay — which may deliver to a subscriber the document never had).
-    pub async fn mark_published(&self, done: &[(Uuid, &str)]) -> Result<(), ArchiveError> {
+    /// `actor` (the AMQP user that published the copies) is recorded in the audit log.
+    pub async fn mark_published(&self, done: &[(Uuid, &str)], actor: &str) -> Result<(), ArchiveError> {
         if done.is_empty() {
             return Ok(());
         }
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
+        append_audit(&mut tx, self.backend, &[AuditEntry::published(actor, done)], now).await?;
         for chunk in done.chunks(CHUNK) {
             let rows = chunk
                 .iter()
                 .map(|(id, s)| [Arg::Text(id.to_string()), text(s), text(PUBLISHED), Arg::Int(now)]);
             let mut sql = self.insert(DELIVERIES, rows);
+            // A receipt may have come first (the subscriber can be faster than the hub's
+            // bookkeeping): `published` only replaces `pending`.
             sql.push(
                 " ON CONFLICT (document_id, subscriber) DO UPDATE SET status = excluded.status, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at WHERE exhub_deliveries.status = 'pending'",
             );
             sql.query().execute(&mut *tx).await?;
         }
@@ -458,6 +585,231 @@ impl Archive {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Records subscribers' receipts: each document's outcome for its subscriber, and its
+    /// delivery status (`applied` or `refused`) where the archive routed it there.
+    pub async fn record_receipts(&self, receipts: &[ReceiptRow]) -> Result<(), ArchiveError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let now = unix_micros_now();
+        let mut tx = self.pool.begin().await?;
+        let records: Vec<AuditEntry> = receipts
+            .chunk_by(|a, b| a.amqp_user == b.amqp_user && a.subscriber == b.subscriber)
+            .map(AuditEntry::receipts)
+            .collect();
+        append_audit(&mut tx, self.backend, &records, now).await?;
+        for chunk in receipts.chunks(CHUNK) {
+            let rows = chunk.iter().map(|r| {
+                [
+                    text(&r.document_id),
+                    text(&r.subscriber),
+                    text(r.outcome),
+                    r.reason.as_deref().map_or(Arg::Null, text),
+                    Arg::Int(now),
+                    text(&r.amqp_user),
+                    r.key_id.as_deref().map_or(Arg::Null, text),
+                ]
+            });
+            let mut sql = self.insert(
+                "exhub_receipts (document_id, subscriber, outcome, reason, received_at, amqp_user, key_id)",
+                rows,
+            );
+            sql.push(
+                " ON CONFLICT (document_id, subscriber) DO UPDATE SET outcome = excluded.outcome, \
+                 reason = excluded.reason, received_at = excluded.received_at, amqp_user = excluded.amqp_user, \
+                 key_id = excluded.key_id",
+            );
+            sql.query().execute(&mut *tx).await?;
+            for outcome in [APPLIED, REFUSED] {
+                let ids: Vec<&ReceiptRow> = chunk.iter().filter(|r| r.outcome == outcome).collect();
+                for same in ids.chunk_by(|a, b| a.subscriber == b.subscriber) {
+                    let mut sql = Sql::new(self.backend, "UPDATE exhub_deliveries SET status = ");
+                    sql.bind(text(outcome))
+                        .push(", updated_at = ")
+                        .bind(Arg::Int(now))
+                        .push(" WHERE subscriber = ")
+                        .bind(text(&same[0].subscriber))
+                        .push(" AND document_id IN ");
+                    sql.tuple(same.iter().map(|r| text(&r.document_id)));
+                    sql.query().execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The receipts recorded for a document, per subscriber.
+    pub async fn receipts(&self, id: &str) -> Result<Vec<ReceiptRow>, ArchiveError> {
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT document_id, subscriber, outcome, reason, amqp_user, key_id, received_at FROM exhub_receipts \
+             WHERE document_id = ",
+        );
+        sql.bind(text(id)).push(" ORDER BY subscriber");
+        let mut out = Vec::new();
+        for row in sql.query().fetch_all(&self.pool).await? {
+            let outcome: String = row.try_get(2)?;
+            out.push(ReceiptRow {
+                document_id: row.try_get(0)?,
+                subscriber: row.try_get(1)?,
+                outcome: if outcome == APPLIED { APPLIED } else { REFUSED },
+                reason: row.try_get(3)?,
+                amqp_user: row.try_get(4)?,
+                key_id: row.try_get(5)?,
+                received_at: row.try_get(6)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Appends records to the audit log (in a transaction of their own: for operators'
+    /// actions such as replays, DLQ retries and provisioning).
+    pub async fn audit(&self, records: &[AuditEntry]) -> Result<(), ArchiveError> {
+        let mut tx = self.pool.begin().await?;
+        append_audit(&mut tx, self.backend, records, unix_micros_now()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last `limit` audit records, oldest first.
+    pub async fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, ArchiveError> {
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM exhub_audit ORDER BY seq DESC LIMIT ",
+        );
+        sql.bind(Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let mut out: Vec<AuditRecord> = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(audit_record)
+            .collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Walks the whole audit log: every record's hash recomputed, every link to the one
+    /// before, the head, and for records of accepted documents the ids and content hashes
+    /// the archive holds now. Stops at the first break.
+    pub async fn verify_audit(&self) -> Result<AuditReport, ArchiveError> {
+        let mut report = AuditReport::default();
+        let mut prev = GENESIS.to_owned();
+        let mut expected_seq = 1i64;
+        loop {
+            let mut sql = Sql::new(
+                self.backend,
+                "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM exhub_audit WHERE seq >= ",
+            );
+            sql.bind(Arg::Int(expected_seq)).push(" ORDER BY seq LIMIT 1000");
+            let rows = sql.query().fetch_all(&self.pool).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let r = audit_record(row)?;
+                let broken = |why: String| Some((r.seq, why));
+                report.broken = if r.seq != expected_seq {
+                    broken(format!("record {expected_seq} is missing (the next is {})", r.seq))
+                } else if r.prev_hash != prev {
+                    broken("it does not link to the record before it".into())
+                } else if r.hash != chain_hash(&r.prev_hash, r.seq, r.at, &r.entry) {
+                    broken("its content does not match its hash".into())
+                } else {
+                    None
+                };
+                if report.broken.is_none() && r.entry.action == ACCEPTED {
+                    report.broken = self.check_accepted(&r).await?.map(|why| (r.seq, why));
+                }
+                if report.broken.is_some() {
+                    return Ok(report);
+                }
+                report.records += 1;
+                prev = r.hash;
+                expected_seq += 1;
+            }
+        }
+        let head = self
+            .pool
+            .fetch_one(AssertSqlSafe("SELECT seq, hash FROM exhub_audit_head WHERE id = 1"))
+            .await?;
+        let (seq, hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
+        if seq != expected_seq - 1 || hash != prev {
+            report.broken = Some((
+                seq,
+                "the head does not match the last record (records removed from the end?)".into(),
+            ));
+        }
+        Ok(report)
+    }
+
+    /// Whether the documents an `accepted` record binds are still archived with its hashes.
+    async fn check_accepted(&self, r: &AuditRecord) -> Result<Option<String>, ArchiveError> {
+        let Ok(detail) = serde_json::from_str::<serde_json::Value>(&r.entry.detail) else {
+            return Ok(Some("its detail is not JSON".into()));
+        };
+        let ids: Vec<&str> = detail["ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let mut hashes: HashMap<String, String> = HashMap::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut sql = Sql::new(
+                self.backend,
+                "SELECT id, content_hash FROM exhub_documents WHERE id IN ",
+            );
+            sql.tuple(chunk.iter().map(|id| text(id)));
+            for row in sql.query().fetch_all(&self.pool).await? {
+                hashes.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        let mut docs: Vec<(&str, &str)> = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match hashes.get(*id) {
+                Some(h) => docs.push((id, h.as_str())),
+                None => return Ok(Some(format!("document {id} it records is no longer in the archive"))),
+            }
+        }
+        if detail["digest"].as_str() != Some(docs_digest(&docs).as_str()) {
+            return Ok(Some("the archived documents it records were changed since".into()));
+        }
+        Ok(None)
+    }
+
+    /// One archived document and the AMQP user that published it.
+    pub async fn get(&self, id: &str) -> Result<Option<(Record, String)>, ArchiveError> {
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT id, doc_type, op, sender_org, doc_key, received_at, content_hash, raw, amqp_user \
+             FROM exhub_documents WHERE id = ",
+        );
+        sql.bind(text(id));
+        let Some(row) = sql.query().fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some((record(&row)?, row.try_get(8)?)))
+    }
+
+    /// The sender's signature a document was archived with, if it was signed.
+    pub async fn proof(&self, id: &str) -> Result<Option<Proof>, ArchiveError> {
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT p.id, p.key_id, p.signature, p.manifest FROM exhub_document_proofs l \
+             JOIN exhub_proofs p ON p.id = l.proof_id WHERE l.document_id = ",
+        );
+        sql.bind(text(id));
+        let Some(row) = sql.query().fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Proof {
+            id: row.try_get(0)?,
+            key_id: row.try_get(1)?,
+            signature: row.try_get(2)?,
+            manifest: row.try_get(3)?,
+        }))
+    }
+
     /// Delivery status per subscriber of each document id.
     pub async fn deliveries(&self, ids: &[String]) -> Result<HashMap<String, Vec<(String, String)>>, ArchiveError> {
         let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
@@ -477,6 +829,27 @@ impl Archive {
         Ok(out)
     }
 
+    /// `INSERT INTO <into> VALUES …` of every row, [`CHUNK`] rows per statement, each statement
+    /// ending in `conflict` (e.g. [`IGNORE`]).
+    async fn insert_all<const N: usize>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        into: &str,
+        rows: Vec<[Arg; N]>,
+        conflict: &str,
+    ) -> Result<(), ArchiveError> {
+        let mut rows = rows.into_iter();
+        loop {
+            let chunk: Vec<[Arg; N]> = rows.by_ref().take(CHUNK).collect();
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let mut sql = self.insert(into, chunk);
+            sql.push(conflict);
+            sql.query().execute(&mut **tx).await?;
+        }
+    }
+
     /// `INSERT INTO <into> VALUES (…), (…), …` with one tuple of bound values per row.
     fn insert<R: IntoIterator<Item = Arg>>(&self, into: &str, rows: impl IntoIterator<Item = R>) -> Sql {
         let mut sql = Sql::new(self.backend, "INSERT INTO ");
@@ -494,6 +867,29 @@ impl Archive {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Creates a SQLite archive's file, when missing, readable and writable by its owner only
+/// (SQLite gives its journal files the same mode). Best effort: where it cannot, SQLite
+/// creates the file as before and says why it cannot open it, if it cannot.
+fn create_private(url: &str) {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" || Path::new(path).exists() {
+        return;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let _ = options.open(path);
 }
 
 fn filter(sql: &mut Sql, q: &Query) {
@@ -537,4 +933,196 @@ fn key_text(key: &[(&str, String)]) -> String {
         .map(|(f, v)| format!("{f}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `prev_hash` of the first audit record.
+const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Audit action: documents accepted into the archive.
+pub const ACCEPTED: &str = "accepted";
+
+/// One audit record to append: who did what to what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Who: an AMQP user (verified by RabbitMQ), or an operator (`os-user@host` of a command).
+    pub actor: String,
+    /// What: `accepted`, `refused`, `published`, `receipt`, `replayed`, `dlq-retried`,
+    /// `provisioned`.
+    pub action: String,
+    /// What to, in short.
+    pub subject: String,
+    /// The particulars, JSON.
+    pub detail: String,
+}
+
+impl AuditEntry {
+    /// A record of anything.
+    pub fn new(actor: &str, action: &str, subject: impl Into<String>, detail: serde_json::Value) -> AuditEntry {
+        AuditEntry {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            subject: subject.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Documents (id, content hash) accepted from `user`.
+    fn accepted(user: &str, docs: &[(&str, &str)]) -> AuditEntry {
+        let ids: Vec<&str> = docs.iter().map(|(id, _)| *id).collect();
+        AuditEntry::new(
+            user,
+            ACCEPTED,
+            format!("{} document(s)", docs.len()),
+            serde_json::json!({ "ids": ids, "digest": docs_digest(docs) }),
+        )
+    }
+
+    /// Copies published to subscribers.
+    fn published(actor: &str, done: &[(Uuid, &str)]) -> AuditEntry {
+        let mut by_subscriber: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+        for (id, s) in done {
+            by_subscriber.entry(s).or_default().push(id.to_string());
+        }
+        AuditEntry::new(
+            actor,
+            "published",
+            format!("{} copies", done.len()),
+            serde_json::json!(by_subscriber),
+        )
+    }
+
+    /// A subscriber's receipts (rows of one sender and subscriber).
+    fn receipts(rows: &[ReceiptRow]) -> AuditEntry {
+        let first = &rows[0];
+        let applied: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.outcome == APPLIED)
+            .map(|r| r.document_id.as_str())
+            .collect();
+        let refused: Vec<(&str, Option<&str>)> = rows
+            .iter()
+            .filter(|r| r.outcome == REFUSED)
+            .map(|r| (r.document_id.as_str(), r.reason.as_deref()))
+            .collect();
+        AuditEntry::new(
+            &first.amqp_user,
+            "receipt",
+            format!(
+                "{}: {} applied, {} refused",
+                first.subscriber,
+                applied.len(),
+                refused.len()
+            ),
+            serde_json::json!({ "subscriber": first.subscriber, "key_id": first.key_id, "applied": applied, "refused": refused }),
+        )
+    }
+}
+
+/// An audit record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Its place in the chain, from 1.
+    pub seq: i64,
+    /// When, µs since the epoch.
+    pub at: i64,
+    /// What it says.
+    pub entry: AuditEntry,
+    /// The hash of the record before (or of nothing, for the first).
+    pub prev_hash: String,
+    /// Its own hash.
+    pub hash: String,
+}
+
+/// What [`Archive::verify_audit`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Records that verified.
+    pub records: u64,
+    /// The first broken record and why, if any.
+    pub broken: Option<(i64, String)>,
+}
+
+fn audit_record(row: &AnyRow) -> Result<AuditRecord, ArchiveError> {
+    Ok(AuditRecord {
+        seq: row.try_get(0)?,
+        at: row.try_get(1)?,
+        entry: AuditEntry {
+            actor: row.try_get(2)?,
+            action: row.try_get(3)?,
+            subject: row.try_get(4)?,
+            detail: row.try_get(5)?,
+        },
+        prev_hash: row.try_get(6)?,
+        hash: row.try_get(7)?,
+    })
+}
+
+/// `sha256:<hex>` over the previous hash and the record's fields, each written as a JSON
+/// string or number in one array (so no field can bleed into the next).
+fn chain_hash(prev: &str, seq: i64, at: i64, e: &AuditEntry) -> String {
+    let canonical = serde_json::json!([prev, seq, at, e.actor, e.action, e.subject, e.detail]).to_string();
+    exhub_connect::sign::digest(canonical.as_bytes())
+}
+
+/// `sha256:<hex>` over `id content_hash` lines.
+fn docs_digest(docs: &[(&str, &str)]) -> String {
+    let mut text = String::with_capacity(docs.len() * 110);
+    for (id, hash) in docs {
+        text.push_str(id);
+        text.push(' ');
+        text.push_str(hash);
+        text.push('\n');
+    }
+    exhub_connect::sign::digest(text.as_bytes())
+}
+
+/// Appends `records` to the chain inside `tx`: takes the head (which locks it), writes each
+/// record linked to the one before, moves the head.
+async fn append_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    records: &[AuditEntry],
+    now: i64,
+) -> Result<(), ArchiveError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    // Moving the head first takes its row lock, so concurrent appenders queue here.
+    let mut bump = Sql::new(backend, "UPDATE exhub_audit_head SET seq = seq + ");
+    bump.bind(Arg::Int(i64::try_from(records.len()).unwrap_or(i64::MAX)))
+        .push(" WHERE id = 1 RETURNING seq, hash");
+    let head = bump.query().fetch_one(&mut **tx).await?;
+    let (last, mut prev): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
+    let first = last - i64::try_from(records.len()).unwrap_or(i64::MAX) + 1;
+    let mut rows = Vec::with_capacity(records.len());
+    for (i, e) in records.iter().enumerate() {
+        let seq = first + i64::try_from(i).unwrap_or(i64::MAX);
+        let hash = chain_hash(&prev, seq, now, e);
+        rows.push([
+            Arg::Int(seq),
+            Arg::Int(now),
+            text(&e.actor),
+            text(&e.action),
+            text(&e.subject),
+            text(&e.detail),
+            text(&prev),
+            text(&hash),
+        ]);
+        prev = hash;
+    }
+    let mut sql = Sql::new(
+        backend,
+        "INSERT INTO exhub_audit (seq, at, actor, action, subject, detail, prev_hash, hash) VALUES ",
+    );
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.tuple(row);
+    }
+    sql.query().execute(&mut **tx).await?;
+    let mut set = Sql::new(backend, "UPDATE exhub_audit_head SET hash = ");
+    set.bind(text(&prev)).push(" WHERE id = 1");
+    set.query().execute(&mut **tx).await?;
+    Ok(())
 }

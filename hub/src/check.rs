@@ -108,6 +108,10 @@ pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) 
     };
     check_config(&mut c, config);
     check_trust(&mut c, config, &file.base_dir());
+    check_keys(&mut c, config);
+    for (at, path, message) in crate::tls::problems(config) {
+        c.error(&at, path, message);
+    }
     let doc_types: BTreeSet<&str> = config
         .orgs
         .iter()
@@ -561,6 +565,43 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
             {
                 c.error(&at, format!("{url}"), e.to_string());
             }
+        }
+    }
+}
+
+/// Public keys parse and carry their owner's name (`org#…`, `hub#…`); an org that requires
+/// signatures has a key to check them with.
+fn check_keys(c: &mut Checker<'_>, config: &Config) {
+    let keys = |c: &mut Checker<'_>, lines: &[String], owner: &str, at: Vec<Seg>, label: String| {
+        for (j, line) in lines.iter().enumerate() {
+            let here = [at.clone(), vec!["public_keys".into(), j.into()]].concat();
+            match exhub_connect::sign::VerifyingKey::from_line(line) {
+                Err(e) => c.error(&here, format!("{label} → public_keys[{j}]"), e.to_string()),
+                Ok(k) if k.org() != owner => c.error(
+                    &here,
+                    format!("{label} → public_keys[{j}]"),
+                    format!("key id {:?} must start with \"{owner}#\"", k.key_id()),
+                ),
+                Ok(_) => {}
+            }
+        }
+    };
+    keys(c, &config.hub.public_keys, "hub", vec!["hub".into()], "hub".into());
+    for (i, org) in config.orgs.iter().enumerate() {
+        let label = format!("org {:?}", org.id);
+        keys(
+            c,
+            &org.public_keys,
+            &org.id,
+            vec!["org".into(), i.into()],
+            label.clone(),
+        );
+        if org.require_signature && org.public_keys.is_empty() {
+            c.error(
+                &["org".into(), i.into(), "require_signature".into()],
+                label,
+                "require_signature needs public_keys to check signatures with (exhub keys generate prints one)".into(),
+            );
         }
     }
 }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
+use exhub_connect::sign::{KeyError, SigningKey};
+
 use crate::secret::{SecretError, SecretUrl, read_password_file};
 
 /// Default of `[hub] secrets`: the directory of AMQP password files, beside routes.toml.
@@ -77,6 +79,13 @@ pub struct HubConfig {
     pub max_batch_items: Option<usize>,
     /// Most bytes of one batch message (default 8 MiB); a bigger batch is dead-lettered whole.
     pub max_batch_bytes: Option<usize>,
+    /// The hub's public signing keys (`"<alg> hub#<name> <base64>"`): when set, sinks apply only
+    /// copies signed by one of them.
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+    /// The hub's private signing key, which it signs every copy with when the file exists
+    /// (default `<secrets>/hub.signing-key`; mode 0600).
+    pub signing_key_file: Option<PathBuf>,
     /// The RabbitMQ management API `exhub provision` uses (default `http://<amqp host>:15672`);
     /// the administrator's login comes from `EXHUB_RABBITMQ_ADMIN` (`user:password`), never
     /// from this file.
@@ -128,8 +137,16 @@ pub struct OrgConfig {
     /// The file holding that user's password (default `<secrets>/<amqp_user>.password`),
     /// written by `exhub provision` when missing; the org's sources and sinks log in with it.
     pub amqp_password_file: Option<PathBuf>,
-    /// The org's public signing key (a file path).
-    pub public_key: Option<PathBuf>,
+    /// The org's public signing keys, lines `"<ed25519|sm2> <org>#<name> <base64>"` as
+    /// `exhub keys generate` prints them (several during a key rotation).
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+    /// Refuse the org's documents unless they are signed by one of its keys (default false).
+    #[serde(default)]
+    pub require_signature: bool,
+    /// The org's private signing key, which its sources and `exhub publish` sign with when the
+    /// file exists (default `<secrets>/<org>.signing-key`; mode 0600).
+    pub signing_key_file: Option<PathBuf>,
 }
 
 impl OrgConfig {
@@ -155,6 +172,58 @@ impl Config {
         match &org.amqp_password_file {
             Some(p) => base.join(p),
             None => self.secrets_dir(base).join(format!("{}.password", org.amqp_user())),
+        }
+    }
+
+    /// Where `org`'s private signing key is kept.
+    pub fn org_signing_key_file(&self, org: &OrgConfig, base: &Path) -> PathBuf {
+        match &org.signing_key_file {
+            Some(p) => base.join(p),
+            None => self.secrets_dir(base).join(format!("{}.signing-key", org.id)),
+        }
+    }
+
+    /// The signing key `org`'s adapters sign with: its key file when it exists, else none —
+    /// unless the org requires signatures, which makes a missing key an error.
+    pub fn org_signer(&self, org: &str, base: &Path) -> Result<Option<SigningKey>, KeyError> {
+        let Some(o) = self.org(org) else { return Ok(None) };
+        let file = self.org_signing_key_file(o, base);
+        if file.exists() {
+            return SigningKey::read_file(&file).map(Some);
+        }
+        if o.require_signature {
+            return Err(KeyError::Read {
+                path: file.display().to_string(),
+                detail: format!(
+                    "org {org} requires signatures and has no signing key (exhub keys generate --org {org})"
+                ),
+            });
+        }
+        Ok(None)
+    }
+
+    /// The hub's signing key, when its key file exists.
+    pub fn hub_signer(&self, base: &Path) -> Result<Option<SigningKey>, KeyError> {
+        let file = self.hub_signing_key_file(base);
+        if file.exists() {
+            return SigningKey::read_file(&file).map(Some);
+        }
+        if !self.hub.public_keys.is_empty() {
+            return Err(KeyError::Read {
+                path: file.display().to_string(),
+                detail: "[hub] public_keys is set, so sinks want signed copies, and the hub has no signing key \
+                         (exhub keys generate --hub)"
+                    .into(),
+            });
+        }
+        Ok(None)
+    }
+
+    /// Where the hub's private signing key is kept.
+    pub fn hub_signing_key_file(&self, base: &Path) -> PathBuf {
+        match &self.hub.signing_key_file {
+            Some(p) => base.join(p),
+            None => self.secrets_dir(base).join("hub.signing-key"),
         }
     }
 

@@ -1,7 +1,8 @@
 //! # exhub-hub — the exchange center
 //!
 //! The configuration of the whole exchange (routes.toml: [`config`]), its whole-graph check
-//! ([`check`]), route filters ([`filter`]) and secrets that cannot leak ([`secret`]); the hub
+//! ([`check`]), route filters ([`filter`]), secrets that cannot leak ([`secret`]) and TLS settings
+//! that cannot be quietly dropped ([`tls`]); the hub
 //! itself: the [`gate`] every document passes, the [`router`], the [`archive`] (转储) and the
 //! [`pipeline`] that runs them over RabbitMQ. The `exhub` binary (src/main.rs and src/cmd/) is
 //! the one place that dispatches commands.
@@ -15,6 +16,7 @@ pub mod pipeline;
 pub mod provision;
 pub mod router;
 pub mod secret;
+pub mod tls;
 
 use std::path::Path;
 

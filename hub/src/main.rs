@@ -67,6 +67,19 @@ enum Command {
         #[arg(long)]
         adopt: bool,
     },
+    /// The archive's hash-chained audit log.
+    Audit {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Signing keys of orgs and of the hub.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Run hub workers (several processes may share one config) until Ctrl-C or SIGTERM.
     Hub {
         /// The exchange description.
@@ -198,6 +211,41 @@ impl From<Select> for Query {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the whole chain; report the first record changed, removed or inserted (exit 1).
+    Verify,
+    /// Show the latest records.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a signing key: the private key goes to the org's (or the hub's) key file, mode
+    /// 0600; the public key line to add to routes.toml is printed.
+    Generate {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// The org whose key it is.
+        #[arg(long, conflicts_with = "hub", required_unless_present = "hub")]
+        org: Option<String>,
+        /// The hub's own key (it signs every copy it sends).
+        #[arg(long)]
+        hub: bool,
+        /// ed25519 or sm2 (SM2 with SM3, GB/T 32918).
+        #[arg(long, default_value = "ed25519")]
+        alg: String,
+        /// The key's name after `org#` (default: the year).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// Show dead-lettered documents with reason and detail (they stay in the queue).
     List {
@@ -221,6 +269,12 @@ enum DlqCommand {
 
 #[derive(Subcommand)]
 enum ArchiveCommand {
+    /// Show one document's whole chain: received, signature, archived, published, applied or
+    /// refused by each subscriber.
+    Show {
+        /// The document id.
+        id: String,
+    },
     /// Find archived documents; print their delivery status per subscriber.
     Search {
         #[command(flatten)]
@@ -280,6 +334,20 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Provision { config, dry_run, adopt } => block_on(cmd::provision::provision(&config, dry_run, adopt)),
+        Command::Audit { config, command } => match command {
+            AuditCommand::Verify => block_on_code(cmd::audit::verify(&config)),
+            AuditCommand::List { limit } => block_on_code(cmd::audit::list(&config, limit)),
+        },
+        Command::Keys {
+            command:
+                KeysCommand::Generate {
+                    config,
+                    org,
+                    hub: _,
+                    alg,
+                    name,
+                },
+        } => cmd::keys::generate(&config, org.as_deref(), &alg, name.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Hub { config, workers } => block_on(cmd::serve::hub(&config, workers)),
         Command::Run { config } => block_on(cmd::adapters::run(&config)),
         Command::Source {
@@ -310,6 +378,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             command: ArchiveCommand::Search { select, limit },
         } => block_on(cmd::archive::search(&config, &select.into(), limit)),
+        Command::Archive {
+            config,
+            command: ArchiveCommand::Show { id },
+        } => block_on(cmd::archive::show(&config, &id)),
         Command::Check { config } => run_check(&config),
         Command::Validate { file, schemas } => run_validate(&file, &registry(schemas.as_deref())?),
         Command::Convert { to, file, schemas } => run_convert(to, &file, &registry(schemas.as_deref())?),
@@ -356,12 +428,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Runs an async command on a multi-threaded runtime.
 fn block_on(f: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
+    block_on_code(async { f.await.map(|()| ExitCode::SUCCESS) })
+}
+
+/// Runs a command that chooses its own exit code.
+fn block_on_code(f: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(f)?;
-    Ok(ExitCode::SUCCESS)
+    runtime.block_on(f)
 }
 
 fn registry(dir: Option<&Path>) -> Result<Registry> {

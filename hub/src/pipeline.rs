@@ -26,6 +26,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::archive::{Archive, ArchiveError, Entry, Stored};
+use exhub_connect::sign::{self, KeyError, Keyring, SigningKey};
+
+use crate::archive::{AuditEntry, Proof, ReceiptRow};
 use crate::config::Config;
 use crate::gate::{Admitted, Gate, Rejection, reason};
 use crate::router::{Router, RouterError, Target};
@@ -64,6 +67,15 @@ pub enum HubError {
     /// The routes do not compile.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// A public key does not parse.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// An org's public keys and whether it must sign.
+struct OrgKeys {
+    keys: Keyring,
+    required: bool,
 }
 
 /// Everything a hub worker shares with the others: read-only, built once from the config.
@@ -76,6 +88,10 @@ pub struct Hub {
     user: String,
     /// AMQP user → org, for participants' dead letters.
     orgs_by_user: HashMap<String, String>,
+    /// AMQP user → what its org's signatures must be.
+    signatures: HashMap<String, OrgKeys>,
+    /// The hub's own key: every copy is signed with it when there is one.
+    signer: Option<SigningKey>,
     /// Subscriber → its org.
     subscriber_orgs: HashMap<String, String>,
     /// Most documents and bytes of one batch message.
@@ -84,9 +100,18 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Builds the hub for `config`: compiles routes, opens the archive.
-    pub async fn new(config: &Config, registry: Arc<Registry>) -> Result<Hub, HubError> {
+    /// Builds the hub for `config`: compiles routes, reads the orgs' public keys, opens the
+    /// archive. With `signer`, every copy the hub sends is signed.
+    pub async fn new(config: &Config, registry: Arc<Registry>, signer: Option<SigningKey>) -> Result<Hub, HubError> {
         let router = Router::new(config)?;
+        let mut signatures = HashMap::new();
+        for o in &config.orgs {
+            let keys = OrgKeys {
+                keys: Keyring::from_lines(&o.public_keys)?,
+                required: o.require_signature,
+            };
+            signatures.insert(o.amqp_user().to_owned(), keys);
+        }
         let archive = Archive::open(config.hub.archive.expose()).await?;
         Ok(Hub {
             gate: Gate::new(config, registry),
@@ -105,6 +130,8 @@ impl Hub {
                 .iter()
                 .map(|s| (s.name().to_owned(), s.org().to_owned()))
                 .collect(),
+            signatures,
+            signer,
             batch_items: config.hub.batch_limits().0,
             batch_bytes: config.hub.batch_limits().1,
         })
@@ -280,17 +307,31 @@ impl Hub {
     async fn prepare(&self, deliveries: &[Delivery]) -> Result<Prepared, Failure> {
         let mut out: Vec<Outgoing> = Vec::new();
         let mut items: Vec<Item<'_>> = Vec::new();
+        let mut receipts: Vec<ReceiptRow> = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
             let user = self.effective_user(&d.properties);
             if wire::is_dead_letter(&d.properties) {
                 out.push(self.file_dead_letter(d));
-            } else if wire::is_batch(&d.properties) {
-                match self.split(d) {
-                    Ok(parts) => items.extend(parts.into_iter().map(|raw| Item::new(i, raw, &user))),
+                continue;
+            }
+            if wire::is_receipt(&d.properties) {
+                match self.receipt(d) {
+                    Ok(rows) => receipts.extend(rows),
                     Err(r) => out.push(self.dead_letter(&d.data, &d.properties, user.as_deref(), &r)),
                 }
+                continue;
+            }
+            let parts = if wire::is_batch(&d.properties) {
+                self.split(d)
             } else {
-                items.push(Item::new(i, &d.data, &user));
+                Ok(vec![&d.data[..]])
+            };
+            match parts.and_then(|parts| Ok((self.verify(d, &parts)?, parts))) {
+                Ok((proof, parts)) => {
+                    let proof = proof.map(Arc::new);
+                    items.extend(parts.into_iter().map(|raw| Item::new(i, raw, &user, proof.clone())));
+                }
+                Err(r) => out.push(self.dead_letter(&d.data, &d.properties, user.as_deref(), &r)),
             }
         }
         // Gate every document; route the admitted ones; drop repeats inside this batch.
@@ -314,11 +355,15 @@ impl Hub {
             .iter()
             .map(|(item, a, targets)| entry(item, a, targets))
             .collect();
-        let stored = if entries.is_empty() {
+        // Refusals so far are audited with the archive's writes, in one transaction.
+        let audit = refusals_audit(&out);
+        let stored = if entries.is_empty() && audit.is_empty() {
             Vec::new()
         } else {
-            self.archive.store(&entries).await?
+            self.archive.store(&entries, &audit).await?
         };
+        let before_conflicts = out.len();
+        self.archive.record_receipts(&receipts).await?;
         // Copies per (ingress message, subscriber): a batch in, a batch out.
         let mut copies: BTreeMap<(usize, &str), Pack> = BTreeMap::new();
         let mut confirmed: Vec<(uuid::Uuid, String)> = Vec::new();
@@ -360,13 +405,23 @@ impl Hub {
                 confirmed.push((a.doc.header.id, t.subscriber.clone()));
             }
         }
+        // Conflicts are known only once stored: audited on their own.
+        let conflicts = refusals_audit(&out[before_conflicts..]);
+        if !conflicts.is_empty() {
+            self.archive.audit(&conflicts).await?;
+        }
         let exchange = self.topology.out_exchange();
         for ((_, subscriber), mut pack) in copies {
+            let signer = self.signer.as_ref();
             let (payload, properties) = match (pack.docs.len(), pack.first) {
-                (1, Some(props)) => (pack.docs.remove(0), props),
+                (1, Some(props)) => {
+                    let payload = pack.docs.remove(0);
+                    let props = wire::signed(props, signer, &[&payload]);
+                    (payload, props)
+                }
                 (n, _) => (
                     wire::encode_batch(pack.format, &pack.docs),
-                    wire::batch_properties(pack.format, n, &self.user),
+                    wire::signed(wire::batch_properties(pack.format, n, &self.user), signer, &pack.docs),
                 ),
             };
             out.push(Outgoing {
@@ -399,7 +454,7 @@ impl Hub {
     ) -> Result<(), Failure> {
         publisher.publish(&batch.out, hard_stop).await?;
         let confirmed: Vec<(uuid::Uuid, &str)> = batch.confirmed.iter().map(|(id, s)| (*id, s.as_str())).collect();
-        self.archive.mark_published(&confirmed).await?;
+        self.archive.mark_published(&confirmed, &self.user).await?;
         if let Some(tag) = batch.last_tag {
             channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
@@ -460,6 +515,94 @@ impl Hub {
             ));
         }
         Ok(parts)
+    }
+
+    /// A subscriber's receipt, checked: sent by the subscriber's own org (its verified login),
+    /// signed by one of the org's keys when it signs or must, and well formed.
+    fn receipt(&self, d: &Delivery) -> Result<Vec<ReceiptRow>, Rejection> {
+        let user = d.properties.user_id().as_ref().map(|u| u.as_str().to_owned());
+        let Some(org) = user.as_deref().and_then(|u| self.orgs_by_user.get(u)) else {
+            let shown = wire::excerpt(user.as_deref().unwrap_or(""), 64).into_owned();
+            return Err(Rejection::new(
+                reason::UNAUTHENTICATED,
+                format!("a receipt from AMQP user {shown:?}, which is no org's"),
+            ));
+        };
+        let proof = self.verify(d, &[&d.data[..]])?;
+        let receipt: wire::Receipt = serde_json::from_slice(&d.data)
+            .map_err(|e| Rejection::new(reason::MALFORMED, format!("not a receipt: {e}")))?;
+        if self.subscriber_orgs.get(&receipt.subscriber) != Some(org) {
+            let shown = wire::excerpt(&receipt.subscriber, 64).into_owned();
+            return Err(Rejection::new(
+                reason::UNAUTHORIZED,
+                format!("org {org:?} sent a receipt for subscriber {shown:?}, which is not its own"),
+            ));
+        }
+        let key_id = proof.map(|p| p.key_id);
+        let row = |id: &str, outcome, reason: Option<String>| -> Result<ReceiptRow, Rejection> {
+            let id = uuid::Uuid::parse_str(id).map_err(|_| {
+                Rejection::new(
+                    reason::MALFORMED,
+                    format!("receipt names {:?}, not a document id", wire::excerpt(id, 64)),
+                )
+            })?;
+            Ok(ReceiptRow {
+                document_id: id.to_string(),
+                subscriber: receipt.subscriber.clone(),
+                outcome,
+                reason,
+                amqp_user: user.clone().unwrap_or_default(),
+                key_id: key_id.clone(),
+                received_at: 0,
+            })
+        };
+        let mut rows = Vec::with_capacity(receipt.applied.len() + receipt.refused.len());
+        for id in &receipt.applied {
+            rows.push(row(id, crate::archive::APPLIED, None)?);
+        }
+        for r in &receipt.refused {
+            rows.push(row(
+                &r.id,
+                crate::archive::REFUSED,
+                Some(wire::excerpt(&r.reason, 64).into_owned()),
+            )?);
+        }
+        Ok(rows)
+    }
+
+    /// The sender's signature over a message's documents, checked against its org's keys: the
+    /// proof to archive with them, `None` for an unsigned message of an org that need not sign,
+    /// or the refusal (`signature`) of the whole message. Messages the hub itself published
+    /// (a DLQ retry) carry the original sender in a header and no signature: they are the
+    /// operator's doing, recorded as such, and not held to the sender's signing rule.
+    fn verify(&self, d: &Delivery, parts: &[&[u8]]) -> Result<Option<Proof>, Rejection> {
+        let props = &d.properties;
+        let publisher = props.user_id().as_ref().map(|u| u.as_str());
+        if publisher == Some(self.user.as_str()) {
+            return Ok(None);
+        }
+        let Some(org) = publisher.and_then(|u| self.signatures.get(u)) else {
+            // Not an org's login: the gate refuses its documents as unauthenticated.
+            return Ok(None);
+        };
+        let Some(header) = wire::header_str(props, sign::HEADER) else {
+            if org.required {
+                return Err(Rejection::new(
+                    reason::SIGNATURE,
+                    "unsigned, and the sender's org requires signatures (require_signature)",
+                ));
+            }
+            return Ok(None);
+        };
+        match org.keys.verify(&header, parts) {
+            Ok(key_id) => Ok(Some(Proof {
+                id: sign::digest(&sign::manifest(parts)),
+                key_id,
+                signature: header,
+                manifest: String::from_utf8_lossy(&sign::manifest(parts)).into_owned(),
+            })),
+            Err(e) => Err(Rejection::new(reason::SIGNATURE, e.to_string())),
+        }
     }
 
     /// A participant's dead letter (a source's unmappable row, a sink's refused document), filed
@@ -549,6 +692,39 @@ impl Hub {
     }
 }
 
+/// Audit records of the dead letters among `out`: per (publisher, DLQ), the message ids and
+/// reasons.
+fn refusals_audit(out: &[Outgoing]) -> Vec<AuditEntry> {
+    let mut groups: BTreeMap<(String, &str), Vec<(String, String)>> = BTreeMap::new();
+    for o in out.iter().filter(|o| o.properties.headers().is_some()) {
+        let Some(reason) = wire::header_str(&o.properties, header::REASON) else {
+            continue;
+        };
+        let user = wire::header_str(&o.properties, header::USER).unwrap_or_default();
+        let id = o
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        groups
+            .entry((user, o.routing_key.as_str()))
+            .or_default()
+            .push((id, reason));
+    }
+    groups
+        .into_iter()
+        .map(|((user, dlq), refused)| {
+            AuditEntry::new(
+                &user,
+                "refused",
+                format!("{} to {dlq}", refused.len()),
+                serde_json::json!({ "dlq": dlq, "refused": refused }),
+            )
+        })
+        .collect()
+}
+
 /// A batch gated and archived, not yet published.
 struct Prepared {
     /// Copies and refusals to publish.
@@ -577,14 +753,17 @@ struct Item<'a> {
     raw: &'a [u8],
     /// Who published it.
     user: Option<String>,
+    /// The sender's signature over its message, when it was signed.
+    proof: Option<Arc<Proof>>,
 }
 
 impl<'a> Item<'a> {
-    fn new(delivery: usize, raw: &'a [u8], user: &Option<String>) -> Self {
+    fn new(delivery: usize, raw: &'a [u8], user: &Option<String>, proof: Option<Arc<Proof>>) -> Self {
         Item {
             delivery,
             raw,
             user: user.clone(),
+            proof,
         }
     }
 }
@@ -667,6 +846,7 @@ fn entry<'a>(item: &'a Item<'_>, a: &'a Admitted, targets: &'a [Target]) -> Entr
         content_hash: &a.hash,
         raw: item.raw,
         subscribers: targets.iter().map(|t| t.subscriber.as_str()).collect(),
+        proof: item.proof.as_deref(),
     }
 }
 

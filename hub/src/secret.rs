@@ -74,6 +74,13 @@ pub fn read_password_file(path: &Path) -> Result<Secret, SecretError> {
 /// Writes a new password file (mode 0600, in a directory created 0700 when missing; never
 /// replacing an existing file).
 pub fn write_password_file(path: &Path, password: &Secret) -> std::io::Result<()> {
+    write_private_file(path, password)
+}
+
+/// Writes a new file only its owner may read (mode 0600, in a directory created 0700 when
+/// missing; never replacing an existing file): a password, a private key.
+pub fn write_private_file(path: &Path, content: &Secret) -> std::io::Result<()> {
+    let password = content;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);

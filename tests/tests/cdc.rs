@@ -128,6 +128,19 @@ impl Cdc {
         }
     }
 
+    /// Takes the first dead letter of the sink `mirror`'s DLQ: its reason.
+    async fn mirror_dead_letter_reason(&self) -> String {
+        let t = &self.exchange.topology;
+        let dlq = self
+            .exchange
+            .take(&t.subscriber_dlq("mirror"), Duration::from_secs(30), |t| {
+                !t.messages.is_empty()
+            })
+            .await;
+        let p = &dlq.messages[0].properties;
+        exhub_connect::wire::header_str(p, exhub_connect::wire::header::REASON).unwrap_or_default()
+    }
+
     /// Waits until the target holds more than the seed (3 rows in the PostgreSQL scenario).
     async fn wait_progress(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -772,17 +785,7 @@ async fn sink_refuses_copies_not_published_by_the_hub() {
     .unwrap()
     .await
     .unwrap();
-    let dlq = cdc
-        .exchange
-        .take(&t.subscriber_dlq("mirror"), Duration::from_secs(30), |t| {
-            !t.messages.is_empty()
-        })
-        .await;
-    let p = &dlq.messages[0].properties;
-    assert_eq!(
-        exhub_connect::wire::header_str(p, exhub_connect::wire::header::REASON).as_deref(),
-        Some("unauthenticated")
-    );
+    assert_eq!(cdc.mirror_dead_letter_reason().await, "unauthenticated");
     // The genuine document, through the hub, is applied.
     let (id, doc) = crate::exchange::tax_doc("nanhai.tax", 7, "南海");
     cdc.exchange.publish(vec![(doc, cdc.exchange.props(&id))]).await;
@@ -795,4 +798,76 @@ async fn sink_refuses_copies_not_published_by_the_hub() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(names.ends_with("第7分公司"), "{names}");
+}
+
+/// With hub keys, the sink applies only copies the hub signed — even one published with the
+/// hub's own login but unsigned is refused as `signature` — and every applied document comes
+/// back as a receipt signed by the subscriber's org, which `exhub archive show` prints.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_copies_are_applied_and_receipted() {
+    let mut cdc = Cdc::new("receipts", false);
+    let ex = &cdc.exchange;
+    let key = |who: &[&str]| {
+        let mut args = vec!["keys", "generate"];
+        args.extend_from_slice(who);
+        let out = ex.exhub(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let hub_key = key(&["--hub"]);
+    let commerce_key = key(&["--org", "nanhai.commerce", "--alg", "sm2"]);
+    let text = std::fs::read_to_string(&ex.config).unwrap();
+    let commerce_user = format!("amqp_user = \"{}\"\n", ex.user("commerce"));
+    let text = text
+        .replacen("[hub]\n", &format!("[hub]\npublic_keys = [\"{hub_key}\"]\n"), 1)
+        .replacen(
+            &commerce_user,
+            &format!("{commerce_user}public_keys = [\"{commerce_key}\"]\n"),
+            1,
+        );
+    std::fs::write(&ex.config, text).unwrap();
+    cdc.exchange.start_hub().await;
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    let t = cdc.exchange.topology.clone();
+
+    // A copy with the hub's login but no hub signature: refused.
+    let (unsigned_id, unsigned) = crate::exchange::tax_doc("nanhai.tax", 8, "南海");
+    let hub = lapin::Connection::connect(&cdc.exchange.url_of("hub"), Default::default())
+        .await
+        .unwrap();
+    let ch = hub.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        t.out_exchange().as_str().into(),
+        "mirror".into(),
+        Default::default(),
+        &unsigned,
+        crate::exchange::props(&unsigned_id, &cdc.exchange.user("hub")),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(cdc.mirror_dead_letter_reason().await, "signature");
+
+    // Through the hub: signed, applied, receipted.
+    let (id, doc) = crate::exchange::tax_doc("nanhai.tax", 9, "南海");
+    cdc.exchange.publish(vec![(doc, cdc.exchange.props(&id))]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let show = cdc.exchange.exhub(&["archive", "show", &id]);
+        let text = String::from_utf8_lossy(&show.stdout).into_owned();
+        if text.contains("applied    mirror: applied") {
+            assert!(text.contains("signed by nanhai.commerce#"), "{text}");
+            assert!(text.contains("signature  none"), "the tax bureau did not sign: {text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no receipt: {text}\n{}",
+            cdc.log("sink-0.log")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cdc.target_sql("SELECT count(*) FROM tax_registration"), "1");
 }

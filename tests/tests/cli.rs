@@ -55,7 +55,7 @@ fn check_reads_exhub_config_and_more_mistakes() {
             "where = \"body.distric == '南海' and\"",
         )
         .replace(
-            "url = \"mysql://root@127.0.0.1:3306/tax_mirror\"",
+            "url = \"mysql://root@127.0.0.1:3306/tax_mirror?ssl-mode=VERIFY_IDENTITY&ssl-ca=/var/lib/exhub-tls/ca.pem\"",
             "url = \"postgres://x@127.0.0.1/y\"",
         );
     std::fs::write(&cfg, text).unwrap();

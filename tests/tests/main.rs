@@ -8,6 +8,7 @@ mod exchange;
 mod hub;
 mod recovery;
 mod services;
+mod tls;
 mod trust;
 
 use std::path::{Path, PathBuf};

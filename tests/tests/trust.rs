@@ -444,3 +444,205 @@ async fn dead_letters_are_filed_only_for_the_senders_own_subscribers() {
     assert_eq!(wire::header_str(p, header::REASON).as_deref(), Some("unauthorized"));
     assert_eq!(ex.depth(&ex.topology.subscriber_dlq("tax-feed")).await, 0);
 }
+
+/// Adds `lines` (TOML) after the line of `org`'s AMQP user (or after `[hub]` for "hub").
+fn add_to(ex: &Exchange, who: &str, lines: &str) {
+    let text = std::fs::read_to_string(&ex.config).unwrap();
+    let anchor = match who {
+        "hub" => "[hub]\n".to_owned(),
+        short => format!("amqp_user = \"{}\"\n", ex.user(short)),
+    };
+    assert!(text.contains(&anchor), "{anchor}");
+    std::fs::write(&ex.config, text.replacen(&anchor, &format!("{anchor}{lines}\n"), 1)).unwrap();
+}
+
+/// `exhub keys generate` for `who` (`--org nanhai.tax` or `--hub`): its public key line.
+fn generate_key(ex: &Exchange, who: &[&str], alg: &str) -> String {
+    let mut args = vec!["keys", "generate", "--alg", alg];
+    args.extend_from_slice(who);
+    let out = ex.exhub(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stdout(&out).trim().to_owned()
+}
+
+/// Departments that sign (the tax bureau with SM2, required; the commerce bureau with
+/// Ed25519): signed documents pass and their proof is archived; an unsigned, a tampered and a
+/// stranger-signed message from a department that must sign are refused as `signature`.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_documents_pass_and_unsigned_or_tampered_ones_are_refused() {
+    let mut ex = Exchange::new("signed", ArchiveKind::Sqlite, "", GRAPH);
+    let tax_key = generate_key(&ex, &["--org", "nanhai.tax"], "sm2");
+    let commerce_key = generate_key(&ex, &["--org", "nanhai.commerce", "--name", "k1"], "ed25519");
+    assert!(tax_key.starts_with("sm2 nanhai.tax#"), "{tax_key}");
+    assert!(
+        commerce_key.starts_with("ed25519 nanhai.commerce#k1 "),
+        "{commerce_key}"
+    );
+    add_to(
+        &ex,
+        "tax",
+        &format!("public_keys = [\"{tax_key}\"]\nrequire_signature = true"),
+    );
+    add_to(&ex, "commerce", &format!("public_keys = [\"{commerce_key}\"]"));
+    let check = ex.exhub(&["check"]);
+    assert!(check.status.success(), "{}", stdout(&check));
+    ex.start_hub().await;
+
+    // Signed by `exhub publish` with each org's key: routed.
+    let (signed, signed_doc) = tax_doc("nanhai.tax", 50, "南海");
+    std::fs::write(ex.dir.join("signed.json"), &signed_doc).unwrap();
+    let out = ex.exhub(&["publish", "--as", "nanhai.tax", "signed.json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let licence = crate::root().join("examples/documents/commerce.business_license.xml");
+    let fresh = regex_free_replace_id(&std::fs::read_to_string(&licence).unwrap());
+    std::fs::write(ex.dir.join("licence.xml"), &fresh).unwrap();
+    let out = ex.exhub(&["publish", "--as", "nanhai.commerce", "licence.xml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = ex
+        .take(&ex.topology.subscriber_queue("tax-feed"), WAIT, |t| t.docs >= 1)
+        .await;
+    assert_eq!(got.order, std::slice::from_ref(&signed));
+    ex.take(&ex.topology.subscriber_queue("commerce-feed"), WAIT, |t| t.docs >= 1)
+        .await;
+
+    // Unsigned, tampered after signing, signed by a key the org does not have: refused.
+    let (unsigned, unsigned_doc) = tax_doc("nanhai.tax", 51, "南海");
+    let (tampered, tampered_doc) = tax_doc("nanhai.tax", 52, "南海");
+    let key_line = std::fs::read_to_string(ex.dir.join("secrets/nanhai.tax.signing-key")).unwrap();
+    let key = exhub_connect::sign::SigningKey::from_line(key_line.trim()).unwrap();
+    let tampered_props = wire::signed(ex.props(&tampered), Some(&key), &[&tampered_doc]);
+    let changed = String::from_utf8(tampered_doc.clone())
+        .unwrap()
+        .replace("陈志强", "李四");
+    let (stranger, stranger_doc) = tax_doc("nanhai.tax", 53, "南海");
+    let other = exhub_connect::sign::SigningKey::generate(exhub_connect::sign::Alg::Sm2, "nanhai.tax#forged").unwrap();
+    let stranger_props = wire::signed(ex.props(&stranger), Some(&other), &[&stranger_doc]);
+    ex.publish(vec![
+        (unsigned_doc, ex.props(&unsigned)),
+        (changed.into_bytes(), tampered_props),
+        (stranger_doc, stranger_props),
+    ])
+    .await;
+    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| t.messages.len() >= 3).await;
+    let mut reasons: Vec<(String, String, String)> = dlq
+        .messages
+        .iter()
+        .map(|r| {
+            let p = &r.properties;
+            (
+                p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                wire::header_str(p, header::REASON).unwrap_or_default(),
+                wire::header_str(p, header::DETAIL).unwrap_or_default(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    let mut expected = vec![
+        (unsigned, "requires signatures"),
+        (tampered, "does not match"),
+        (stranger, "is not one of the signer's keys"),
+    ];
+    expected.sort();
+    for ((id, reason, detail), (want_id, want_detail)) in reasons.iter().zip(&expected) {
+        assert_eq!((id, reason.as_str()), (want_id, "signature"), "{reasons:?}");
+        assert!(detail.contains(want_detail), "{detail}");
+    }
+    // The archive keeps the proof: the signed document verifies against the org's key.
+    let show = ex.exhub(&["archive", "show", &signed]);
+    let text = stdout(&show);
+    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    assert!(
+        text.contains("signature  key nanhai.tax#") && text.contains("verified"),
+        "{text}"
+    );
+    assert!(text.contains("tax-feed"), "{text}");
+}
+
+/// The example licence with a fresh id (its `<id>` element replaced).
+fn regex_free_replace_id(xml: &str) -> String {
+    let start = xml.find("<id>").unwrap() + 4;
+    let end = xml[start..].find("</id>").unwrap() + start;
+    format!("{}{}{}", &xml[..start], uuid::Uuid::now_v7(), &xml[end..])
+}
+
+/// The audit log records what the hub accepted, refused and published, verifies link by link,
+/// and `exhub audit verify` finds the first record edited, removed or whose documents changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_log_verifies_and_finds_an_edited_record() {
+    let mut ex = Exchange::new("audit", ArchiveKind::Postgres, "", GRAPH);
+    ex.start_hub().await;
+    let docs: Vec<(String, Vec<u8>)> = (0..3).map(|n| tax_doc("nanhai.tax", 60 + n, "南海")).collect();
+    let (refused, refused_doc) = tax_doc("nanhai.commerce", 63, "南海");
+    ex.publish(docs.iter().map(|(id, d)| (d.clone(), ex.props(id))).collect())
+        .await;
+    ex.publish(vec![(refused_doc, ex.props(&refused))]).await;
+    ex.take(&ex.topology.subscriber_queue("tax-feed"), WAIT, |t| t.docs >= 3)
+        .await;
+    ex.take(&ex.topology.hub_dlq(), WAIT, |t| !t.messages.is_empty()).await;
+    // Wait for the hub's record of the published copies, then stop it: nothing writes now.
+    let deadline = Instant::now() + WAIT;
+    while !stdout(&ex.exhub(&["audit", "list", "--limit", "100"])).contains("\tpublished\t") {
+        assert!(Instant::now() < deadline, "no published record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ex.kill_hubs();
+    let list = stdout(&ex.exhub(&["audit", "list", "--limit", "100"]));
+    let tax = ex.user("tax");
+    assert!(list.contains(&format!("\t{tax}\taccepted\t")), "{list}");
+    assert!(
+        list.contains(&format!("\t{tax}\trefused\t1 to")) && list.contains(&refused),
+        "{list}"
+    );
+    let verify = |ex: &Exchange| {
+        let out = ex.exhub(&["audit", "verify"]);
+        (out.status.code(), stdout(&out))
+    };
+    let (code, text) = verify(&ex);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("audit log ok"), "{text}");
+
+    let db = ex.archive_url.rsplit('/').next().unwrap().to_owned();
+    let sql = |q: &str| crate::services::psql(&db, q);
+    // An edited record.
+    let actor = sql("SELECT actor FROM exhub_audit WHERE seq = 2");
+    sql("UPDATE exhub_audit SET actor = 'someone-else' WHERE seq = 2");
+    let (code, text) = verify(&ex);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("BROKEN at record 2: its content does not match its hash"),
+        "{text}"
+    );
+    sql(&format!("UPDATE exhub_audit SET actor = '{actor}' WHERE seq = 2"));
+    assert_eq!(verify(&ex).0, Some(0));
+    // An archived document whose hash was changed.
+    let hash = sql(&format!(
+        "SELECT content_hash FROM exhub_documents WHERE id = '{}'",
+        docs[1].0
+    ));
+    sql(&format!(
+        "UPDATE exhub_documents SET content_hash = 'sha256:00' WHERE id = '{}'",
+        docs[1].0
+    ));
+    let (code, text) = verify(&ex);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("were changed since"), "{text}");
+    sql(&format!(
+        "UPDATE exhub_documents SET content_hash = '{hash}' WHERE id = '{}'",
+        docs[1].0
+    ));
+    assert_eq!(verify(&ex).0, Some(0));
+    // The last record removed.
+    sql("DELETE FROM exhub_audit WHERE seq = (SELECT max(seq) FROM exhub_audit)");
+    let (code, text) = verify(&ex);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("the head does not match the last record"), "{text}");
+}
+
+/// A SQLite archive is created readable by its owner only.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_file_is_private() {
+    let ex = exchange("archive-mode", "").await;
+    let path = ex.archive_url.trim_start_matches("sqlite://").to_owned();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{path}");
+}

@@ -1,12 +1,16 @@
-//! Connections to RabbitMQ: one place that opens them, names them, and classifies their
-//! failures into *passing* (broker restarting, network) and *fatal* (refused credentials,
-//! forbidden vhost, a declaration that contradicts the existing one), plus the backoff used
-//! between reconnection attempts.
+//! Connections to RabbitMQ: one place that opens them (over TLS for `amqps://`, see
+//! [`Target`]), names them, and classifies their failures into *passing* (broker restarting,
+//! network) and *fatal* (refused credentials, forbidden vhost, a declaration that contradicts the
+//! existing one, a TLS setting or handshake that cannot succeed), plus the backoff used between
+//! reconnection attempts.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
+use lapin::{Channel, Connect as _, Connection, ConnectionProperties, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
 /// A failure talking to the broker.
@@ -36,12 +40,21 @@ pub enum AmqpError {
     /// The URL does not parse (the text is not repeated: it may hold a password).
     #[error("invalid AMQP URL: {0}")]
     Url(String),
+    /// TLS was asked for and cannot be had as asked: a setting exhub does not support, a
+    /// certificate file that cannot be read, or a handshake that failed (the broker's
+    /// certificate is not trusted, or the port does not speak TLS). Never retried, and never
+    /// answered by falling back to clear text.
+    #[error("AMQP TLS: {0}")]
+    Tls(String),
 }
 
 impl AmqpError {
     /// Whether retrying after a reconnect can succeed.
     pub fn is_passing(&self) -> bool {
-        !matches!(self, AmqpError::Refused(_) | AmqpError::Cancelled | AmqpError::Url(_))
+        !matches!(
+            self,
+            AmqpError::Refused(_) | AmqpError::Cancelled | AmqpError::Url(_) | AmqpError::Tls(_)
+        )
     }
 }
 
@@ -69,14 +82,175 @@ impl From<lapin::Error> for AmqpError {
 /// connection; at 32 KiB it is 2 MiB, and a bigger message simply takes several frames.
 pub const FRAME_MAX: u32 = 32 * 1024;
 
-/// Opens a connection named `name` (shown in RabbitMQ's connection list).
-pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
-    let mut uri: lapin::uri::AMQPUri = url.parse().map_err(AmqpError::Url)?;
-    if uri.query.frame_max.is_none() {
-        uri.query.frame_max = Some(FRAME_MAX);
+/// Where and how to reach the broker, read from an AMQP URL.
+///
+/// `amqps://` is TLS (rustls), and nothing else is: the broker's certificate is always verified
+/// against the system's trusted roots plus `cacertfile`, and its name or IP address must match
+/// the URL's host. TLS settings are RabbitMQ's own URI query parameters, which exhub takes out
+/// of the URL before lapin reads the rest (`frame_max`, `heartbeat`, `auth_mechanism`, …):
+///
+/// - `cacertfile=/path/ca.pem` — a CA (PEM) to trust for the broker's certificate;
+/// - `certfile=…&keyfile=…` — a client certificate and its key (PEM), for brokers that ask
+///   for one; with `auth_mechanism=external` the certificate is the login (no password);
+/// - `verify=verify_peer` — the only verification there is, accepted for compatibility.
+///
+/// Anything else about TLS (`verify=verify_none`, `server_name_indication`, `depth`, a key
+/// `password`) is refused, and so are TLS settings on an `amqp://` URL: a setting exhub cannot
+/// honour is an error, never a quiet connection in clear text.
+pub struct Target {
+    uri: AMQPUri,
+    tls: TlsFiles,
+}
+
+/// Without the password.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = &self.uri.authority;
+        f.debug_struct("Target")
+            .field("scheme", &self.uri.scheme)
+            .field("user", &a.userinfo.username)
+            .field("host", &a.host)
+            .field("port", &a.port)
+            .field("vhost", &self.uri.vhost)
+            .field("tls", &self.tls)
+            .finish()
     }
+}
+
+/// The files an `amqps://` URL names.
+#[derive(Debug, Default)]
+struct TlsFiles {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl Target {
+    /// Reads `url`. Errors say what is wrong without repeating the URL (it may hold a password).
+    pub fn parse(url: &str) -> Result<Target, AmqpError> {
+        let mut parsed = url::Url::parse(url).map_err(|e| AmqpError::Url(e.to_string()))?;
+        let tls_scheme = match parsed.scheme() {
+            "amqps" => true,
+            "amqp" => false,
+            other => return Err(AmqpError::Url(format!("scheme {other:?} is not amqp or amqps"))),
+        };
+        let tls_error = |m: String| Err(AmqpError::Tls(m));
+        let mut tls = TlsFiles::default();
+        let mut rest: Vec<(String, String)> = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            match &*key {
+                "cacertfile" => tls.ca = Some(value.as_ref().into()),
+                "certfile" => tls.cert = Some(value.as_ref().into()),
+                "keyfile" => tls.key = Some(value.as_ref().into()),
+                "verify" if value == "verify_peer" => {}
+                "verify" => {
+                    return tls_error(format!(
+                        "verify={value} is not supported: exhub always verifies the broker's certificate (verify_peer)"
+                    ));
+                }
+                "server_name_indication" | "depth" | "password" | "fail_if_no_peer_cert" => {
+                    return tls_error(format!("URL parameter {key} is not supported by exhub's TLS client"));
+                }
+                _ => rest.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        let names_tls = tls.ca.is_some() || tls.cert.is_some() || tls.key.is_some();
+        if names_tls && !tls_scheme {
+            return tls_error(
+                "the URL names TLS files (cacertfile/certfile/keyfile) but is amqp://, which is clear text: \
+                 use amqps:// (RabbitMQ's TLS port is 5671)"
+                    .into(),
+            );
+        }
+        if tls.cert.is_some() != tls.key.is_some() {
+            return tls_error("certfile and keyfile go together (a client certificate and its key)".into());
+        }
+        if rest.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(&rest);
+        }
+        let mut uri: AMQPUri = parsed.as_str().parse().map_err(AmqpError::Url)?;
+        // lapin takes the host from `Url::domain`, which is empty for an IPv6 address (it then
+        // connects to "localhost"): use the address written, which TLS verifies too.
+        match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => uri.authority.host = ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => uri.authority.host = ip.to_string(),
+            _ => {}
+        }
+        if uri.query.auth_mechanism == Some(SASLMechanism::External) && tls.cert.is_none() {
+            return tls_error(
+                "auth_mechanism=external logs in with a client certificate: give amqps:// with certfile and keyfile"
+                    .into(),
+            );
+        }
+        if uri.query.frame_max.is_none() {
+            uri.query.frame_max = Some(FRAME_MAX);
+        }
+        Ok(Target { uri, tls })
+    }
+
+    /// Whether the connection is TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme == AMQPScheme::AMQPS
+    }
+
+    /// The TLS material, read from its files now (so that renewed certificates are taken at the
+    /// next connection). `exhub check` calls it to find unreadable files before anything runs.
+    pub fn tls_config(&self) -> Result<OwnedTLSConfig, AmqpError> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| AmqpError::Tls(format!("cannot read {what} {}: {e}", path.display())))
+        };
+        let mut config = OwnedTLSConfig::default();
+        if let Some(ca) = &self.tls.ca {
+            let pem = String::from_utf8(read(ca, "cacertfile")?)
+                .ok()
+                .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+                .ok_or_else(|| AmqpError::Tls(format!("cacertfile {} holds no PEM certificate", ca.display())))?;
+            config.cert_chain = Some(pem);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls.cert, &self.tls.key) {
+            config.identity = Some(OwnedIdentity::PKCS8 {
+                pem: read(cert, "certfile")?,
+                key: read(key, "keyfile")?,
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// Opens a connection named `name` (shown in RabbitMQ's connection list); over TLS for
+/// `amqps://` (see [`Target`]).
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let target = Target::parse(url)?;
+    let tls = target.tls_config()?;
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect_uri(uri, props).await?)
+    let runtime = lapin::runtime::default_runtime()?;
+    let client_cert = target.tls.cert.is_some();
+    let (is_tls, host, port) = (
+        target.is_tls(),
+        target.uri.authority.host.clone(),
+        target.uri.authority.port,
+    );
+    match target.uri.connect_with_config(props, tls, runtime).await {
+        Ok(conn) => Ok(conn),
+        // rustls reports a failed handshake as invalid data: an untrusted certificate, a name
+        // that does not match, or a port that answers in clear text. Retrying cannot help.
+        Err(e)
+            if is_tls && matches!(e.kind(), ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::InvalidData) =>
+        {
+            let certfile = if client_cert {
+                ", and is certfile an X.509 v3 certificate that matches keyfile"
+            } else {
+                ""
+            };
+            Err(AmqpError::Tls(format!(
+                "TLS handshake with {host}:{port} failed: {e} (is it RabbitMQ's TLS port, 5671 by default, \
+                 is the broker's certificate signed by a CA in cacertfile{certfile}?)"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens a connection, retrying passing failures with [`Backoff`] until it succeeds, a fatal
@@ -137,5 +311,60 @@ impl Backoff {
     /// Back to the shortest delay, after a success.
     pub fn reset(&mut self) {
         *self = Backoff::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(url: &str) -> String {
+        match Target::parse(url) {
+            Err(AmqpError::Tls(m)) => m,
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_settings_leave_the_url_before_lapin_reads_it() {
+        let t = Target::parse(
+            "amqps://u:p@127.0.0.1:5671/ex?cacertfile=/ca.pem&heartbeat=7&certfile=/c.pem&keyfile=/k.pem&verify=verify_peer",
+        )
+        .unwrap();
+        assert!(t.is_tls());
+        // The address written, not "localhost" (lapin reads only domain names).
+        assert_eq!(
+            (t.uri.authority.host.as_str(), t.uri.authority.port),
+            ("127.0.0.1", 5671)
+        );
+        assert_eq!((t.uri.vhost.as_str(), t.uri.query.heartbeat), ("ex", Some(7)));
+        assert_eq!(t.uri.query.frame_max, Some(FRAME_MAX));
+        assert_eq!(t.tls.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert!(t.tls.cert.is_some() && t.tls.key.is_some());
+        let plain = Target::parse("amqp://guest:guest@localhost/%2f").unwrap();
+        assert!(!plain.is_tls());
+        assert_eq!(plain.uri.authority.port, 5672);
+        let ipv6 = Target::parse("amqps://u@[::1]:5671/%2f").unwrap();
+        assert_eq!(ipv6.uri.authority.host, "::1");
+        let t = Target::parse("amqps://u:hunter2@h/%2f").unwrap();
+        assert!(!format!("{t:?}").contains("hunter2"), "{t:?}");
+    }
+
+    #[test]
+    fn tls_that_cannot_be_honoured_is_refused_not_dropped() {
+        assert!(refused("amqp://u@h/%2f?cacertfile=/ca.pem").contains("use amqps://"));
+        assert!(refused("amqps://u@h/%2f?verify=verify_none").contains("always verifies"));
+        assert!(refused("amqps://u@h/%2f?server_name_indication=x").contains("not supported"));
+        assert!(refused("amqps://u@h/%2f?certfile=/c.pem").contains("go together"));
+        assert!(refused("amqps://u@h/%2f?auth_mechanism=external").contains("client certificate"));
+        let t = Target::parse("amqps://u@h/%2f?cacertfile=/nonexistent/ca.pem").unwrap();
+        let err = t.tls_config().unwrap_err().to_string();
+        assert!(err.contains("cannot read cacertfile /nonexistent/ca.pem"), "{err}");
+        assert!(!AmqpError::Tls(String::new()).is_passing());
+        // Errors never repeat the URL (it may hold a password).
+        match Target::parse("amqps://u:hunter2@h/%2f?verify=verify_none") {
+            Err(e) => assert!(!e.to_string().contains("hunter2")),
+            Ok(_) => panic!("accepted"),
+        }
     }
 }

@@ -24,6 +24,7 @@ pub mod consumer;
 pub mod mapping;
 pub mod outbox;
 pub mod publisher;
+pub mod sign;
 pub mod source;
 pub mod topology;
 pub mod wire;

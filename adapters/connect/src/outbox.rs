@@ -39,6 +39,8 @@ pub struct SourceIdentity {
     pub amqp_user: String,
     /// The exchange's AMQP names.
     pub topology: Topology,
+    /// The org's signing key, if it signs.
+    pub signer: Option<std::sync::Arc<crate::sign::SigningKey>>,
 }
 
 /// Documents on their way to the broker, with the mapping failures that go to the DLQ.
@@ -141,11 +143,12 @@ impl<'a> Outbox<'a> {
         let s = &self.source;
         let mut messages: Vec<Outgoing> = std::mem::take(&mut self.dead);
         for chunk in batches(&self.docs, DOCS_PER_MESSAGE, BYTES_PER_MESSAGE) {
+            let properties = wire::batch_properties(Encoding::Json, chunk.len(), &s.amqp_user);
             messages.push(Outgoing {
                 exchange: s.topology.ingress_exchange(),
                 routing_key: String::new(),
                 payload: wire::encode_batch(Encoding::Json, chunk),
-                properties: wire::batch_properties(Encoding::Json, chunk.len(), &s.amqp_user),
+                properties: wire::signed(properties, s.signer.as_deref(), chunk),
             });
         }
         self.publisher.publish(&messages, cancel).await?;

@@ -33,6 +33,8 @@ pub struct SourceCommon {
     pub topology: Topology,
     /// The AMQP user in that URL (`user_id` of every message).
     pub amqp_user: String,
+    /// The org's signing key: every message is signed with it when there is one.
+    pub signer: Option<std::sync::Arc<crate::sign::SigningKey>>,
 }
 
 impl SourceCommon {
@@ -45,6 +47,7 @@ impl SourceCommon {
             db: db.to_owned(),
             amqp_user: self.amqp_user.clone(),
             topology: self.topology.clone(),
+            signer: self.signer.clone(),
         }
     }
 

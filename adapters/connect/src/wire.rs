@@ -46,6 +46,65 @@ pub mod header {
 /// their dead letters travel through the hub, which checks who sent them and files them.
 pub const DEAD_LETTER_TYPE: &str = "exhub.dead-letter";
 
+/// The `type` property of a receipt: a sink's word, after it committed, of what it did with the
+/// documents of one batch ([`Receipt`]), sent to the hub through the ingress exchange and
+/// signed by the subscriber's org when it has a key.
+pub const RECEIPT_TYPE: &str = "exhub.receipt";
+
+/// What a subscriber did with documents: applied (committed to its database, or already newer
+/// there) or refused (dead-lettered with a reason).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// The subscriber.
+    pub subscriber: String,
+    /// Ids of the documents applied.
+    pub applied: Vec<String>,
+    /// Documents refused.
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+}
+
+/// A document a subscriber refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refused {
+    /// Its id.
+    pub id: String,
+    /// The reason code.
+    pub reason: String,
+}
+
+impl Receipt {
+    /// The receipt as a message to the ingress exchange, published by `user`, signed by
+    /// `signer` when there is one.
+    pub fn message(
+        &self,
+        topology: &crate::Topology,
+        user: &str,
+        signer: Option<&crate::sign::SigningKey>,
+    ) -> crate::Outgoing {
+        let payload = serde_json::to_vec(self).unwrap_or_default();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_type(RECEIPT_TYPE.into())
+            .with_user_id(user.into())
+            .with_timestamp(unix_seconds());
+        crate::Outgoing {
+            exchange: topology.ingress_exchange(),
+            routing_key: String::new(),
+            properties: signed(properties, signer, &[&payload]),
+            payload,
+        }
+    }
+}
+
+/// Whether a message is a receipt ([`RECEIPT_TYPE`]).
+pub fn is_receipt(props: &BasicProperties) -> bool {
+    props.kind().as_ref().is_some_and(|t| t.as_str() == RECEIPT_TYPE)
+}
+
 /// The most bytes of a header value exhub writes ([`with_header`] cuts longer ones). AMQP puts
 /// all properties in one frame (32 KiB here): a header built from input must never fill it.
 pub const HEADER_MAX: usize = 1024;
@@ -80,9 +139,12 @@ pub mod reason {
     pub const MAPPING: &str = "mapping";
     /// A sink's target database refused the document (subscriber DLQ).
     pub const APPLY: &str = "apply";
+    /// The message's signature is missing where required, names a key the signer does not
+    /// have, or does not match the documents.
+    pub const SIGNATURE: &str = "signature";
 
     /// The codes a participant (a source or a sink) may give its own dead letters.
-    pub const FROM_PARTICIPANTS: [&str; 4] = [MAPPING, APPLY, MALFORMED, UNAUTHENTICATED];
+    pub const FROM_PARTICIPANTS: [&str; 5] = [MAPPING, APPLY, MALFORMED, UNAUTHENTICATED, SIGNATURE];
 }
 
 /// A malformed batch.
@@ -256,6 +318,28 @@ pub fn with_header(props: BasicProperties, name: &str, value: &str) -> BasicProp
     let value = excerpt(value, HEADER_MAX);
     headers.insert(ShortString::from(name), AMQPValue::LongString(value.as_ref().into()));
     props.with_headers(headers)
+}
+
+/// `props` with the signature of `documents` (the message's documents, as sent) by `signer`
+/// in [`crate::sign::HEADER`]; unchanged without a signer.
+pub fn signed<D: AsRef<[u8]>>(
+    props: BasicProperties,
+    signer: Option<&crate::sign::SigningKey>,
+    documents: &[D],
+) -> BasicProperties {
+    match signer {
+        Some(key) => with_header(props, crate::sign::HEADER, &key.sign_documents(documents)),
+        None => props,
+    }
+}
+
+/// The documents a message carries, as sent: a batch's parts, or the one document.
+pub fn documents_of<'a>(props: &BasicProperties, payload: &'a [u8]) -> Result<Vec<&'a [u8]>, BatchError> {
+    if is_batch(props) {
+        split_batch(payload)
+    } else {
+        Ok(vec![payload])
+    }
 }
 
 /// Whether a message is a participant's dead letter ([`DEAD_LETTER_TYPE`]).

@@ -5,7 +5,8 @@
 //! written to the legacy database — no triggers, no extra columns, no signal tables.
 //!
 //! - [`source`]: snapshot, binlog streaming, checkpoints ([`MysqlSource`]);
-//! - [`cells`]: MySQL values → database-neutral cells.
+//! - [`cells`]: MySQL values → database-neutral cells;
+//! - [`tls`]: TLS settings of a MySQL URL, one meaning for mysql_async and sqlx.
 //!
 //! Delivery contract: at-least-once. The checkpoint (a binlog position at a transaction
 //! boundary) moves only once the broker confirmed every document before it; after a crash the
@@ -18,5 +19,6 @@
 
 pub mod cells;
 pub mod source;
+pub mod tls;
 
 pub use source::{BinlogPos, MysqlError, MysqlSource, SourceError, SourceSettings};

@@ -22,7 +22,7 @@ use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable as _;
-use mysql_async::{BinlogStreamRequest, Conn, Opts, Row, Value};
+use mysql_async::{BinlogStreamRequest, Conn, Row, Value};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -148,10 +148,10 @@ pub struct MysqlSource {
 impl MysqlSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<MysqlSource, SourceError> {
-        let opts = Opts::from_url(&settings.common.url).map_err(|e| SourceError::Setup {
+        let opts = crate::tls::source_opts(&settings.common.url).map_err(|message| SourceError::Setup {
             kind: "MySQL",
             source_name: settings.common.name.clone(),
-            message: format!("bad URL: {e}"),
+            message,
         })?;
         let db = opts.db_name().unwrap_or_default().to_owned();
         if db.is_empty() {
@@ -232,12 +232,23 @@ impl MysqlSource {
     }
 
     async fn connect(&self) -> Result<Conn, SourceError> {
-        let opts = Opts::from_url(&self.settings.common.url).map_err(|e| self.setup(format!("bad URL: {e}")))?;
+        let opts = crate::tls::source_opts(&self.settings.common.url).map_err(|e| self.setup(e))?;
+        let tls = opts.ssl_opts().is_some();
         Conn::new(opts).await.map_err(|e| match &e {
             mysql_async::Error::Server(s) if s.code == 1045 => {
                 self.setup(format!("access denied: wrong user or password ({})", s.message))
             }
             mysql_async::Error::Server(s) if s.code == 1049 => self.setup(format!("no such database: {}", s.message)),
+            // TLS asked for and not to be had: stop and say so (never retried, never clear text).
+            mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => {
+                self.setup("the URL asks for TLS but the server does not offer it (have_ssl is not YES)".into())
+            }
+            mysql_async::Error::Io(mysql_async::IoError::Tls(t)) => self.setup(format!("TLS: {t}")),
+            mysql_async::Error::Io(mysql_async::IoError::Io(io))
+                if tls && io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                self.setup(format!("TLS handshake failed: {io}"))
+            }
             _ => self.mysql(e),
         })
     }

@@ -7,9 +7,11 @@
 //! past documents the broker confirmed). Nothing is written to the legacy tables.
 //!
 //! - [`source`]: slot and publication handling, the snapshot, streaming, slot lag;
-//! - [`values`]: PostgreSQL text values → cells, by type.
+//! - [`values`]: PostgreSQL text values → cells, by type;
+//! - [`tls`]: the replication connection's TLS, the same as the queries'.
 
 pub mod source;
+pub mod tls;
 pub mod values;
 
 pub use source::{PgError, PostgresSource, SourceError, SourceSettings};

@@ -25,7 +25,7 @@ use exhub_connect::source::{DriverError, SourceCommon};
 use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher};
 use exhub_schemas::{Op, Registry};
 use pg_walstream::protocol::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
-use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection as _, Row as _};
@@ -393,7 +393,7 @@ impl PostgresSource {
             s.publication.clone(),
         )
         .with_port(url.port().unwrap_or(5432))
-        .with_tls(TlsConfig::disabled())
+        .with_tls(crate::tls::replication_tls(&url, &self.connect))
         .with_start_lsn(start)
         .with_status_interval(STATUS_INTERVAL)
         .with_wakeup_interval(STATUS_INTERVAL)

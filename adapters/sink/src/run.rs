@@ -1,7 +1,8 @@
 //! The sink's consumer: batches from the subscriber's queue, only copies the hub published
-//! (`user_id` = the hub's user), decoded (batch messages split), applied in one transaction,
+//! (`user_id` = the hub's user) and, when the hub has keys, signed by it; decoded (batch messages split), applied in one transaction,
 //! refused documents to the subscriber's DLQ with the reason (through the hub: a subscriber's
-//! login may write only to the ingress exchange), then one `ack multiple`. A lost connection (RabbitMQ or the database) ends the session without
+//! login may write only to the ingress exchange) and a receipt of what was applied and refused
+//! to the hub, then one `ack multiple`. A lost connection (RabbitMQ or the database) ends the session without
 //! acknowledging; the broker redelivers and the bookkeeping makes the second pass harmless.
 
 use std::sync::Arc;
@@ -49,6 +50,10 @@ pub struct SinkSettings {
     /// The hub's AMQP user: the only publisher whose copies the sink applies (RabbitMQ verifies
     /// `user_id`, so it cannot be forged).
     pub hub_user: String,
+    /// The hub's public keys: when there are any, only copies signed by one of them are applied.
+    pub hub_keys: exhub_connect::sign::Keyring,
+    /// The subscriber's org's signing key: its receipts are signed with it when there is one.
+    pub signer: Option<Arc<exhub_connect::sign::SigningKey>>,
 }
 
 /// Why a sink stopped.
@@ -202,6 +207,7 @@ impl DbSink {
         let limits = Limits::default();
         let mut docs: Vec<(Document, &[u8], &BasicProperties)> = Vec::new();
         let mut dead: Vec<Outgoing> = Vec::new();
+        let mut refused: Vec<wire::Refused> = Vec::new();
         for d in deliveries {
             let publisher = d.properties.user_id().as_ref().map(|u| u.as_str());
             if publisher != Some(self.settings.hub_user.as_str()) {
@@ -214,17 +220,18 @@ impl DbSink {
                 dead.push(self.dead_letter(&d.data, &d.properties, reason::UNAUTHENTICATED, &detail));
                 continue;
             }
-            let parts: Vec<&[u8]> = if wire::is_batch(&d.properties) {
-                match wire::split_batch(&d.data) {
-                    Ok(parts) => parts,
-                    Err(e) => {
-                        dead.push(self.dead_letter(&d.data, &d.properties, reason::MALFORMED, &e.to_string()));
-                        continue;
-                    }
+            let parts = match wire::documents_of(&d.properties, &d.data) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    dead.push(self.dead_letter(&d.data, &d.properties, reason::MALFORMED, &e.to_string()));
+                    continue;
                 }
-            } else {
-                vec![&d.data[..]]
             };
+            if let Err(detail) = self.signed_by_hub(&d.properties, &parts) {
+                tracing::warn!(sink = %self.settings.name, %detail, "refused a copy without the hub's signature");
+                dead.push(self.dead_letter(&d.data, &d.properties, reason::SIGNATURE, &detail));
+                continue;
+            }
             for raw in parts {
                 match exhub_schemas::decode(raw, &self.registry, &limits) {
                     Ok(doc) => docs.push((doc, raw, &d.properties)),
@@ -254,6 +261,10 @@ impl DbSink {
                                 "the target refused a document; sent to the subscriber's DLQ"
                             );
                             dead.push(self.dead_letter(raw, props, reason::APPLY, &e.to_string()));
+                            refused.push(wire::Refused {
+                                id: doc.header.id.to_string(),
+                                reason: reason::APPLY.to_owned(),
+                            });
                         }
                         Err(e) => return Err(Failure::Db(e)),
                     }
@@ -270,6 +281,21 @@ impl DbSink {
             ignored = outcome.ignored,
             "batch applied"
         );
+        // The receipt: what was committed (or found newer already) and what was refused.
+        let applied: Vec<String> = docs
+            .iter()
+            .map(|(d, _, _)| d.header.id.to_string())
+            .filter(|id| !refused.iter().any(|r| &r.id == id))
+            .collect();
+        if !applied.is_empty() || !refused.is_empty() {
+            let receipt = wire::Receipt {
+                subscriber: self.settings.name.clone(),
+                applied,
+                refused,
+            };
+            let s = &self.settings;
+            dead.push(receipt.message(&s.topology, &s.amqp_user, s.signer.as_deref()));
+        }
         if !dead.is_empty() {
             publisher.publish(&dead, cancel).await?;
         }
@@ -280,6 +306,19 @@ impl DbSink {
                 .map_err(AmqpError::from)?;
         }
         Ok(())
+    }
+
+    /// Whether a message carries the hub's signature over its documents (always true when no
+    /// hub key is configured).
+    fn signed_by_hub(&self, props: &BasicProperties, parts: &[&[u8]]) -> Result<(), String> {
+        let keys = &self.settings.hub_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let Some(header) = wire::header_str(props, exhub_connect::sign::HEADER) else {
+            return Err("the copy is not signed by the hub".into());
+        };
+        keys.verify(&header, parts).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// A refused document on its way, through the hub, to the subscriber's DLQ.

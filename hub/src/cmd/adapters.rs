@@ -66,9 +66,16 @@ pub async fn run(path: &Path) -> Result<()> {
     let tracker = TaskTracker::new();
     let mut parts: Vec<(String, tokio::task::JoinHandle<Result<()>>)> = Vec::new();
     let hub = Arc::new(
-        Hub::new(&loaded.config, Arc::clone(&loaded.registry))
-            .await
-            .context("starting the hub")?,
+        Hub::new(
+            &loaded.config,
+            Arc::clone(&loaded.registry),
+            loaded
+                .config
+                .hub_signer(&loaded.base)
+                .context("the hub's signing key")?,
+        )
+        .await
+        .context("starting the hub")?,
     );
     let workers = loaded.config.hub.workers.unwrap_or(2);
     let token = shutdown.clone();
@@ -187,6 +194,10 @@ fn build_source(loaded: &Loaded, source: &SourceConfig) -> Result<Source> {
         amqp: amqp.expose().to_owned(),
         topology: config.hub.topology(),
         amqp_user: amqp_user(&amqp),
+        signer: config
+            .org_signer(&s.org, base)
+            .with_context(|| format!("source {:?}: the signing key of org {:?}", s.name, s.org))?
+            .map(Arc::new),
     };
     match source {
         SourceConfig::Mysql(_) => {
@@ -249,7 +260,7 @@ async fn build_sink(loaded: &Loaded, db: &DbSink) -> Result<Sink> {
     let amqp = org_login(loaded, &db.org, db.amqp.as_ref(), &format!("sink {:?}", db.name))?;
     let settings = SinkSettings {
         name: db.name.clone(),
-        url: db.url.expose().to_owned(),
+        url: exhub_hub::tls::sink_url(&db.url).map_err(|e| anyhow::anyhow!("sink {:?}: {e}", db.name))?,
         tables: db
             .apply
             .iter()
@@ -263,6 +274,11 @@ async fn build_sink(loaded: &Loaded, db: &DbSink) -> Result<Sink> {
         topology: config.hub.topology(),
         amqp_user: amqp_user(&amqp),
         hub_user: config.hub.user(),
+        hub_keys: exhub_connect::sign::Keyring::from_lines(&config.hub.public_keys).context("[hub] public_keys")?,
+        signer: config
+            .org_signer(&db.org, &loaded.base)
+            .with_context(|| format!("sink {:?}: the signing key of org {:?}", db.name, db.org))?
+            .map(Arc::new),
     };
     Ok(Sink::connect(settings, Arc::clone(&loaded.registry)).await?)
 }

@@ -116,6 +116,7 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
     // Only what is there now: a retried document that fails again must not loop.
     let messages = fetch(&channel, &queue, waiting as usize).await?;
     let (mut retried, mut kept) = (0usize, 0usize);
+    let mut ids: Vec<(String, Option<String>)> = Vec::new();
     for m in &messages {
         let p = &m.delivery.properties;
         let matches = id.is_none_or(|id| p.message_id().as_ref().is_some_and(|m| m.as_str() == id));
@@ -165,10 +166,24 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
                 .basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
                 .await?;
             retried += 1;
+            let mid = p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+            ids.push((mid, original.clone()));
         } else {
             requeue(&channel, m.delivery.delivery_tag).await?;
             kept += 1;
         }
+    }
+    if retried > 0 {
+        let config = &load(path)?.config;
+        let archive = exhub_hub::archive::Archive::open(config.hub.archive.expose()).await?;
+        let record = exhub_hub::archive::AuditEntry::new(
+            &super::operator(),
+            "dlq-retried",
+            format!("{retried} from {queue}"),
+            serde_json::json!({ "queue": queue, "documents": ids }),
+        );
+        archive.audit(&[record]).await?;
+        archive.close().await;
     }
     println!("{retried} document(s) sent back through the hub; {kept} left in {queue}");
     let _ = conn.close(200, "retried".into()).await;

@@ -3,7 +3,9 @@
 
 pub mod adapters;
 pub mod archive;
+pub mod audit;
 pub mod dlq;
+pub mod keys;
 pub mod provision;
 pub mod publish;
 pub mod serve;
@@ -125,4 +127,15 @@ pub fn parse_key(text: &str) -> Result<(String, String), String> {
         Some((f, v)) if !f.is_empty() => Ok((f.to_owned(), v.to_owned())),
         _ => Err(format!("{text:?} is not FIELD=VALUE")),
     }
+}
+
+/// Who runs this command, for the audit log: `os-user@host`.
+pub fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!("{user}@{host}")
 }

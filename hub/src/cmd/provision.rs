@@ -52,6 +52,20 @@ pub async fn provision(path: &Path, dry_run: bool, adopt: bool) -> Result<()> {
     for note in &notes {
         println!("{note}");
     }
+    if !dry_run && !changes.is_empty() {
+        let archive = exhub_hub::archive::Archive::open(loaded.config.hub.archive.expose())
+            .await
+            .context("opening the archive for the audit log")?;
+        let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        let record = exhub_hub::archive::AuditEntry::new(
+            &super::operator(),
+            "provisioned",
+            format!("{} change(s) on vhost {}", changes.len(), wanted.vhost),
+            serde_json::json!({ "changes": list }),
+        );
+        archive.audit(&[record]).await?;
+        archive.close().await;
+    }
     let verb = if dry_run { "would" } else { "did" };
     for c in &changes {
         println!("{verb}: {c}");

@@ -1,7 +1,8 @@
 //! `exhub publish --as ORG FILE...`: hands documents to the hub with publisher confirms and
 //! prints each one's id and outcome. The hub is the judge of content: a document that does not
 //! decode here is still sent (and the hub dead-letters it with its reason), so that this command
-//! shows exactly what a publisher's adapter would cause.
+//! shows exactly what a publisher's adapter would cause. Messages are signed with the org's
+//! signing key when it has one.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,9 @@ pub async fn publish(path: &Path, org: &str, batch: usize, files: &[PathBuf]) ->
             org_config.amqp_user(),
         );
     }
+    let signer = config
+        .org_signer(org, &loaded.base)
+        .with_context(|| format!("the signing key of org {org}"))?;
     let limits = config.hub.limits();
     let mut docs = Vec::new();
     for p in files {
@@ -82,13 +86,17 @@ pub async fn publish(path: &Path, org: &str, batch: usize, files: &[PathBuf]) ->
         .flat_map(|run| run.chunks(batch.max(1)))
     {
         let (payload, properties) = match chunk {
-            [one] => (one.bytes.clone(), one.properties.clone()),
+            [one] => (
+                one.bytes.clone(),
+                wire::signed(one.properties.clone(), signer.as_ref(), &[&one.bytes]),
+            ),
             many => {
                 let bodies: Vec<&[u8]> = many.iter().map(|f| f.bytes.as_slice()).collect();
                 let encoding = many[0].encoding;
+                let properties = wire::batch_properties(encoding, many.len(), &user);
                 (
                     wire::encode_batch(encoding, &bodies),
-                    wire::batch_properties(encoding, many.len(), &user),
+                    wire::signed(properties, signer.as_ref(), &bodies),
                 )
             }
         };

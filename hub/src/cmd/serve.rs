@@ -14,9 +14,16 @@ pub async fn hub(path: &Path, workers: Option<usize>) -> Result<()> {
     let loaded = load(path)?;
     let workers = workers.or(loaded.config.hub.workers).unwrap_or(2);
     let shutdown = shutdown_on_signal();
-    let hub = Hub::new(&loaded.config, Arc::clone(&loaded.registry))
-        .await
-        .context("starting the hub")?;
+    let hub = Hub::new(
+        &loaded.config,
+        Arc::clone(&loaded.registry),
+        loaded
+            .config
+            .hub_signer(&loaded.base)
+            .context("the hub's signing key")?,
+    )
+    .await
+    .context("starting the hub")?;
     tracing::info!(
         workers,
         archive = %loaded.config.hub.archive,
