@@ -89,6 +89,10 @@ auth_mechanisms.1 = PLAIN
 auth_mechanisms.2 = AMQPLAIN
 auth_mechanisms.3 = EXTERNAL
 ssl_cert_login_from = common_name
+# exhub: no client may send what the hub cannot take in: properties (headers) fit one 32 KiB
+# frame for everyone (the hub's frame size), and a message is at most 16 MiB (a batch 8 MiB).
+frame_max = 32768
+max_message_size = 16777216
 CONF
 rabbit_restart=false
 if renewed rabbitmq; then rabbit_restart=true; fi

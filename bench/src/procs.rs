@@ -59,8 +59,8 @@ const CA: &str = "/var/lib/exhub-tls/ca.pem";
 
 /// Sets every connection of the exchange of `config` to TLS (`on`: amqps to RabbitMQ's TLS
 /// port, PostgreSQL `verify-full`, MySQL/MariaDB `VERIFY_IDENTITY`, all against the local CA)
-/// or to clear text (`off`: also PostgreSQL, whose client would otherwise take TLS whenever
-/// the server offers it), so that the two can be compared.
+/// or to clear text (`off`: said outright, since PostgreSQL's and the MySQL sink's clients
+/// would otherwise take TLS whenever the server offers it), so that the two can be compared.
 pub fn set_tls(config: &Path, on: bool) -> Result<()> {
     let text = std::fs::read_to_string(config)?;
     let mut out = String::with_capacity(text.len() + 256);
@@ -74,7 +74,7 @@ pub fn set_tls(config: &Path, on: bool) -> Result<()> {
                     (true, true) => format!("sslmode=verify-full&sslrootcert={CA}"),
                     (true, false) => "sslmode=disable".to_owned(),
                     (false, true) => format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={CA}"),
-                    (false, false) => String::new(),
+                    (false, false) => "ssl-mode=DISABLED".to_owned(),
                 };
                 if !param.is_empty() {
                     let sep = if url.contains('?') { '&' } else { '?' };

@@ -273,7 +273,7 @@ impl Archive {
         let scheme = url.split(':').next().unwrap_or_default();
         let (backend, url, max) = match scheme {
             "sqlite" => {
-                create_private(url);
+                make_private(url);
                 let sep = if url.contains('?') { '&' } else { '?' };
                 let url = if url.contains("mode=") {
                     url.to_owned()
@@ -344,10 +344,6 @@ impl Archive {
                 signature TEXT NOT NULL,
                 manifest TEXT NOT NULL)"
                 .into(),
-            "CREATE TABLE IF NOT EXISTS exhub_document_proofs (
-                document_id TEXT PRIMARY KEY,
-                proof_id TEXT NOT NULL)"
-                .into(),
             "CREATE TABLE IF NOT EXISTS exhub_receipts (
                 document_id TEXT NOT NULL,
                 subscriber TEXT NOT NULL,
@@ -387,6 +383,26 @@ impl Archive {
         for s in statements {
             self.pool.execute(AssertSqlSafe(s)).await?;
         }
+        // Added with signatures (issue 13): the proof a document was signed with.
+        let has_proof_column = match self.backend {
+            Backend::Sqlite => {
+                let row = self
+                    .pool
+                    .fetch_one(AssertSqlSafe(
+                        "SELECT COUNT(*) FROM pragma_table_info('exhub_documents') WHERE name = 'proof_id'",
+                    ))
+                    .await?;
+                row.try_get::<i64, _>(0)? > 0
+            }
+            Backend::Postgres => false,
+        };
+        if !has_proof_column {
+            let add = match self.backend {
+                Backend::Sqlite => "ALTER TABLE exhub_documents ADD COLUMN proof_id TEXT",
+                Backend::Postgres => "ALTER TABLE exhub_documents ADD COLUMN IF NOT EXISTS proof_id TEXT",
+            };
+            self.pool.execute(AssertSqlSafe(add)).await?;
+        }
         Ok(())
     }
 
@@ -416,11 +432,12 @@ impl Archive {
                     text(e.content_type),
                     text(e.content_hash),
                     Arg::Blob(e.raw.to_vec()),
+                    e.proof.map_or(Arg::Null, |p| text(&p.id)),
                 ]
             });
             let mut sql = self.insert(
                 "exhub_documents (id, doc_type, schema_version, op, sender_org, sender_system, amqp_user, \
-                 doc_key, created_at, received_at, content_type, content_hash, raw)",
+                 doc_key, created_at, received_at, content_type, content_hash, raw, proof_id)",
                 rows,
             );
             sql.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
@@ -435,7 +452,7 @@ impl Archive {
             .filter(|(_, id)| new.contains(*id))
             .flat_map(|(e, id)| e.key.iter().map(move |(f, v)| (id.as_str(), *f, v.as_str())))
             .collect();
-        // Proofs: one row per signed message, and a link from each new document to its proof.
+        // Proofs: one row per signed message (each document names its proof in `proof_id`).
         let mut proofs: Vec<&Proof> = entries.iter().filter_map(|e| e.proof).collect();
         proofs.sort_by(|a, b| a.id.cmp(&b.id));
         proofs.dedup_by(|a, b| a.id == b.id);
@@ -444,15 +461,6 @@ impl Archive {
             .map(|p| [text(&p.id), text(&p.key_id), text(&p.signature), text(&p.manifest)])
             .collect();
         self.insert_all(&mut tx, "exhub_proofs (id, key_id, signature, manifest)", rows, IGNORE)
-            .await?;
-        let links: Vec<(&str, &str)> = entries
-            .iter()
-            .zip(&ids)
-            .filter(|(_, id)| new.contains(*id))
-            .filter_map(|(e, id)| e.proof.map(|p| (id.as_str(), p.id.as_str())))
-            .collect();
-        let rows = links.iter().map(|(id, p)| [text(id), text(p)]).collect();
-        self.insert_all(&mut tx, "exhub_document_proofs (document_id, proof_id)", rows, IGNORE)
             .await?;
         let rows = keys.iter().map(|(id, f, v)| [text(id), text(f), text(v)]).collect();
         self.insert_all(&mut tx, "exhub_document_keys (document_id, field, value)", rows, IGNORE)
@@ -591,6 +599,19 @@ impl Archive {
         if receipts.is_empty() {
             return Ok(());
         }
+        // One row per (document, subscriber) per statement, or PostgreSQL refuses the upsert;
+        // of several receipts for one pair in a batch, a refusal wins.
+        let mut receipts = receipts.to_vec();
+        receipts.sort_by(|a, b| {
+            (&a.subscriber, &a.amqp_user, &a.document_id, b.outcome).cmp(&(
+                &b.subscriber,
+                &b.amqp_user,
+                &b.document_id,
+                a.outcome,
+            ))
+        });
+        receipts.dedup_by(|a, b| a.subscriber == b.subscriber && a.document_id == b.document_id);
+        let receipts = receipts.as_slice();
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
         let records: Vec<AuditEntry> = receipts
@@ -795,8 +816,8 @@ impl Archive {
     pub async fn proof(&self, id: &str) -> Result<Option<Proof>, ArchiveError> {
         let mut sql = Sql::new(
             self.backend,
-            "SELECT p.id, p.key_id, p.signature, p.manifest FROM exhub_document_proofs l \
-             JOIN exhub_proofs p ON p.id = l.proof_id WHERE l.document_id = ",
+            "SELECT p.id, p.key_id, p.signature, p.manifest FROM exhub_documents d \
+             JOIN exhub_proofs p ON p.id = d.proof_id WHERE d.id = ",
         );
         sql.bind(text(id));
         let Some(row) = sql.query().fetch_optional(&self.pool).await? else {
@@ -869,27 +890,40 @@ impl Archive {
     }
 }
 
-/// Creates a SQLite archive's file, when missing, readable and writable by its owner only
-/// (SQLite gives its journal files the same mode). Best effort: where it cannot, SQLite
-/// creates the file as before and says why it cannot open it, if it cannot.
-fn create_private(url: &str) {
+/// Makes a SQLite archive's file readable and writable by its owner only: created so when
+/// missing (SQLite gives its journal files the same mode), and an existing file (and its
+/// journal files) that others may read is narrowed, with a warning. Best effort: where it
+/// cannot, SQLite opens the file as before.
+fn make_private(url: &str) {
     let path = url
         .trim_start_matches("sqlite:")
         .trim_start_matches("//")
         .split('?')
         .next()
         .unwrap_or_default();
-    if path.is_empty() || path == ":memory:" || Path::new(path).exists() {
+    if path.is_empty() || path == ":memory:" {
         return;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        if !Path::new(path).exists() {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+            return;
+        }
+        for file in [path.to_owned(), format!("{path}-wal"), format!("{path}-shm")] {
+            if let Ok(meta) = std::fs::metadata(&file)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(file = %file, mode = format!("{:o}", meta.permissions().mode() & 0o777), "the archive was readable by others; narrowing it to 0600");
+                let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+            }
+        }
     }
-    let _ = options.open(path);
 }
 
 fn filter(sql: &mut Sql, q: &Query) {

@@ -479,7 +479,13 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
         let Some(url) = url else { return };
         let user = url.username();
         let org_user = config.org(org).map(|o| o.amqp_user()).unwrap_or(org);
-        if !user.is_empty() && user != org_user {
+        if user.is_empty() && (url.has_password() || url.password_from().is_some()) {
+            c.error(
+                at,
+                label.to_owned(),
+                format!("has a password but no user, so RabbitMQ would take it as guest's: name {org_user:?}"),
+            );
+        } else if !user.is_empty() && user != org_user {
             c.error(
                 at,
                 label.to_owned(),

@@ -259,6 +259,10 @@ impl Config {
         if let Some(e) = endpoint
             && e.has_password()
         {
+            // Never another login, nor RabbitMQ's default one (`exhub check` says so first).
+            if e.username() != o.amqp_user() {
+                return Err(SecretError::Url(format!("{e} (it must log in as {})", o.amqp_user())));
+            }
             return Ok(e.clone());
         }
         let password = read_password_file(&self.org_password_file(o, base))?;

@@ -52,6 +52,9 @@ const BATCH: usize = 250;
 const BATCH_BYTES: usize = 512 << 10;
 /// How long a batch waits for more messages once it has one.
 const LINGER: Duration = Duration::from_millis(5);
+/// Most documents one receipt may name (a sink's batch is at most 32 messages of at most
+/// `max_batch_items` documents).
+const MAX_RECEIPT_ENTRIES: usize = 50_000;
 /// How long in-flight work may take to finish after shutdown was asked for.
 const GRACE: Duration = Duration::from_secs(30);
 
@@ -207,9 +210,11 @@ impl Hub {
                 Err(Failure::Amqp(e)) if !e.is_passing() => return Err(e.into()),
                 Err(Failure::Amqp(e)) => {
                     tracing::warn!(error = %e, "RabbitMQ connection lost; unacknowledged messages will be redelivered");
+                    size.probe = true;
                 }
                 Err(Failure::Archive(e)) => {
                     tracing::warn!(error = %e, "archive failed; unacknowledged messages will be redelivered");
+                    size.probe = true;
                 }
             }
             if backoff.wait(shutdown).await.is_err() {
@@ -281,6 +286,16 @@ impl Hub {
                 return Ok(Ended::Shutdown);
             };
             pending = Some(prepared);
+            if size.probe {
+                // The first message after a failure went through: back to the normal prefetch.
+                if let Some(p) = pending.take() {
+                    self.finish(&channel, publisher, p, hard_stop).await?;
+                }
+                size.probe = false;
+                tracing::info!("a message went through after the failure; resubscribing with the normal prefetch");
+                let _ = conn.close(200, "resize".into()).await;
+                return Ok(Ended::Resize);
+            }
             let wanted = size.prefetch();
             batches += 1;
             let changed = wanted > prefetch.saturating_mul(4) || wanted < prefetch / 4;
@@ -538,6 +553,13 @@ impl Hub {
                 format!("org {org:?} sent a receipt for subscriber {shown:?}, which is not its own"),
             ));
         }
+        let entries = receipt.applied.len() + receipt.refused.len();
+        if entries > MAX_RECEIPT_ENTRIES {
+            return Err(Rejection::new(
+                reason::TOO_LARGE,
+                format!("a receipt of {entries} documents, over the limit of {MAX_RECEIPT_ENTRIES}"),
+            ));
+        }
         let key_id = proof.map(|p| p.key_id);
         let row = |id: &str, outcome, reason: Option<String>| -> Result<ReceiptRow, Rejection> {
             let id = uuid::Uuid::parse_str(id).map_err(|_| {
@@ -561,27 +583,34 @@ impl Hub {
             rows.push(row(id, crate::archive::APPLIED, None)?);
         }
         for r in &receipt.refused {
-            rows.push(row(
-                &r.id,
-                crate::archive::REFUSED,
-                Some(wire::excerpt(&r.reason, 64).into_owned()),
-            )?);
+            let Some(code) = reason::FROM_PARTICIPANTS.into_iter().find(|c| *c == r.reason) else {
+                return Err(Rejection::new(
+                    reason::MALFORMED,
+                    format!(
+                        "receipt gives reason {:?}, which is not a participant's",
+                        wire::excerpt(&r.reason, 64)
+                    ),
+                ));
+            };
+            rows.push(row(&r.id, crate::archive::REFUSED, Some(code.to_owned()))?);
         }
+        // One outcome per document (a sink may have seen a document twice in one batch); a
+        // refusal wins over an application.
+        rows.sort_by(|a, b| a.document_id.cmp(&b.document_id).then(b.outcome.cmp(a.outcome)));
+        rows.dedup_by(|a, b| a.document_id == b.document_id);
         Ok(rows)
     }
 
     /// The sender's signature over a message's documents, checked against its org's keys: the
     /// proof to archive with them, `None` for an unsigned message of an org that need not sign,
-    /// or the refusal (`signature`) of the whole message. Messages the hub itself published
-    /// (a DLQ retry) carry the original sender in a header and no signature: they are the
-    /// operator's doing, recorded as such, and not held to the sender's signing rule.
+    /// or the refusal (`signature`) of the whole message. A message the hub itself republished
+    /// (a DLQ retry) is held to the rules of its original sender (`x-exhub-user`, which the hub
+    /// believes only on its own messages): the hub keeps a single document's signature through
+    /// its DLQ, and a document of an org that must sign comes back in only with it.
     fn verify(&self, d: &Delivery, parts: &[&[u8]]) -> Result<Option<Proof>, Rejection> {
         let props = &d.properties;
-        let publisher = props.user_id().as_ref().map(|u| u.as_str());
-        if publisher == Some(self.user.as_str()) {
-            return Ok(None);
-        }
-        let Some(org) = publisher.and_then(|u| self.signatures.get(u)) else {
+        let signer = self.effective_user(props);
+        let Some(org) = signer.as_deref().and_then(|u| self.signatures.get(u)) else {
             // Not an org's login: the gate refuses its documents as unauthenticated.
             return Ok(None);
         };
@@ -615,7 +644,11 @@ impl Hub {
         let user = props.user_id().as_ref().map(|u| u.as_str());
         let org = user.and_then(|u| self.orgs_by_user.get(u));
         let given = wire::header_str(props, header::REASON).unwrap_or_default();
-        let detail = wire::header_str(props, header::DETAIL).unwrap_or_default();
+        let detail = wire::excerpt(
+            &wire::header_str(props, header::DETAIL).unwrap_or_default(),
+            wire::HEADER_MAX,
+        )
+        .into_owned();
         let subscriber = wire::header_str(props, header::SUBSCRIBER);
         let refuse = |reason, detail: String| self.dead_letter(&d.data, props, user, &Rejection::new(reason, detail));
         let Some(org) = org else {
@@ -682,6 +715,13 @@ impl Hub {
         let mut properties = wire::dead_letter_properties(props, raw, &self.user, &letter);
         if let Some(u) = user {
             properties = wire::with_header(properties, header::USER, u);
+        }
+        // A single document keeps its sender's signature, so that a DLQ retry can show it again
+        // (a document taken out of a signed batch cannot: its signature covers the batch).
+        if !wire::is_batch(props)
+            && let Some(signature) = wire::header_str(props, sign::HEADER)
+        {
+            properties = wire::with_header(properties, sign::HEADER, &signature);
         }
         Outgoing {
             exchange: self.topology.dead_letter_exchange(),
@@ -801,6 +841,13 @@ struct Size {
     average: Option<f64>,
     /// When the prefetch was last resized.
     resized: Option<Instant>,
+    /// After a failed session: take one message at a time until one is done. Every message a
+    /// failed session held returns to the queue with its delivery count raised; were the
+    /// failure caused by one message (a frame lapin cannot read, an archive error it
+    /// provokes), the next sessions would fail with it again and the broker would dead-letter
+    /// everything they held with it, good messages too. One at a time, only that message
+    /// reaches the delivery limit.
+    probe: bool,
 }
 
 impl Size {
@@ -812,8 +859,11 @@ impl Size {
         });
     }
 
-    /// The prefetch count that keeps about [`IN_FLIGHT_BYTES`] in flight.
+    /// The prefetch count that keeps about [`IN_FLIGHT_BYTES`] in flight (1 while probing).
     fn prefetch(&self) -> u16 {
+        if self.probe {
+            return 1;
+        }
         let Some(size) = self.average else {
             return PREFETCH_START;
         };

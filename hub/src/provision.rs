@@ -25,6 +25,9 @@ use crate::secret::{Secret, SecretError, read_password_file, write_password_file
 /// The user tag that marks a RabbitMQ user as created (and so managed) by `exhub provision`.
 pub const TAG: &str = "exhub-provisioned";
 
+/// Tags that give a user powers beyond its permissions (the management UI and API).
+const PRIVILEGED: [&str; 4] = ["administrator", "monitoring", "policymaker", "management"];
+
 /// Why provisioning failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -36,6 +39,12 @@ pub enum ProvisionError {
         /// What went wrong.
         message: String,
     },
+    /// A user to adopt holds a broker-wide role.
+    #[error(
+        "RabbitMQ user {0:?} has the tag {1:?}: an exchange login must not be a broker administrator; \
+         use another user (or remove the tag) before provisioning"
+    )]
+    Privileged(String, String),
     /// A user exists that exhub did not create.
     #[error(
         "RabbitMQ user {0:?} exists and was not created by exhub provision (no tag `exhub-provisioned`); \
@@ -76,6 +85,9 @@ pub struct WantedUser {
 pub struct Wanted {
     /// The vhost of `[hub] amqp`.
     pub vhost: String,
+    /// The `write` permissions that mark a user as one of this exchange's (the hub's, an
+    /// org's): several exchanges (prefixes) may share a vhost.
+    pub marks: [String; 2],
     /// The hub's user first, then one per org.
     pub users: Vec<WantedUser>,
 }
@@ -141,7 +153,11 @@ pub fn wanted(config: &Config, base: &Path, dry_run: bool, notes: &mut Vec<Strin
             role: format!("org {}", org.id),
         });
     }
-    Ok(Wanted { vhost, users })
+    let marks = [
+        topology.hub_permissions().write,
+        topology.org_permissions::<&str>(&[]).write,
+    ];
+    Ok(Wanted { vhost, users, marks })
 }
 
 /// 24 random bytes, base64url: a password nobody chose.
@@ -164,6 +180,9 @@ pub enum Change {
     UpdateUser(String),
     /// Set a user's permissions on the vhost.
     SetPermissions(String, Permissions),
+    /// Take every permission on the vhost from a user exhub made that routes.toml no longer
+    /// names (an org removed, or given another login).
+    Revoke(String),
 }
 
 impl std::fmt::Display for Change {
@@ -172,6 +191,7 @@ impl std::fmt::Display for Change {
             Change::CreateVhost(v) => write!(f, "create vhost {v:?}"),
             Change::CreateUser(u) => write!(f, "create user {u:?}"),
             Change::UpdateUser(u) => write!(f, "set the password of user {u:?}"),
+            Change::Revoke(u) => write!(f, "revoke the permissions of {u:?} (no longer in routes.toml)"),
             Change::SetPermissions(u, p) => write!(
                 f,
                 "set permissions of {u:?}: configure {} write {} read {}",
@@ -213,6 +233,9 @@ pub fn plan(
                 let ours = e.tags.iter().any(|t| t == TAG);
                 if !ours && !adopt {
                     return Err(ProvisionError::NotOurs(user.name.clone()));
+                }
+                if let Some(t) = e.tags.iter().find(|t| PRIVILEGED.contains(&t.as_str())) {
+                    return Err(ProvisionError::Privileged(user.name.clone(), t.clone()));
                 }
                 if !ours || !password_matches(&e.password_hash, &e.hashing, &user.password) {
                     changes.push(Change::UpdateUser(user.name.clone()));
@@ -269,6 +292,20 @@ impl Management {
             ));
         }
         let host = parsed.host_str().ok_or_else(|| api("has no host".into()))?.to_owned();
+        // Plain HTTP carries the administrator's login and the new passwords: loopback only.
+        let loopback = match parsed.host() {
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if !loopback {
+            return Err(api(
+                "is not on this machine: the management API is spoken in clear text, so exhub provision \
+                 reaches it on loopback only (run it on the broker's machine, or through an SSH tunnel)"
+                    .into(),
+            ));
+        }
         let credentials = format!("{user}:{}", password.expose());
         Ok(Management {
             port: parsed.port().unwrap_or(15672),
@@ -378,6 +415,31 @@ impl Management {
         }))
     }
 
+    /// Users that exhub made (tagged [`TAG`]) with this exchange's permissions on the vhost,
+    /// that `wanted` does not name.
+    pub async fn stale(&self, wanted: &Wanted) -> Result<Vec<String>, ProvisionError> {
+        let Some(Value::Array(perms)) = self.get(&format!("vhosts/{}/permissions", enc(&wanted.vhost))).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for p in perms {
+            let Some(user) = p["user"].as_str() else { continue };
+            let ours = p["write"].as_str().is_some_and(|w| wanted.marks.iter().any(|m| m == w));
+            if !ours || wanted.users.iter().any(|u| u.name == user) {
+                continue;
+            }
+            let tags = self
+                .existing(user, &wanted.vhost)
+                .await?
+                .map(|e| e.tags)
+                .unwrap_or_default();
+            if tags.iter().any(|t| t == TAG) {
+                out.push(user.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes one change.
     pub async fn apply(
         &self,
@@ -403,6 +465,10 @@ impl Management {
                 }
                 let body = json!({ "password": u.password.expose(), "tags": tags.join(",") });
                 self.put(&format!("users/{}", enc(name)), &body).await
+            }
+            Change::Revoke(name) => {
+                self.delete(&format!("permissions/{}/{}", enc(&wanted.vhost), enc(name)))
+                    .await
             }
             Change::SetPermissions(name, p) => {
                 let body = json!({ "configure": p.configure, "write": p.write, "read": p.read });
@@ -447,7 +513,10 @@ pub async fn provision(
     for u in &wanted.users {
         existing.push(api.existing(&u.name, &wanted.vhost).await?);
     }
-    let changes = plan(wanted, vhost_exists, &existing, adopt)?;
+    let mut changes = plan(wanted, vhost_exists, &existing, adopt)?;
+    if vhost_exists {
+        changes.extend(api.stale(wanted).await?.into_iter().map(Change::Revoke));
+    }
     if !dry_run {
         for change in &changes {
             api.apply(change, wanted, &existing).await?;
@@ -465,6 +534,7 @@ mod tests {
         let t = Topology::new("exhub");
         Wanted {
             vhost: "exhub".into(),
+            marks: [t.hub_permissions().write, t.org_permissions::<&str>(&[]).write],
             users: vec![
                 WantedUser {
                     name: "exhub-hub".into(),
@@ -530,14 +600,24 @@ mod tests {
         };
         let existing = [Some(stranger), None];
         assert!(matches!(plan(&w, true, &existing, false), Err(ProvisionError::NotOurs(u)) if u == "exhub-hub"));
-        let existing = [
-            Some(Existing {
-                tags: vec!["administrator".into()],
-                ..Existing::default()
-            }),
-            None,
-        ];
-        assert!(plan(&w, true, &existing, true).is_ok());
+        // With --adopt it is taken over — unless it is a broker administrator.
+        assert!(matches!(plan(&w, true, &existing, true), Err(ProvisionError::Privileged(u, _)) if u == "exhub-hub"));
+        let plain = Existing {
+            tags: vec!["ops".into()],
+            ..Existing::default()
+        };
+        assert!(plan(&w, true, &[Some(plain), None], true).is_ok());
+    }
+
+    #[test]
+    fn the_management_api_is_reached_on_loopback_only() {
+        let pw = Secret::new("pw");
+        assert!(Management::new("http://127.0.0.1:15672", "admin", &pw).is_ok());
+        assert!(Management::new("http://localhost:15672", "admin", &pw).is_ok());
+        let far = Management::new("http://10.1.2.3:15672", "admin", &pw)
+            .err()
+            .map(|e| e.to_string());
+        assert!(far.is_some_and(|e| e.contains("loopback only")));
     }
 
     #[test]

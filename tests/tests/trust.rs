@@ -233,6 +233,13 @@ kind = "postgres"
 url = "postgres://u@127.0.0.1/db"
 amqp = "amqp://nanhai.tax@127.0.0.1:5672/%2f"
 
+[[source]]
+name = "guest-in-disguise"
+org = "nanhai.commerce"
+kind = "postgres"
+url = "postgres://u@127.0.0.1/db"
+amqp = "amqp://:pw@127.0.0.1:5672/%2f"
+
 [[subscriber]]
 name = "Feed With Spaces"
 org = "nanhai.commerce"
@@ -257,6 +264,7 @@ to = ["Feed With Spaces"]
         "source \"../../etc/x\": name \"../../etc/x\": lower-case letters",
         "logs in as AMQP user \"nanhai.tax\", but its org \"nanhai.commerce\" is \"shared\"",
         "subscriber \"Feed With Spaces\": name \"Feed With Spaces\"",
+        "source \"guest-in-disguise\" → amqp: has a password but no user",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -645,4 +653,153 @@ async fn the_archive_file_is_private() {
     let path = ex.archive_url.trim_start_matches("sqlite://").to_owned();
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "{path}");
+}
+
+/// A document refused for its signature stays refused through `exhub dlq retry` (the retry is
+/// held to the original sender's signing rule), and a signed document refused for another
+/// reason keeps its signature through the DLQ and passes once the cause is fixed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dlq_retry_keeps_the_senders_signing_rule() {
+    let mut ex = Exchange::new("retry-signed", ArchiveKind::Sqlite, "", GRAPH);
+    let tax_key = generate_key(&ex, &["--org", "nanhai.tax"], "ed25519");
+    add_to(
+        &ex,
+        "tax",
+        &format!("public_keys = [\"{tax_key}\"]\nrequire_signature = true"),
+    );
+    ex.start_hub().await;
+    let key_line = std::fs::read_to_string(ex.dir.join("secrets/nanhai.tax.signing-key")).unwrap();
+    let key = exhub_connect::sign::SigningKey::from_line(key_line.trim()).unwrap();
+    // An unsigned registration, and a signed licence the tax bureau may not (yet) publish.
+    let (unsigned, unsigned_doc) = tax_doc("nanhai.tax", 70, "南海");
+    let licence = regex_free_replace_id(
+        &std::fs::read_to_string(crate::root().join("examples/documents/commerce.business_license.xml"))
+            .unwrap()
+            .replace("<org>nanhai.commerce</org>", "<org>nanhai.tax</org>"),
+    );
+    let licence_id = crate::exchange::doc_id(licence.as_bytes()).unwrap();
+    let licence_props = wire::signed(
+        props(&licence_id, &ex.user("tax")).with_content_type("application/xml".into()),
+        Some(&key),
+        &[licence.as_bytes()],
+    );
+    ex.publish(vec![
+        (unsigned_doc, ex.props(&unsigned)),
+        (licence.clone().into_bytes(), licence_props),
+    ])
+    .await;
+    let wait_dlq = |n: u32| {
+        let ex = &ex;
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while ex.depth(&ex.topology.hub_dlq()).await < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "DLQ depth {}: {}",
+                    ex.depth(&ex.topology.hub_dlq()).await,
+                    ex.hub_log(0)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_dlq(2).await;
+    // The fix for the licence: the tax bureau may publish licences now.
+    ex.kill_hubs();
+    let text = std::fs::read_to_string(&ex.config).unwrap().replacen(
+        "publishes = [\"tax.registration\"]",
+        "publishes = [\"tax.registration\", \"commerce.business_license\"]",
+        1,
+    );
+    std::fs::write(&ex.config, text).unwrap();
+    ex.start_hub().await;
+    let retry = ex.exhub(&["dlq", "retry", "--all"]);
+    assert!(stdout(&retry).contains("2 document(s) sent back"), "{}", stdout(&retry));
+    let feed = ex
+        .take(&ex.topology.subscriber_queue("commerce-feed"), WAIT, |t| t.docs >= 1)
+        .await;
+    assert_eq!(feed.order, [licence_id], "the signed licence passes after the fix");
+    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| !t.messages.is_empty()).await;
+    let p = &dlq.messages[0].properties;
+    assert_eq!(p.message_id().as_ref().map(|m| m.to_string()), Some(unsigned.clone()));
+    assert_eq!(wire::header_str(p, header::REASON).as_deref(), Some("signature"));
+    let tax_feed = ex
+        .take(&ex.topology.subscriber_queue("tax-feed"), Duration::from_secs(1), |t| {
+            t.docs >= 1
+        })
+        .await;
+    assert_eq!(tax_feed.docs, 0, "the unsigned registration came in through the retry");
+}
+
+/// A receipt naming a document twice (as an honest sink may after a redelivery) or giving a
+/// reason of its own does not make the archive fail — with a PostgreSQL archive, a repeated key
+/// in one upsert would — and the stream goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_receipts_do_not_wedge_the_hub() {
+    let mut ex = Exchange::new("receipts", ArchiveKind::Postgres, "", GRAPH);
+    ex.start_hub().await;
+    let receipt = |body: serde_json::Value| {
+        let p = props("r", &ex.user("commerce")).with_type(wire::RECEIPT_TYPE.into());
+        (body.to_string().into_bytes(), p)
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    ex.publish_as(
+        "commerce",
+        vec![
+            receipt(serde_json::json!({"subscriber": "commerce-feed", "applied": [id, id], "refused": [{"id": id, "reason": "apply"}]})),
+            receipt(serde_json::json!({"subscriber": "commerce-feed", "applied": [], "refused": [{"id": id, "reason": "x\u{0}y"}]})),
+            receipt(serde_json::json!({"subscriber": "tax-feed", "applied": [id]})),
+        ],
+    )
+    .await;
+    let (good, good_doc) = tax_doc("nanhai.tax", 80, "南海");
+    ex.publish(vec![(good_doc, ex.props(&good))]).await;
+    let got = ex
+        .take(&ex.topology.subscriber_queue("tax-feed"), WAIT, |t| t.docs >= 1)
+        .await;
+    assert_eq!(got.order, [good]);
+    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| t.messages.len() >= 2).await;
+    let mut reasons: Vec<String> = dlq
+        .messages
+        .iter()
+        .map(|r| wire::header_str(&r.properties, header::REASON).unwrap_or_default())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["malformed", "unauthorized"], "{}", ex.hub_log(0));
+    assert!(!ex.hub_log(0).contains("archive failed"), "{}", ex.hub_log(0));
+}
+
+/// `exhub provision` takes the permissions away from a login routes.toml no longer names, and
+/// will not adopt a broker administrator as an exchange login.
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_revokes_removed_orgs_and_refuses_administrators() {
+    let ex = Exchange::new("provision", ArchiveKind::Sqlite, "", GRAPH);
+    let other = ex.user("other");
+    let api = crate::exchange::management().unwrap();
+    assert!(api.get(&format!("permissions/%2F/{other}")).await.unwrap().is_some());
+    let text = std::fs::read_to_string(&ex.config).unwrap();
+    let start = text.find("[[org]]\nid = \"nanhai.other\"").unwrap();
+    let end = start + text[start..].find(&format!("amqp_user = \"{other}\"\n")).unwrap() + other.len() + 14;
+    std::fs::write(&ex.config, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let out = ex.exhub(&["provision"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout(&out).contains(&format!("did: revoke the permissions of \"{other}\"")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(api.get(&format!("permissions/%2F/{other}")).await.unwrap().is_none());
+    // The broker's administrator as the hub's login: refused, even with --adopt.
+    let admin = ex.dir.join("admin.toml");
+    let text = std::fs::read_to_string(&ex.config).unwrap();
+    let hub_line = text.lines().find(|l| l.starts_with("amqp = ")).unwrap();
+    std::fs::write(
+        &admin,
+        text.replacen(hub_line, "amqp = \"amqp://guest:guest@127.0.0.1:5672/%2f\"", 1),
+    )
+    .unwrap();
+    let out = ex.exhub(&["provision", "--adopt", "--config", admin.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("has the tag \"administrator\""), "{err}");
 }

@@ -148,6 +148,10 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
         if let Some(original) = &original {
             props = wire::with_header(props, header::USER, original);
         }
+        // The sender's signature, when the hub kept it: the hub checks it again.
+        if let Some(signature) = wire::header_str(p, exhub_connect::sign::HEADER) {
+            props = wire::with_header(props, exhub_connect::sign::HEADER, &signature);
+        }
         let confirm = publish
             .basic_publish(
                 topology.ingress_exchange().as_str().into(),
