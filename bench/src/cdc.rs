@@ -67,8 +67,9 @@ impl Legacy {
 const ROWS_PER_STATEMENT: u64 = 1_000;
 
 /// Runs the benchmark from `legacy` with `--tx N --rows N --workers N --archive sqlite|postgres
-/// --sign none|ed25519|sm2 --tls off|on` (signing: sources sign, the hub verifies and signs
-/// copies, the sink verifies and signs receipts; TLS: every connection of the exchange).
+/// --sign none|ed25519|sm2 --tls off|on|amqp,source,sink,archive` (signing: sources sign, the hub
+/// verifies and signs copies, the sink verifies and signs receipts; TLS: every connection of
+/// the exchange, or those named).
 pub async fn run(legacy: Legacy, flags: Flags) -> Result<()> {
     let tx: u64 = flags.get("tx", 200)?;
     let rows: u64 = flags.get("rows", 1_000)?;
@@ -79,7 +80,7 @@ pub async fn run(legacy: Legacy, flags: Flags) -> Result<()> {
     flags.done(&["tx", "rows", "workers", "archive", "sign", "tls"])?;
     let bench = Bench::create(legacy, workers, &archive).await?;
     crate::procs::enable_signing(&bench.config, &sign)?;
-    crate::procs::set_tls(&bench.config, tls == "on")?;
+    crate::procs::set_tls(&bench.config, &tls)?;
     let result = bench.measure(tx, rows).await;
     bench.cleanup().await;
     result

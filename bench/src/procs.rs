@@ -57,15 +57,38 @@ pub fn provision(config: &Path) -> Result<()> {
 /// The local CA scripts/services.sh made.
 const CA: &str = "/var/lib/exhub-tls/ca.pem";
 
-/// Sets every connection of the exchange of `config` to TLS (`on`: amqps to RabbitMQ's TLS
-/// port, PostgreSQL `verify-full`, MySQL/MariaDB `VERIFY_IDENTITY`, all against the local CA)
-/// or to clear text (`off`: said outright, since PostgreSQL's and the MySQL sink's clients
-/// would otherwise take TLS whenever the server offers it), so that the two can be compared.
-pub fn set_tls(config: &Path, on: bool) -> Result<()> {
+/// Sets the connections of the exchange of `config` to TLS or to clear text, so that the two
+/// can be compared: `spec` is `on` (every connection), `off` (none), or a comma-separated list of
+/// `amqp`, `source`, `sink`, `archive`. TLS is amqps to RabbitMQ's TLS port, PostgreSQL
+/// `verify-full`, MySQL/MariaDB `VERIFY_IDENTITY`, all against the local CA; clear text is said
+/// outright, since PostgreSQL's and the MySQL sink's clients would otherwise take TLS whenever
+/// the server offers it.
+pub fn set_tls(config: &Path, spec: &str) -> Result<()> {
+    let parts: Vec<&str> = match spec {
+        "on" => vec!["amqp", "source", "sink", "archive"],
+        "off" => vec![],
+        list => list.split(',').collect(),
+    };
+    if let Some(bad) = parts
+        .iter()
+        .find(|p| !["amqp", "source", "sink", "archive"].contains(p))
+    {
+        bail!("--tls {spec}: {bad} is not on, off, amqp, source, sink or archive");
+    }
     let text = std::fs::read_to_string(config)?;
     let mut out = String::with_capacity(text.len() + 256);
+    let mut section = "";
     for line in text.lines() {
         let mut line = line.to_owned();
+        if line.starts_with('[') {
+            section = match line.trim() {
+                "[hub]" => "archive",
+                "[[source]]" => "source",
+                "[[subscriber]]" => "sink",
+                _ => section,
+            };
+        }
+        let on = parts.contains(&section);
         if let Some(start) = line.find("\"postgres://").or_else(|| line.find("\"mysql://")) {
             let end = line[start + 1..].find('"').map(|e| start + 1 + e);
             if let Some(end) = end {
@@ -76,13 +99,11 @@ pub fn set_tls(config: &Path, on: bool) -> Result<()> {
                     (false, true) => format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={CA}"),
                     (false, false) => "ssl-mode=DISABLED".to_owned(),
                 };
-                if !param.is_empty() {
-                    let sep = if url.contains('?') { '&' } else { '?' };
-                    line = format!("{}{url}{sep}{param}{}", &line[..start + 1], &line[end..]);
-                }
+                let sep = if url.contains('?') { '&' } else { '?' };
+                line = format!("{}{url}{sep}{param}{}", &line[..start + 1], &line[end..]);
             }
         }
-        if on {
+        if parts.contains(&"amqp") {
             line = line.replace("amqp://", "amqps://").replace(
                 "@127.0.0.1:5672/%2f\"",
                 &format!("@127.0.0.1:5671/%2f?cacertfile={CA}\""),

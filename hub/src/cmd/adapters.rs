@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use exhub_connect::source::SourceCommon;
 use exhub_hub::config::{DbSink, DbSource, SourceConfig, SubscriberConfig, parse_offset};
-use exhub_hub::pipeline::{Hub, amqp_user};
+use exhub_hub::pipeline::amqp_user;
 use exhub_hub::secret::SecretUrl;
 use exhub_mssql::MssqlSource;
 use exhub_mysql::{MysqlSource, SourceSettings};
@@ -65,18 +65,7 @@ pub async fn run(path: &Path) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let tracker = TaskTracker::new();
     let mut parts: Vec<(String, tokio::task::JoinHandle<Result<()>>)> = Vec::new();
-    let hub = Arc::new(
-        Hub::new(
-            &loaded.config,
-            Arc::clone(&loaded.registry),
-            loaded
-                .config
-                .hub_signer(&loaded.base)
-                .context("the hub's signing key")?,
-        )
-        .await
-        .context("starting the hub")?,
-    );
+    let hub = Arc::new(super::serve::start(&loaded).await?);
     let workers = loaded.config.hub.workers.unwrap_or(2);
     let token = shutdown.clone();
     parts.push((
