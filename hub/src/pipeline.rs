@@ -299,7 +299,10 @@ impl Hub {
             let wanted = size.prefetch();
             batches += 1;
             let changed = wanted > prefetch.saturating_mul(4) || wanted < prefetch / 4;
-            let may = batches >= 3 && size.resized.is_none_or(|at| at.elapsed() >= RESIZE_EVERY);
+            // Messages grown large shrink the prefetch at once (memory first); growing it again
+            // waits, so that mixed traffic does not resubscribe all the time.
+            let shrink = wanted < prefetch / 4;
+            let may = batches >= 3 && (shrink || size.resized.is_none_or(|at| at.elapsed() >= RESIZE_EVERY));
             if changed && may {
                 size.resized = Some(Instant::now());
                 if let Some(p) = pending.take() {
