@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use exhub_connect::sign::{Keyring, SigningKey};
 use exhub_schemas::time::unix_micros_now;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor as _, Row as _};
@@ -257,6 +258,8 @@ fn text(s: &str) -> Arg {
 pub struct Archive {
     pool: AnyPool,
     backend: Backend,
+    /// The hub's key: every audit record's hash is signed with it when there is one.
+    signer: Option<std::sync::Arc<SigningKey>>,
 }
 
 impl std::fmt::Debug for Archive {
@@ -302,7 +305,11 @@ impl Archive {
             })
             .connect(&url)
             .await?;
-        let archive = Archive { pool, backend };
+        let archive = Archive {
+            pool,
+            backend,
+            signer: None,
+        };
         archive.migrate().await?;
         Ok(archive)
     }
@@ -383,26 +390,33 @@ impl Archive {
         for s in statements {
             self.pool.execute(AssertSqlSafe(s)).await?;
         }
-        // Added with signatures (issue 13): the proof a document was signed with.
-        let has_proof_column = match self.backend {
+        // Added with signatures (issue 13): the proof a document was signed with, and the
+        // hub's signature on each audit record.
+        self.add_column("exhub_documents", "proof_id").await?;
+        self.add_column("exhub_audit", "signature").await?;
+        Ok(())
+    }
+
+    /// Adds a nullable text column to a table of an archive made before it existed.
+    /// The same archive, signing every audit record it appends with the hub's key.
+    pub fn signing_audit(mut self, signer: Option<std::sync::Arc<SigningKey>>) -> Archive {
+        self.signer = signer;
+        self
+    }
+
+    async fn add_column(&self, table: &str, column: &str) -> Result<(), ArchiveError> {
+        let add = match self.backend {
             Backend::Sqlite => {
-                let row = self
-                    .pool
-                    .fetch_one(AssertSqlSafe(
-                        "SELECT COUNT(*) FROM pragma_table_info('exhub_documents') WHERE name = 'proof_id'",
-                    ))
-                    .await?;
-                row.try_get::<i64, _>(0)? > 0
+                let query = format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'");
+                let row = self.pool.fetch_one(AssertSqlSafe(query)).await?;
+                if row.try_get::<i64, _>(0)? > 0 {
+                    return Ok(());
+                }
+                format!("ALTER TABLE {table} ADD COLUMN {column} TEXT")
             }
-            Backend::Postgres => false,
+            Backend::Postgres => format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} TEXT"),
         };
-        if !has_proof_column {
-            let add = match self.backend {
-                Backend::Sqlite => "ALTER TABLE exhub_documents ADD COLUMN proof_id TEXT",
-                Backend::Postgres => "ALTER TABLE exhub_documents ADD COLUMN IF NOT EXISTS proof_id TEXT",
-            };
-            self.pool.execute(AssertSqlSafe(add)).await?;
-        }
+        self.pool.execute(AssertSqlSafe(add)).await?;
         Ok(())
     }
 
@@ -490,7 +504,7 @@ impl Archive {
             records.push(AuditEntry::accepted(user, &docs));
         }
         records.extend_from_slice(audit);
-        append_audit(&mut tx, self.backend, &records, now).await?;
+        append_audit(&mut tx, self.backend, self.signer.as_deref(), &records, now).await?;
         // What the archive already knew about the documents seen before.
         let known: Vec<&str> = ids.iter().filter(|id| !new.contains(*id)).map(String::as_str).collect();
         let mut hashes: HashMap<String, String> = HashMap::new();
@@ -540,7 +554,14 @@ impl Archive {
         }
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
-        append_audit(&mut tx, self.backend, &[AuditEntry::published(actor, done)], now).await?;
+        append_audit(
+            &mut tx,
+            self.backend,
+            self.signer.as_deref(),
+            &[AuditEntry::published(actor, done)],
+            now,
+        )
+        .await?;
         for chunk in done.chunks(CHUNK) {
             let rows = chunk
                 .iter()
@@ -618,7 +639,7 @@ impl Archive {
             .chunk_by(|a, b| a.amqp_user == b.amqp_user && a.subscriber == b.subscriber)
             .map(AuditEntry::receipts)
             .collect();
-        append_audit(&mut tx, self.backend, &records, now).await?;
+        append_audit(&mut tx, self.backend, self.signer.as_deref(), &records, now).await?;
         for chunk in receipts.chunks(CHUNK) {
             let rows = chunk.iter().map(|r| {
                 [
@@ -688,7 +709,14 @@ impl Archive {
     /// actions such as replays, DLQ retries and provisioning).
     pub async fn audit(&self, records: &[AuditEntry]) -> Result<(), ArchiveError> {
         let mut tx = self.pool.begin().await?;
-        append_audit(&mut tx, self.backend, records, unix_micros_now()).await?;
+        append_audit(
+            &mut tx,
+            self.backend,
+            self.signer.as_deref(),
+            records,
+            unix_micros_now(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -714,14 +742,21 @@ impl Archive {
     /// Walks the whole audit log: every record's hash recomputed, every link to the one
     /// before, the head, and for records of accepted documents the ids and content hashes
     /// the archive holds now. Stops at the first break.
-    pub async fn verify_audit(&self) -> Result<AuditReport, ArchiveError> {
+    ///
+    /// With the hub's public keys (`hub_keys` not empty) it also checks the hub's signature on
+    /// each record: every signature must verify; once a record is signed every later one must
+    /// be; and the newest must be signed. Whoever can write the database but does not hold the
+    /// hub's key can then neither change a signed record (even recomputing every hash after
+    /// it) nor rewrite the chain unsigned.
+    pub async fn verify_audit(&self, hub_keys: &Keyring) -> Result<AuditReport, ArchiveError> {
         let mut report = AuditReport::default();
+        let mut last_signed = false;
         let mut prev = GENESIS.to_owned();
         let mut expected_seq = 1i64;
         loop {
             let mut sql = Sql::new(
                 self.backend,
-                "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM exhub_audit WHERE seq >= ",
+                "SELECT seq, at, actor, action, subject, detail, prev_hash, hash, signature FROM exhub_audit WHERE seq >= ",
             );
             sql.bind(Arg::Int(expected_seq)).push(" ORDER BY seq LIMIT 1000");
             let rows = sql.query().fetch_all(&self.pool).await?;
@@ -740,6 +775,19 @@ impl Archive {
                 } else {
                     None
                 };
+                let signature: Option<String> = row.try_get(8)?;
+                if report.broken.is_none() && !hub_keys.is_empty() {
+                    report.broken = match &signature {
+                        Some(sig) => match hub_keys.verify(sig, &[r.hash.as_bytes()]) {
+                            Ok(_) => None,
+                            Err(e) => broken(format!("the hub's signature on it does not hold: {e}")),
+                        },
+                        None if last_signed => broken("it is not signed, though the records before it are".into()),
+                        None => None,
+                    };
+                    last_signed = signature.is_some();
+                    report.signed += u64::from(last_signed);
+                }
                 if report.broken.is_none() && r.entry.action == ACCEPTED {
                     report.broken = self.check_accepted(&r).await?.map(|why| (r.seq, why));
                 }
@@ -760,6 +808,11 @@ impl Archive {
             report.broken = Some((
                 seq,
                 "the head does not match the last record (records removed from the end?)".into(),
+            ));
+        } else if !hub_keys.is_empty() && report.records > 0 && !last_signed {
+            report.broken = Some((
+                seq,
+                "the newest record is not signed by the hub, whose keys are configured".into(),
             ));
         }
         Ok(report)
@@ -1072,6 +1125,8 @@ pub struct AuditRecord {
 pub struct AuditReport {
     /// Records that verified.
     pub records: u64,
+    /// Of those, records whose hub signature verified.
+    pub signed: u64,
     /// The first broken record and why, if any.
     pub broken: Option<(i64, String)>,
 }
@@ -1115,6 +1170,7 @@ fn docs_digest(docs: &[(&str, &str)]) -> String {
 async fn append_audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: Backend,
+    signer: Option<&SigningKey>,
     records: &[AuditEntry],
     now: i64,
 ) -> Result<(), ArchiveError> {
@@ -1132,6 +1188,7 @@ async fn append_audit(
     for (i, e) in records.iter().enumerate() {
         let seq = first + i64::try_from(i).unwrap_or(i64::MAX);
         let hash = chain_hash(&prev, seq, now, e);
+        let signature = signer.map_or(Arg::Null, |k| Arg::Text(k.sign_documents(&[hash.as_bytes()])));
         rows.push([
             Arg::Int(seq),
             Arg::Int(now),
@@ -1141,12 +1198,13 @@ async fn append_audit(
             text(&e.detail),
             text(&prev),
             text(&hash),
+            signature,
         ]);
         prev = hash;
     }
     let mut sql = Sql::new(
         backend,
-        "INSERT INTO exhub_audit (seq, at, actor, action, subject, detail, prev_hash, hash) VALUES ",
+        "INSERT INTO exhub_audit (seq, at, actor, action, subject, detail, prev_hash, hash, signature) VALUES ",
     );
     for (i, row) in rows.into_iter().enumerate() {
         if i > 0 {

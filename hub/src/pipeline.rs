@@ -94,7 +94,7 @@ pub struct Hub {
     /// AMQP user → what its org's signatures must be.
     signatures: HashMap<String, OrgKeys>,
     /// The hub's own key: every copy is signed with it when there is one.
-    signer: Option<SigningKey>,
+    signer: Option<Arc<SigningKey>>,
     /// Subscriber → its org.
     subscriber_orgs: HashMap<String, String>,
     /// Most documents and bytes of one batch message.
@@ -104,8 +104,10 @@ pub struct Hub {
 
 impl Hub {
     /// Builds the hub for `config`: compiles routes, reads the orgs' public keys, opens the
-    /// archive. With `signer`, every copy the hub sends is signed.
+    /// archive. With `signer`, every copy the hub sends and every audit record it writes is
+    /// signed.
     pub async fn new(config: &Config, registry: Arc<Registry>, signer: Option<SigningKey>) -> Result<Hub, HubError> {
+        let signer = signer.map(Arc::new);
         let router = Router::new(config)?;
         let mut signatures = HashMap::new();
         for o in &config.orgs {
@@ -115,7 +117,9 @@ impl Hub {
             };
             signatures.insert(o.amqp_user().to_owned(), keys);
         }
-        let archive = Archive::open(config.hub.archive.expose()).await?;
+        let archive = Archive::open(config.hub.archive.expose())
+            .await?
+            .signing_audit(signer.clone());
         Ok(Hub {
             gate: Gate::new(config, registry),
             router,
@@ -430,7 +434,7 @@ impl Hub {
         }
         let exchange = self.topology.out_exchange();
         for ((_, subscriber), mut pack) in copies {
-            let signer = self.signer.as_ref();
+            let signer = self.signer.as_deref();
             let (payload, properties) = match (pack.docs.len(), pack.first) {
                 (1, Some(props)) => {
                     let payload = pack.docs.remove(0);

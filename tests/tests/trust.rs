@@ -583,6 +583,8 @@ fn regex_free_replace_id(xml: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_log_verifies_and_finds_an_edited_record() {
     let mut ex = Exchange::new("audit", ArchiveKind::Postgres, "", GRAPH);
+    let hub_key = generate_key(&ex, &["--hub"], "ed25519");
+    add_to(&ex, "hub", &format!("public_keys = [\"{hub_key}\"]"));
     ex.start_hub().await;
     let docs: Vec<(String, Vec<u8>)> = (0..3).map(|n| tax_doc("nanhai.tax", 60 + n, "南海")).collect();
     let (refused, refused_doc) = tax_doc("nanhai.commerce", 63, "南海");
@@ -613,6 +615,7 @@ async fn audit_log_verifies_and_finds_an_edited_record() {
     let (code, text) = verify(&ex);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.starts_with("audit log ok"), "{text}");
+    assert!(text.contains("signed by the hub"), "{text}");
 
     let db = ex.archive_url.rsplit('/').next().unwrap().to_owned();
     let sql = |q: &str| crate::services::psql(&db, q);
@@ -644,11 +647,45 @@ async fn audit_log_verifies_and_finds_an_edited_record() {
         docs[1].0
     ));
     assert_eq!(verify(&ex).0, Some(0));
+    // Someone who can write the database but has no hub key rewrites record 2 and recomputes
+    // every hash after it, and the head: the chain holds, the hub's signature does not.
+    let rows = crate::services::psql_with(
+        &db,
+        &[
+            "-F",
+            "\u{1f}",
+            "-c",
+            "SELECT seq, at, actor, action, subject, detail FROM exhub_audit WHERE seq >= 2 ORDER BY seq",
+        ],
+    );
+    let mut prev = sql("SELECT hash FROM exhub_audit WHERE seq = 1");
+    for (i, line) in rows.lines().enumerate() {
+        let f: Vec<&str> = line.split('\u{1f}').collect();
+        let (seq, at): (i64, i64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        let actor = if i == 0 { "someone-else" } else { f[2] };
+        let canonical = serde_json::json!([prev, seq, at, actor, f[3], f[4], f[5]]).to_string();
+        let hash = exhub_connect::sign::digest(canonical.as_bytes());
+        sql(&format!(
+            "UPDATE exhub_audit SET actor = $q${actor}$q$, prev_hash = '{prev}', hash = '{hash}' WHERE seq = {seq}"
+        ));
+        prev = hash;
+    }
+    sql(&format!("UPDATE exhub_audit_head SET hash = '{prev}'"));
+    let (code, text) = verify(&ex);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("BROKEN at record 2: the hub's signature on it does not hold"),
+        "{text}"
+    );
+    // … or drops the signatures altogether.
+    sql("UPDATE exhub_audit SET signature = NULL");
+    let (code, text) = verify(&ex);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not signed by the hub"), "{text}");
     // The last record removed.
     sql("DELETE FROM exhub_audit WHERE seq = (SELECT max(seq) FROM exhub_audit)");
     let (code, text) = verify(&ex);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("the head does not match the last record"), "{text}");
 }
 
 /// A SQLite archive is created readable by its owner only.

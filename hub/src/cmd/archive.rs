@@ -65,9 +65,7 @@ pub async fn replay(path: &Path, subscriber: &str, q: &Query) -> Result<()> {
     if !router.subscribers().iter().any(|s| s == subscriber) {
         bail!("subscriber {subscriber:?} is not in {}", path.display());
     }
-    let archive = Archive::open(config.hub.archive.expose())
-        .await
-        .with_context(|| format!("opening the archive {}", config.hub.archive))?;
+    let archive = super::open_archive(&loaded).await?;
     let total = archive.count(q).await?;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("replaying {bar:40} {pos}/{len} documents ({per_sec}, eta {eta})")

@@ -178,8 +178,7 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
         }
     }
     if retried > 0 {
-        let config = &load(path)?.config;
-        let archive = exhub_hub::archive::Archive::open(config.hub.archive.expose()).await?;
+        let archive = super::open_archive(&load(path)?).await?;
         let record = exhub_hub::archive::AuditEntry::new(
             &super::operator(),
             "dlq-retried",

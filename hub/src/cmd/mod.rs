@@ -129,6 +129,17 @@ pub fn parse_key(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The archive of a loaded config, signing the audit records it appends with the hub's key
+/// when there is one.
+pub async fn open_archive(loaded: &Loaded) -> Result<exhub_hub::archive::Archive> {
+    let config = &loaded.config;
+    let signer = config.hub_signer(&loaded.base).context("the hub's signing key")?;
+    let archive = exhub_hub::archive::Archive::open(config.hub.archive.expose())
+        .await
+        .with_context(|| format!("opening the archive {}", config.hub.archive))?;
+    Ok(archive.signing_audit(signer.map(Arc::new)))
+}
+
 /// Who runs this command, for the audit log: `os-user@host`.
 pub fn operator() -> String {
     let user = std::env::var("USER")

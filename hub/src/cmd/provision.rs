@@ -53,7 +53,7 @@ pub async fn provision(path: &Path, dry_run: bool, adopt: bool) -> Result<()> {
         println!("{note}");
     }
     if !dry_run && !changes.is_empty() {
-        let archive = exhub_hub::archive::Archive::open(loaded.config.hub.archive.expose())
+        let archive = super::open_archive(&loaded)
             .await
             .context("opening the archive for the audit log")?;
         let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
