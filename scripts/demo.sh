@@ -15,8 +15,8 @@ tmp=$(mktemp -d)
 run_pid=
 tail_pid=
 cleanup() {
-  [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null
-  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
+  [ -n "$tail_pid" ] && kill "$tail_pid" >/dev/null 2>&1
+  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" >/dev/null 2>&1
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -28,11 +28,19 @@ echo "== legacy systems: CTAIS (MariaDB, 4 registrations), licences (PostgreSQL,
 bash examples/legacy/setup.sh
 rm -rf exhub-state   # the databases are new: so is the source's checkpoint
 
+echo; echo "== signing keys (made once, in exhub-secrets/): the tax bureau SM2, the others Ed25519; the hub's own"
+[ -f exhub-secrets/hub.signing-key ] || $exhub keys generate --hub >/dev/null 2>&1
+[ -f exhub-secrets/nanhai.tax.signing-key ] || $exhub keys generate --org nanhai.tax --alg sm2 >/dev/null 2>&1
+[ -f exhub-secrets/nanhai.commerce.signing-key ] || $exhub keys generate --org nanhai.commerce >/dev/null 2>&1
+[ -f exhub-secrets/nanhai.social.signing-key ] || $exhub keys generate --org nanhai.social >/dev/null 2>&1
+cut -c1-60 exhub-secrets/*.pub | sed 's/$/…/'
+
 echo; echo "== exhub check (routes.toml: 4 departments, 3 sources, 3 subscribers, 3 routes)"
 $exhub check
 
 echo; echo "== exhub provision: vhost exhub, the hub's user, one least-privilege user per department"
 $exhub provision | tail -1
+
 
 # Fresh ids, so that each run's documents are new to the archive (it deduplicates on id).
 fresh() { sed -E "0,/\"id\": \"[^\"]+\"|<id>[^<]+<\/id>/s//$(printf '"id": "%s"' "$(cat /proc/sys/kernel/random/uuid)")/" "$1"; }

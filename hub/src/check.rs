@@ -108,7 +108,7 @@ pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) 
     };
     check_config(&mut c, config);
     check_trust(&mut c, config, &file.base_dir());
-    check_keys(&mut c, config);
+    check_keys(&mut c, config, &file.base_dir());
     for (at, path, message) in crate::tls::problems(config) {
         c.error(&at, path, message);
     }
@@ -577,7 +577,7 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
 
 /// Public keys parse and carry their owner's name (`org#…`, `hub#…`); an org that requires
 /// signatures has a key to check them with.
-fn check_keys(c: &mut Checker<'_>, config: &Config) {
+fn check_keys(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
     let keys = |c: &mut Checker<'_>, lines: &[String], owner: &str, at: Vec<Seg>, label: String| {
         for (j, line) in lines.iter().enumerate() {
             let here = [at.clone(), vec!["public_keys".into(), j.into()]].concat();
@@ -592,21 +592,48 @@ fn check_keys(c: &mut Checker<'_>, config: &Config) {
             }
         }
     };
-    keys(c, &config.hub.public_keys, "hub", vec!["hub".into()], "hub".into());
+    // A key file's lines, or a warning that it is not there yet.
+    let file_keys =
+        |c: &mut Checker<'_>, file: &Option<std::path::PathBuf>, at: Vec<Seg>, label: &str| -> Vec<String> {
+            let Some(f) = file else { return Vec::new() };
+            match std::fs::read_to_string(base.join(f)) {
+                Ok(t) => t
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                Err(_) => {
+                    c.warn(
+                        &[at, vec!["public_keys_file".into()]].concat(),
+                        label.to_owned(),
+                        format!(
+                            "public key file {} does not exist yet (exhub keys generate writes it)",
+                            f.display()
+                        ),
+                    );
+                    Vec::new()
+                }
+            }
+        };
+    let mut hub_keys = config.hub.public_keys.clone();
+    hub_keys.extend(file_keys(c, &config.hub.public_keys_file, vec!["hub".into()], "hub"));
+    keys(c, &hub_keys, "hub", vec!["hub".into()], "hub".into());
     for (i, org) in config.orgs.iter().enumerate() {
         let label = format!("org {:?}", org.id);
-        keys(
+        let mut lines = org.public_keys.clone();
+        lines.extend(file_keys(
             c,
-            &org.public_keys,
-            &org.id,
+            &org.public_keys_file,
             vec!["org".into(), i.into()],
-            label.clone(),
-        );
-        if org.require_signature && org.public_keys.is_empty() {
+            &label,
+        ));
+        keys(c, &lines, &org.id, vec!["org".into(), i.into()], label.clone());
+        if org.require_signature && org.public_keys.is_empty() && org.public_keys_file.is_none() {
             c.error(
                 &["org".into(), i.into(), "require_signature".into()],
                 label,
-                "require_signature needs public_keys to check signatures with (exhub keys generate prints one)".into(),
+                "require_signature needs public_keys (or public_keys_file) to check signatures with (exhub keys generate prints one)".into(),
             );
         }
     }

@@ -83,6 +83,8 @@ pub struct HubConfig {
     /// copies signed by one of them.
     #[serde(default)]
     pub public_keys: Vec<String>,
+    /// A file of more such lines (`exhub keys generate --hub` appends to it).
+    pub public_keys_file: Option<PathBuf>,
     /// The hub's private signing key, which it signs every copy with when the file exists
     /// (default `<secrets>/hub.signing-key`; mode 0600).
     pub signing_key_file: Option<PathBuf>,
@@ -141,6 +143,9 @@ pub struct OrgConfig {
     /// `exhub keys generate` prints them (several during a key rotation).
     #[serde(default)]
     pub public_keys: Vec<String>,
+    /// A file of more such lines, collected from the department (`exhub keys generate`
+    /// appends to it); public, unlike the signing key.
+    pub public_keys_file: Option<PathBuf>,
     /// Refuse the org's documents unless they are signed by one of its keys (default false).
     #[serde(default)]
     pub require_signature: bool,
@@ -229,6 +234,25 @@ impl Config {
 
     /// Reads every URL's password from its file or environment variable (see [`SecretUrl`]).
     pub fn resolve_secrets(&mut self, base: &Path) -> Result<(), SecretError> {
+        // Public key files: their lines join the `public_keys` (a missing file adds none).
+        let read = |file: &Option<PathBuf>| -> Vec<String> {
+            file.as_ref()
+                .and_then(|f| std::fs::read_to_string(base.join(f)).ok())
+                .map(|t| {
+                    t.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let more = read(&self.hub.public_keys_file);
+        self.hub.public_keys.extend(more);
+        for o in &mut self.orgs {
+            let more = read(&o.public_keys_file);
+            o.public_keys.extend(more);
+        }
         self.hub.amqp.resolve(base)?;
         self.hub.archive.resolve(base)?;
         for s in &mut self.sources {

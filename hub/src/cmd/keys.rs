@@ -16,14 +16,18 @@ pub fn generate(path: &Path, org: Option<&str>, alg: &str, name: Option<&str>) -
     let Some(alg) = Alg::parse(alg) else {
         bail!("--alg {alg:?}: ed25519 or sm2");
     };
-    let (owner, file) = match org {
+    let (owner, file, public_file) = match org {
         Some(org) => {
             let Some(o) = config.org(org) else {
                 bail!("org {org:?} is not in {}", path.display());
             };
-            (org.to_owned(), config.org_signing_key_file(o, &loaded.base))
+            let public = o.public_keys_file.as_ref().map(|f| loaded.base.join(f));
+            (org.to_owned(), config.org_signing_key_file(o, &loaded.base), public)
         }
-        None => ("hub".to_owned(), config.hub_signing_key_file(&loaded.base)),
+        None => {
+            let public = config.hub.public_keys_file.as_ref().map(|f| loaded.base.join(f));
+            ("hub".to_owned(), config.hub_signing_key_file(&loaded.base), public)
+        }
     };
     let year: String = exhub_schemas::Timestamp::now().to_string().chars().take(4).collect();
     let name = name.map_or(year, str::to_owned);
@@ -45,7 +49,22 @@ pub fn generate(path: &Path, org: Option<&str>, alg: &str, name: Option<&str>) -
         Some(org) => format!("the [[org]] {org:?}"),
         None => "[hub]".to_owned(),
     };
-    eprintln!("add this line to public_keys of {section} in routes.toml:");
+    match public_file {
+        Some(public) => {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&public)
+                .with_context(|| format!("writing {}", public.display()))?;
+            writeln!(f, "{}", key.public_line()).with_context(|| format!("writing {}", public.display()))?;
+            eprintln!(
+                "added its public key line to {} (public_keys_file of {section})",
+                public.display()
+            );
+        }
+        None => eprintln!("add this line to public_keys of {section} in routes.toml:"),
+    }
     println!("{}", key.public_line());
     Ok(())
 }
