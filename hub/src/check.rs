@@ -596,13 +596,8 @@ fn check_keys(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
     let file_keys =
         |c: &mut Checker<'_>, file: &Option<std::path::PathBuf>, at: Vec<Seg>, label: &str| -> Vec<String> {
             let Some(f) = file else { return Vec::new() };
-            match std::fs::read_to_string(base.join(f)) {
-                Ok(t) => t
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
+            match crate::config::read_key_lines(&base.join(f)) {
+                Ok(lines) => lines,
                 Err(_) => {
                     c.warn(
                         &[at, vec!["public_keys_file".into()]].concat(),

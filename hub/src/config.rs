@@ -16,6 +16,17 @@ use crate::secret::{SecretError, SecretUrl, read_password_file};
 
 /// Default of `[hub] secrets`: the directory of AMQP password files, beside routes.toml.
 pub const SECRETS_DIR: &str = "exhub-secrets";
+/// The public key lines of a `public_keys_file` (blank lines skipped).
+pub fn read_key_lines(path: &Path) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Default of `[hub] max_batch_items`.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 /// Default of `[hub] max_batch_bytes`.
@@ -237,14 +248,7 @@ impl Config {
         // Public key files: their lines join the `public_keys` (a missing file adds none).
         let read = |file: &Option<PathBuf>| -> Vec<String> {
             file.as_ref()
-                .and_then(|f| std::fs::read_to_string(base.join(f)).ok())
-                .map(|t| {
-                    t.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .and_then(|f| read_key_lines(&base.join(f)).ok())
                 .unwrap_or_default()
         };
         let more = read(&self.hub.public_keys_file);
