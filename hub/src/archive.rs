@@ -614,8 +614,9 @@ impl Archive {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Records subscribers' receipts: each document's outcome for its subscriber, and its
-    /// delivery status (`applied` or `refused`) where the archive routed it there.
+    /// Records subscribers' receipts for the documents the archive routed to them: each one's
+    /// outcome, and its delivery status (`applied` or `refused`). Documents a receipt names that
+    /// were never routed to its subscriber are left out.
     pub async fn record_receipts(&self, receipts: &[ReceiptRow]) -> Result<(), ArchiveError> {
         if receipts.is_empty() {
             return Ok(());
@@ -632,9 +633,29 @@ impl Archive {
             ))
         });
         receipts.dedup_by(|a, b| a.subscriber == b.subscriber && a.document_id == b.document_id);
-        let receipts = receipts.as_slice();
         let now = unix_micros_now();
         let mut tx = self.pool.begin().await?;
+        // Only documents the archive routed to that subscriber: a receipt is the subscriber's
+        // word on what it was sent, not a way to claim others.
+        let mut routed: HashSet<(String, String)> = HashSet::new();
+        for same in receipts.chunk_by(|a, b| a.subscriber == b.subscriber) {
+            for chunk in same.chunks(CHUNK) {
+                let mut sql = Sql::new(
+                    self.backend,
+                    "SELECT document_id FROM exhub_deliveries WHERE subscriber = ",
+                );
+                sql.bind(text(&chunk[0].subscriber)).push(" AND document_id IN ");
+                sql.tuple(chunk.iter().map(|r| text(&r.document_id)));
+                for row in sql.query().fetch_all(&mut *tx).await? {
+                    routed.insert((chunk[0].subscriber.clone(), row.try_get(0)?));
+                }
+            }
+        }
+        receipts.retain(|r| routed.contains(&(r.subscriber.clone(), r.document_id.clone())));
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let receipts = receipts.as_slice();
         let records: Vec<AuditEntry> = receipts
             .chunk_by(|a, b| a.amqp_user == b.amqp_user && a.subscriber == b.subscriber)
             .map(AuditEntry::receipts)

@@ -109,6 +109,7 @@ pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) 
     check_config(&mut c, config);
     check_trust(&mut c, config, &file.base_dir());
     check_keys(&mut c, config, &file.base_dir());
+    check_masked_keys(&mut c, config);
     for (at, path, message) in crate::tls::problems(config) {
         c.error(&at, path, message);
     }
@@ -630,6 +631,34 @@ fn check_keys(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
                 label,
                 "require_signature needs public_keys (or public_keys_file) to check signatures with (exhub keys generate prints one)".into(),
             );
+        }
+    }
+}
+
+/// A mask on a field that is a document's business key hides it in the body only: the header's
+/// `key` still carries it (sinks need it). Said as a warning, so that nobody relies on it.
+fn check_masked_keys(c: &mut Checker<'_>, config: &Config) {
+    for (i, route) in config.routes.iter().enumerate() {
+        let key_fields: BTreeSet<&str> = config
+            .sources
+            .iter()
+            .flat_map(|s| s.common().tables.iter())
+            .filter(|t| route.doc_types.contains(&t.doc_type))
+            .flat_map(|t| {
+                t.fields
+                    .iter()
+                    .filter(|(_, column)| t.key.contains(column))
+                    .map(|(field, _)| field.as_str())
+            })
+            .collect();
+        for (sub, fields) in &route.mask {
+            for field in fields.iter().filter(|f| key_fields.contains(f.as_str())) {
+                c.warn(
+                    &["route".into(), i.into(), "mask".into(), sub.as_str().into()],
+                    format!("route {:?} → mask.{sub}", route.name),
+                    format!("{field:?} is a business key: masked in the body, it still travels in the header's key"),
+                );
+            }
         }
     }
 }

@@ -838,3 +838,27 @@ async fn provision_revokes_removed_orgs_and_refuses_administrators() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("has the tag \"administrator\""), "{err}");
 }
+
+/// Masking a business-key field is said to hide it in the body only.
+#[test]
+fn check_warns_that_a_masked_key_still_travels_in_the_header() {
+    let dir = crate::scratch("masked-key");
+    let text = std::fs::read_to_string(crate::root().join("routes.toml")).unwrap();
+    let masked = text.replace(
+        "mask = { \"social-feed\" = [\"capital\", \"phone\"] }",
+        "mask = { \"social-feed\" = [\"capital\", \"phone\", \"taxpayer_id\"] }",
+    );
+    assert_ne!(masked, text, "the demo's mask line moved");
+    let config = dir.join("routes.toml");
+    std::fs::write(&config, masked).unwrap();
+    let out = std::process::Command::new(crate::exhub_bin())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\"taxpayer_id\" is a business key: masked in the body, it still travels in the header's key"),
+        "{text}"
+    );
+}
