@@ -630,12 +630,14 @@ impl Hub {
             }
             return Ok(None);
         };
-        match org.keys.verify(&header, parts) {
+        // The manifest once: verified, then kept as the proof.
+        let manifest = sign::manifest(parts);
+        match org.keys.verify_manifest(&header, &manifest) {
             Ok(key_id) => Ok(Some(Proof {
-                id: sign::digest(&sign::manifest(parts)),
+                id: sign::digest(&manifest),
                 key_id,
                 signature: header,
-                manifest: String::from_utf8_lossy(&sign::manifest(parts)).into_owned(),
+                manifest: String::from_utf8_lossy(&manifest).into_owned(),
             })),
             Err(e) => Err(Rejection::new(reason::SIGNATURE, e.to_string())),
         }

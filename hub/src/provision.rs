@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::config::Config;
-use crate::secret::{Secret, SecretError, read_password_file, write_password_file};
+use crate::secret::{Secret, SecretError, read_password_file, write_private_file};
 
 /// The user tag that marks a RabbitMQ user as created (and so managed) by `exhub provision`.
 pub const TAG: &str = "exhub-provisioned";
@@ -135,7 +135,7 @@ pub fn wanted(config: &Config, base: &Path, dry_run: bool, notes: &mut Vec<Strin
             Secret::new(String::new())
         } else {
             let password = new_password()?;
-            write_password_file(&file, &password).map_err(|source| ProvisionError::Write {
+            write_private_file(&file, &password).map_err(|source| ProvisionError::Write {
                 path: file.clone(),
                 source,
             })?;

@@ -71,16 +71,9 @@ pub fn read_password_file(path: &Path) -> Result<Secret, SecretError> {
     Ok(Secret::new(password))
 }
 
-/// Writes a new password file (mode 0600, in a directory created 0700 when missing; never
-/// replacing an existing file).
-pub fn write_password_file(path: &Path, password: &Secret) -> std::io::Result<()> {
-    write_private_file(path, password)
-}
-
 /// Writes a new file only its owner may read (mode 0600, in a directory created 0700 when
 /// missing; never replacing an existing file): a password, a private key.
 pub fn write_private_file(path: &Path, content: &Secret) -> std::io::Result<()> {
-    let password = content;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
@@ -99,7 +92,7 @@ pub fn write_private_file(path: &Path, content: &Secret) -> std::io::Result<()> 
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
-    std::io::Write::write_all(&mut file, format!("{}\n", password.expose()).as_bytes())?;
+    std::io::Write::write_all(&mut file, format!("{}\n", content.expose()).as_bytes())?;
     file.sync_all()
 }
 
@@ -312,9 +305,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("exhub-secret-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let file = dir.join("hub.password");
-        write_password_file(&file, &Secret::new("p@ss:w+rd/1")).unwrap();
+        write_private_file(&file, &Secret::new("p@ss:w+rd/1")).unwrap();
         assert!(
-            write_password_file(&file, &Secret::new("other")).is_err(),
+            write_private_file(&file, &Secret::new("other")).is_err(),
             "never replaced"
         );
         let mut u: SecretUrl = toml::from_str::<toml::Table>(

@@ -768,7 +768,8 @@ async fn a_dlq_retry_keeps_the_senders_signing_rule() {
 
 /// A receipt naming a document twice (as an honest sink may after a redelivery) or giving a
 /// reason of its own does not make the archive fail — with a PostgreSQL archive, a repeated key
-/// in one upsert would — and the stream goes on.
+/// in one upsert would — and the stream goes on; a receipt for another org's subscriber, one
+/// over the size limit, and receipts or dead letters from a login that is no org's are refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn odd_receipts_do_not_wedge_the_hub() {
     let mut ex = Exchange::new("receipts", ArchiveKind::Postgres, "", GRAPH);
@@ -784,23 +785,56 @@ async fn odd_receipts_do_not_wedge_the_hub() {
             receipt(serde_json::json!({"subscriber": "commerce-feed", "applied": [id, id], "refused": [{"id": id, "reason": "apply"}]})),
             receipt(serde_json::json!({"subscriber": "commerce-feed", "applied": [], "refused": [{"id": id, "reason": "x\u{0}y"}]})),
             receipt(serde_json::json!({"subscriber": "tax-feed", "applied": [id]})),
+            // Over the limit of 50,000 documents a receipt may name.
+            receipt(serde_json::json!({"subscriber": "commerce-feed", "applied": vec![id.clone(); 50_001]})),
         ],
     )
     .await;
+    // From a login that is no org's (the broker's administrator, for any login with write
+    // rights on the ingress exchange): a receipt and a dead letter, both refused.
+    let admin = crate::exchange::connect().await.unwrap();
+    let ch = admin.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let body = serde_json::json!({"subscriber": "commerce-feed", "applied": [id]}).to_string();
+    let stranger = props("r", "guest").with_type(wire::RECEIPT_TYPE.into());
+    publish(&ch, &ex.topology.ingress_exchange(), "", body.as_bytes(), stranger)
+        .await
+        .unwrap();
+    let letter = wire::with_header(
+        props("d", "guest").with_type(wire::DEAD_LETTER_TYPE.into()),
+        header::REASON,
+        "apply",
+    );
+    let letter = wire::with_header(letter, header::SUBSCRIBER, "commerce-feed");
+    publish(&ch, &ex.topology.ingress_exchange(), "", b"{}", letter)
+        .await
+        .unwrap();
     let (good, good_doc) = tax_doc("nanhai.tax", 80, "南海");
     ex.publish(vec![(good_doc, ex.props(&good))]).await;
     let got = ex
         .take(&ex.topology.subscriber_queue("tax-feed"), WAIT, |t| t.docs >= 1)
         .await;
     assert_eq!(got.order, [good]);
-    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| t.messages.len() >= 2).await;
+    let dlq = ex.take(&ex.topology.hub_dlq(), WAIT, |t| t.messages.len() >= 5).await;
     let mut reasons: Vec<String> = dlq
         .messages
         .iter()
         .map(|r| wire::header_str(&r.properties, header::REASON).unwrap_or_default())
         .collect();
     reasons.sort();
-    assert_eq!(reasons, ["malformed", "unauthorized"], "{}", ex.hub_log(0));
+    assert_eq!(
+        reasons,
+        [
+            "malformed",
+            "too_large",
+            "unauthenticated",
+            "unauthenticated",
+            "unauthorized"
+        ],
+        "{}",
+        ex.hub_log(0)
+    );
+    assert_eq!(ex.depth(&ex.topology.subscriber_dlq("commerce-feed")).await, 0);
     assert!(!ex.hub_log(0).contains("archive failed"), "{}", ex.hub_log(0));
 }
 

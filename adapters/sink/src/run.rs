@@ -206,7 +206,8 @@ impl DbSink {
     ) -> Result<(), Failure> {
         let limits = Limits::default();
         let mut docs: Vec<(Document, &[u8], &BasicProperties)> = Vec::new();
-        let mut dead: Vec<Outgoing> = Vec::new();
+        // Dead letters and the receipt: all go to the hub, with confirms, before the ack.
+        let mut to_hub: Vec<Outgoing> = Vec::new();
         let mut refused: Vec<wire::Refused> = Vec::new();
         for d in deliveries {
             let publisher = d.properties.user_id().as_ref().map(|u| u.as_str());
@@ -217,25 +218,25 @@ impl DbSink {
                     self.settings.hub_user
                 );
                 tracing::warn!(sink = %self.settings.name, %detail, "refused a message not published by the hub");
-                dead.push(self.dead_letter(&d.data, &d.properties, reason::UNAUTHENTICATED, &detail));
+                to_hub.push(self.dead_letter(&d.data, &d.properties, reason::UNAUTHENTICATED, &detail));
                 continue;
             }
             let parts = match wire::documents_of(&d.properties, &d.data) {
                 Ok(parts) => parts,
                 Err(e) => {
-                    dead.push(self.dead_letter(&d.data, &d.properties, reason::MALFORMED, &e.to_string()));
+                    to_hub.push(self.dead_letter(&d.data, &d.properties, reason::MALFORMED, &e.to_string()));
                     continue;
                 }
             };
             if let Err(detail) = self.signed_by_hub(&d.properties, &parts) {
                 tracing::warn!(sink = %self.settings.name, %detail, "refused a copy without the hub's signature");
-                dead.push(self.dead_letter(&d.data, &d.properties, reason::SIGNATURE, &detail));
+                to_hub.push(self.dead_letter(&d.data, &d.properties, reason::SIGNATURE, &detail));
                 continue;
             }
             for raw in parts {
                 match exhub_schemas::decode(raw, &self.registry, &limits) {
                     Ok(doc) => docs.push((doc, raw, &d.properties)),
-                    Err(e) => dead.push(self.dead_letter(raw, &d.properties, reason::MALFORMED, &e.to_string())),
+                    Err(e) => to_hub.push(self.dead_letter(raw, &d.properties, reason::MALFORMED, &e.to_string())),
                 }
             }
         }
@@ -260,7 +261,7 @@ impl DbSink {
                                 error = %e,
                                 "the target refused a document; sent to the subscriber's DLQ"
                             );
-                            dead.push(self.dead_letter(raw, props, reason::APPLY, &e.to_string()));
+                            to_hub.push(self.dead_letter(raw, props, reason::APPLY, &e.to_string()));
                             refused.push(wire::Refused {
                                 id: doc.header.id.to_string(),
                                 reason: reason::APPLY.to_owned(),
@@ -294,10 +295,10 @@ impl DbSink {
                 refused,
             };
             let s = &self.settings;
-            dead.push(receipt.message(&s.topology, &s.amqp_user, s.signer.as_deref()));
+            to_hub.push(receipt.message(&s.topology, &s.amqp_user, s.signer.as_deref()));
         }
-        if !dead.is_empty() {
-            publisher.publish(&dead, cancel).await?;
+        if !to_hub.is_empty() {
+            publisher.publish(&to_hub, cancel).await?;
         }
         if let Some(last) = deliveries.last() {
             channel

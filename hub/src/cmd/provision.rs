@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use exhub_hub::provision::{self, Management};
-use exhub_hub::secret::{PasswordFrom, Secret, write_password_file};
+use exhub_hub::secret::{PasswordFrom, Secret, write_private_file};
 
 use super::load_checked;
 
@@ -21,7 +21,7 @@ pub async fn provision(path: &Path, dry_run: bool, adopt: bool) -> Result<()> {
                 notes.push(format!("would write a new password for the hub to {}", file.display()));
             } else {
                 let password = provision::new_password()?;
-                write_password_file(&file, &password).with_context(|| format!("writing {}", file.display()))?;
+                write_private_file(&file, &password).with_context(|| format!("writing {}", file.display()))?;
                 notes.push(format!("wrote a new password for the hub to {}", file.display()));
             }
         }
