@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exhub_schemas::{Registry, Schema};
 
-use crate::config::{Config, ConfigFile, Positions, Problem, Seg, Severity, SourceConfig, valid_name};
+use exhub_connect::adapter::Catalog;
+
+use crate::config::{AMQP_KIND, Config, ConfigFile, Positions, Problem, Seg, Severity, valid_name};
 use crate::filter::Filter;
 use crate::secret::SecretUrl;
 
@@ -95,9 +97,10 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// Checks a loaded config against the schemas. Returns every problem (errors and warnings);
+/// Checks a loaded config against the schemas and the database kinds `catalog` knows (each
+/// kind checks its entries' URLs and options). Returns every problem (errors and warnings);
 /// the summary is meaningful when there is no error.
-pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) {
+pub fn check(file: &ConfigFile, registry: &Registry, catalog: &dyn Catalog) -> (Vec<Problem>, Summary) {
     let Some(config) = &file.config else {
         return (file.problems.clone(), Summary::default());
     };
@@ -107,6 +110,7 @@ pub fn check(file: &ConfigFile, registry: &Registry) -> (Vec<Problem>, Summary) 
         problems: file.problems.clone(),
     };
     check_config(&mut c, config);
+    check_kinds(&mut c, config, catalog);
     check_trust(&mut c, config, &file.base_dir());
     check_keys(&mut c, config, &file.base_dir());
     check_masked_keys(&mut c, config);
@@ -156,11 +160,7 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
     }
 
     c.duplicates("org", config.orgs.iter().map(|o| o.id.as_str()), "id");
-    c.duplicates(
-        "source",
-        config.sources.iter().map(|s| s.common().name.as_str()),
-        "name",
-    );
+    c.duplicates("source", config.sources.iter().map(|s| s.name.as_str()), "name");
     c.duplicates("subscriber", config.subscribers.iter().map(|s| s.name()), "name");
     c.duplicates("route", config.routes.iter().map(|r| r.name.as_str()), "name");
 
@@ -177,15 +177,9 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
     }
 
     for (i, source) in config.sources.iter().enumerate() {
-        let s = source.common();
+        let s = source;
         let here = |rest: &[Seg]| [&["source".into(), i.into()][..], rest].concat();
         let label = format!("source {:?}", s.name);
-        let schemes: &[&str] = match source {
-            SourceConfig::Mysql(_) => &["mysql", "mariadb"],
-            SourceConfig::Postgres(_) => &["postgres", "postgresql"],
-            SourceConfig::Mssql(_) => &["mssql", "sqlserver"],
-        };
-        c.url(&s.url, schemes, &here(&["url".into()]), format!("{label} → url"));
         let org = orgs.get(s.org.as_str()).copied();
         if org.is_none() {
             c.error(
@@ -400,13 +394,7 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
                 "no route feeds this subscriber".into(),
             );
         }
-        if let Some(db) = sub.database() {
-            let schemes: &[&str] = match sub {
-                crate::config::SubscriberConfig::Postgres(_) => &["postgres", "postgresql"],
-                crate::config::SubscriberConfig::Mysql(_) => &["mysql", "mariadb"],
-                _ => &["mssql", "sqlserver"],
-            };
-            c.url(&db.url, schemes, &here(&["url".into()]), format!("{label} → url"));
+        if let Some((db, _)) = sub.database() {
             for (j, apply) in db.apply.iter().enumerate() {
                 let at = here(&["apply".into(), j.into(), "doc_type".into()]);
                 let alabel = format!("{label} → apply[{j}]");
@@ -421,6 +409,87 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
             }
         }
     }
+}
+
+/// Every source and database sink names a kind the binary knows; the kind checks the entry's
+/// URL and its own options (an option of another kind is an unknown key there). A plain AMQP
+/// subscriber has no URL, tables or options.
+fn check_kinds(c: &mut Checker<'_>, config: &Config, catalog: &dyn Catalog) {
+    let (source_kinds, sink_kinds) = catalog.kinds();
+    for (i, s) in config.sources.iter().enumerate() {
+        let here = |k: &str| vec!["source".into(), i.into(), k.into()];
+        let label = format!("source {:?}", s.name);
+        match catalog.source(&s.kind) {
+            None => c.error(
+                &here("kind"),
+                format!("{label} → kind"),
+                format!("unknown source kind {:?} (known: {})", s.kind, source_kinds.join(", ")),
+            ),
+            Some(kind) => {
+                for message in kind.check(s.url.expose(), &s.options) {
+                    let at = unknown_key(&message).map_or_else(|| here("url"), &here);
+                    c.error(&at, label.clone(), message);
+                }
+            }
+        }
+    }
+    for (i, sub) in config.subscribers.iter().enumerate() {
+        let here = |k: &str| vec!["subscriber".into(), i.into(), k.into()];
+        let label = format!("subscriber {:?}", sub.name);
+        if sub.kind == AMQP_KIND {
+            let mut extra: Vec<&str> = sub.options.keys().map(String::as_str).collect();
+            if sub.url.is_some() {
+                extra.push("url");
+            }
+            if sub.amqp.is_some() {
+                extra.push("amqp");
+            }
+            if !sub.apply.is_empty() {
+                extra.push("apply");
+            }
+            for key in extra {
+                c.error(
+                    &here(key),
+                    label.clone(),
+                    format!("unknown field `{key}`: a plain AMQP subscriber reads its queue with its own client"),
+                );
+            }
+            continue;
+        }
+        match catalog.sink(&sub.kind) {
+            None => c.error(
+                &here("kind"),
+                format!("{label} → kind"),
+                format!(
+                    "unknown subscriber kind {:?} (known: {AMQP_KIND}, {})",
+                    sub.kind,
+                    sink_kinds.join(", ")
+                ),
+            ),
+            Some(kind) => match &sub.url {
+                None => c.error(&here("kind"), label, "a database subscriber needs its url".into()),
+                Some(url) => {
+                    for message in kind.check(url.expose(), &sub.options) {
+                        let at = unknown_key(&message).map_or_else(|| here("url"), &here);
+                        c.error(&at, label.clone(), message);
+                    }
+                }
+            },
+        }
+    }
+    // The archive is a PostgreSQL database reached like a PostgreSQL subscriber.
+    if matches!(config.hub.archive.scheme().as_deref(), Some("postgres" | "postgresql"))
+        && let Some(kind) = catalog.sink("postgres")
+    {
+        for message in kind.check(config.hub.archive.expose(), &exhub_connect::adapter::Options::new()) {
+            c.error(&["hub".into(), "archive".into()], "hub.archive".into(), message);
+        }
+    }
+}
+
+/// The key an "unknown field `x`" message names.
+fn unknown_key(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split_once('`').map(|(k, _)| k)
 }
 
 /// Identity and secrets: names that become queue names, file names and permission patterns are
@@ -495,7 +564,7 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
         }
     };
     for (i, source) in config.sources.iter().enumerate() {
-        let s = source.common();
+        let s = source;
         let label = format!("source {:?}", s.name);
         name(
             c,
@@ -521,10 +590,10 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
             "name",
             sub.name(),
         );
-        if let Some(db) = sub.database() {
+        if sub.is_database() {
             endpoint(
                 c,
-                db.amqp.as_ref(),
+                sub.amqp.as_ref(),
                 sub.org(),
                 &["subscriber".into(), i.into(), "amqp".into()],
                 &format!("{label} → amqp"),
@@ -546,7 +615,6 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
         (&config.hub.archive, vec!["hub".into(), "archive".into()]),
     ];
     for (i, s) in config.sources.iter().enumerate() {
-        let s = s.common();
         urls.push((&s.url, vec!["source".into(), i.into(), "url".into()]));
         urls.extend(
             s.amqp
@@ -555,14 +623,16 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
         );
     }
     for (i, sub) in config.subscribers.iter().enumerate() {
-        if let Some(db) = sub.database() {
-            urls.push((&db.url, vec!["subscriber".into(), i.into(), "url".into()]));
-            urls.extend(
-                db.amqp
-                    .iter()
-                    .map(|a| (a, vec!["subscriber".into(), i.into(), "amqp".into()])),
-            );
-        }
+        urls.extend(
+            sub.url
+                .iter()
+                .map(|u| (u, vec!["subscriber".into(), i.into(), "url".into()])),
+        );
+        urls.extend(
+            sub.amqp
+                .iter()
+                .map(|a| (a, vec!["subscriber".into(), i.into(), "amqp".into()])),
+        );
     }
     for (url, at) in urls {
         if let Some(crate::secret::PasswordFrom::File(p)) = url.password_from() {
@@ -642,7 +712,7 @@ fn check_masked_keys(c: &mut Checker<'_>, config: &Config) {
         let key_fields: BTreeSet<&str> = config
             .sources
             .iter()
-            .flat_map(|s| s.common().tables.iter())
+            .flat_map(|s| s.tables.iter())
             .filter(|t| route.doc_types.contains(&t.doc_type))
             .flat_map(|t| {
                 t.fields

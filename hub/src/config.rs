@@ -260,18 +260,17 @@ impl Config {
         self.hub.amqp.resolve(base)?;
         self.hub.archive.resolve(base)?;
         for s in &mut self.sources {
-            let s = s.common_mut();
             s.url.resolve(base)?;
             if let Some(a) = &mut s.amqp {
                 a.resolve(base)?;
             }
         }
         for s in &mut self.subscribers {
-            if let Some(db) = s.database_mut() {
-                db.url.resolve(base)?;
-                if let Some(a) = &mut db.amqp {
-                    a.resolve(base)?;
-                }
+            if let Some(url) = &mut s.url {
+                url.resolve(base)?;
+            }
+            if let Some(a) = &mut s.amqp {
+                a.resolve(base)?;
             }
         }
         Ok(())
@@ -300,37 +299,15 @@ impl Config {
 
 pub use exhub_connect::mapping::{SnapshotMode, TableMapping};
 
-/// Parses a UTC offset `+08:00`, `-05:00` or `Z` into seconds east of UTC.
-pub fn parse_offset(text: &str) -> Option<i32> {
-    if text == "Z" || text == "UTC" {
-        return Some(0);
-    }
-    let (sign, rest) = match text.as_bytes().first()? {
-        b'+' => (1, &text[1..]),
-        b'-' => (-1, &text[1..]),
-        _ => return None,
-    };
-    let (h, m) = rest.split_once(':')?;
-    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
-    (h <= 14 && m < 60 && h.to_string().len() <= 2).then_some(sign * (h * 3600 + m * 60))
-}
+pub use exhub_connect::adapter::parse_offset;
 
-/// `[[source]]`: one closed enum, one variant per database kind.
+/// `[[source]]`: the settings every source has; the rest of the entry are the options of its
+/// kind, which the kind's adapter reads and checks (`exhub_connect::adapter`): an option of
+/// another kind is refused there, as an unknown key.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SourceConfig {
-    /// MySQL / MariaDB binlog.
-    Mysql(DbSource),
-    /// PostgreSQL logical replication.
-    Postgres(DbSource),
-    /// SQL Server CDC.
-    Mssql(DbSource),
-}
-
-/// The settings every database source has.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DbSource {
+pub struct SourceConfig {
+    /// The database kind: `mysql`, `postgres`, `mssql`, … (see `exhub check` for the list).
+    pub kind: String,
     /// Unique source name.
     pub name: String,
     /// The publishing org.
@@ -345,25 +322,15 @@ pub struct DbSource {
     pub amqp: Option<SecretUrl>,
     /// The checkpoint file (default: `exhub-state/<name>.json` beside routes.toml).
     pub checkpoint: Option<PathBuf>,
-    /// MySQL: the replica server id, unique among the server's replicas (default: derived from
-    /// the source's name and URL).
-    pub server_id: Option<u32>,
     /// The time zone of the legacy database's zone-less date-times, e.g. `+08:00` (default:
-    /// the server's; PostgreSQL: UTC).
+    /// MySQL the server's, others UTC).
     pub time_zone: Option<String>,
-    /// PostgreSQL: the logical replication slot (default: `exhub_<name>`), created when missing.
-    pub slot: Option<String>,
-    /// PostgreSQL: the publication (default: `exhub_<name>`), created for the mapped tables
-    /// when missing, used as is otherwise.
-    pub publication: Option<String>,
-    /// PostgreSQL: warn when the slot retains more WAL than this many MB (default 1024).
-    pub lag_warn_mb: Option<u64>,
-    /// SQL Server: how often to poll the change tables, in milliseconds (default 1000; idle
-    /// polls back off up to 8 times this).
-    pub poll_ms: Option<u64>,
     /// Tables and their mapping to documents.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableMapping>,
+    /// The options of this kind (everything else in the entry).
+    #[serde(flatten)]
+    pub options: toml::Table,
 }
 
 /// A subscriber's wire format.
@@ -386,39 +353,37 @@ impl From<Format> for exhub_schemas::Encoding {
     }
 }
 
-/// `[[subscriber]]`
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SubscriberConfig {
-    /// Applies documents to PostgreSQL tables.
-    Postgres(DbSink),
-    /// Applies documents to MySQL/MariaDB tables.
-    Mysql(DbSink),
-    /// Applies documents to SQL Server tables.
-    Mssql(DbSink),
-    /// Any AMQP client reading its queue.
-    Amqp(AmqpSubscriber),
-}
+/// The kind of a subscriber that reads its queue with any AMQP client.
+pub const AMQP_KIND: &str = "amqp";
 
-/// A database subscriber.
+/// `[[subscriber]]`: a database sink (`kind` = a database kind, with `url` and `apply`) or a
+/// plain AMQP client reading its queue (`kind = "amqp"`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DbSink {
-    /// Unique subscriber name.
+pub struct SubscriberConfig {
+    /// `amqp`, or the database kind of a sink: `postgres`, `mysql`, `mssql`, ….
+    pub kind: String,
+    /// Unique subscriber name (its queue is `<prefix>.sub.<name>`).
     pub name: String,
     /// The receiving org.
     pub org: String,
-    /// Target database URL.
-    pub url: SecretUrl,
     /// Wire format of its queue.
     #[serde(default)]
     pub format: Format,
-    /// Where this sink reaches RabbitMQ, when not at `[hub] amqp`'s address; it always logs in
-    /// as its org's AMQP user.
+    /// Whether several documents may travel in one message (the batch form). Default: `true`
+    /// for database sinks (they apply batches), `false` for plain AMQP subscribers, which get
+    /// one document per message (`message_id` = the document's id, `type` = its doc type).
+    pub batch: Option<bool>,
+    /// A database sink's target database URL.
+    pub url: Option<SecretUrl>,
+    /// Where a database sink reaches RabbitMQ, when not at `[hub] amqp`'s address; it always
+    /// logs in as its org's AMQP user.
     pub amqp: Option<SecretUrl>,
-    /// Doc type → target table.
+    /// A database sink's doc type → target table.
     #[serde(default)]
     pub apply: Vec<ApplyConfig>,
+    /// The options of this kind (everything else in the entry).
+    #[serde(flatten)]
+    pub options: toml::Table,
 }
 
 /// `[[subscriber.apply]]`
@@ -432,19 +397,6 @@ pub struct ApplyConfig {
     /// Document field → column, where the names differ (default: the field's name).
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
-}
-
-/// A plain AMQP subscriber.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpSubscriber {
-    /// Unique subscriber name (its queue is `exhub.sub.<name>`).
-    pub name: String,
-    /// The receiving org.
-    pub org: String,
-    /// Wire format.
-    #[serde(default)]
-    pub format: Format,
 }
 
 /// `[[route]]`
@@ -467,61 +419,32 @@ pub struct RouteConfig {
     pub mask: BTreeMap<String, Vec<String>>,
 }
 
-impl SourceConfig {
-    /// The settings shared by every kind.
-    pub fn common(&self) -> &DbSource {
-        match self {
-            SourceConfig::Mysql(s) | SourceConfig::Postgres(s) | SourceConfig::Mssql(s) => s,
-        }
-    }
-    fn common_mut(&mut self) -> &mut DbSource {
-        match self {
-            SourceConfig::Mysql(s) | SourceConfig::Postgres(s) | SourceConfig::Mssql(s) => s,
-        }
-    }
-    /// `mysql`, `postgres`, `mssql`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Mysql(_) => "mysql",
-            SourceConfig::Postgres(_) => "postgres",
-            SourceConfig::Mssql(_) => "mssql",
-        }
-    }
-}
-
 impl SubscriberConfig {
     /// Subscriber name.
     pub fn name(&self) -> &str {
-        match self {
-            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => &s.name,
-            SubscriberConfig::Amqp(s) => &s.name,
-        }
+        &self.name
     }
     /// Receiving org.
     pub fn org(&self) -> &str {
-        match self {
-            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => &s.org,
-            SubscriberConfig::Amqp(s) => &s.org,
-        }
+        &self.org
     }
     /// Wire format.
     pub fn format(&self) -> Format {
-        match self {
-            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => s.format,
-            SubscriberConfig::Amqp(s) => s.format,
-        }
+        self.format
     }
-    /// The database part, for database subscribers.
-    pub fn database(&self) -> Option<&DbSink> {
-        match self {
-            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => Some(s),
-            SubscriberConfig::Amqp(_) => None,
-        }
+    /// Whether this subscriber is a database sink (any kind but `amqp`).
+    pub fn is_database(&self) -> bool {
+        self.kind != AMQP_KIND
     }
-    fn database_mut(&mut self) -> Option<&mut DbSink> {
-        match self {
-            SubscriberConfig::Postgres(s) | SubscriberConfig::Mysql(s) | SubscriberConfig::Mssql(s) => Some(s),
-            SubscriberConfig::Amqp(_) => None,
+    /// Whether its copies may be batches (see [`SubscriberConfig::batch`]).
+    pub fn takes_batches(&self) -> bool {
+        self.batch.unwrap_or(self.is_database())
+    }
+    /// The database part, for database subscribers: itself, with its URL.
+    pub fn database(&self) -> Option<(&SubscriberConfig, &SecretUrl)> {
+        match &self.url {
+            Some(url) if self.is_database() => Some((self, url)),
+            _ => None,
         }
     }
 }

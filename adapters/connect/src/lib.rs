@@ -3,6 +3,7 @@
 //! What every participant (hub, source adapters, sinks, command-line tools) needs to talk to the
 //! exchange over AMQP:
 //!
+//! - [`adapter`]: what a database kind offers the `exhub` binary (options, check, build);
 //! - [`amqp`]: connecting with backoff, and telling passing failures from configuration errors;
 //! - [`topology`]: the exchanges and queues of the exchange, declared idempotently;
 //! - [`wire`]: how documents travel — AMQP properties that mirror the header, and the batch form
@@ -12,18 +13,22 @@
 //! - [`consumer`]: taking messages in batches;
 //! - [`mapping`]: legacy rows → typed exchange documents, for every source adapter;
 //! - [`outbox`]: a source's documents on their way to the hub, published with confirms;
-//! - [`source`]: a source's errors and run loop (retrying passing failures);
+//! - [`source`]: the contract a source adapter implements ([`source::Source`]), with its
+//!   delivery rules;
+//! - [`runner`]: the one loop that drives every source: retries, snapshots, checkpoints;
 //! - [`checkpoint`]: a source's position, saved atomically.
 //!
 //! Delivery contract (every hop): at-least-once. A message counts as handed over only when the
 //! broker confirmed it; whoever consumes acknowledges only after its own effect is durable.
 
+pub mod adapter;
 pub mod amqp;
 pub mod checkpoint;
 pub mod consumer;
 pub mod mapping;
 pub mod outbox;
 pub mod publisher;
+pub mod runner;
 pub mod sign;
 pub mod source;
 pub mod topology;

@@ -529,6 +529,34 @@ pub fn order_key(source: &SourceInfo) -> Option<String> {
     Some(format!("{major:020}:{minor:020}:{seq:020}"))
 }
 
+/// Whether [`order_key`] orders positions of `kind` as given (oldest first, each with
+/// sequence 1): an adapter's unit tests call it with its positions' edge cases, so that a kind
+/// whose positions do not sort (a number written without leading zeros: "999" after "1000")
+/// fails there, not silently at the sinks. The error names the first pair out of order.
+pub fn order_key_sorts(kind: &str, positions: &[&str]) -> Result<(), String> {
+    let key = |p: &str| {
+        order_key(&SourceInfo {
+            kind: kind.into(),
+            db: None,
+            table: None,
+            position: Some(p.into()),
+            committed_at: None,
+            tx: None,
+            seq: Some(1),
+        })
+        .ok_or_else(|| format!("{kind} position {p:?} has no order key"))
+    };
+    for pair in positions.windows(2) {
+        if key(pair[0])? >= key(pair[1])? {
+            return Err(format!(
+                "{kind} position {:?} does not sort before {:?}",
+                pair[0], pair[1]
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,5 +814,13 @@ mod tests {
         assert!(k("mysql", "mysql-bin.000010:99", 0) < k("mysql", "mysql-bin.000010:100", 0));
         assert!(k("postgres", "0/FFFFFFFF", 9) < k("postgres", "1/0", 0));
         assert!(order_key(&info("mysql", "nonsense", 0)).is_none());
+    }
+
+    #[test]
+    fn positions_that_do_not_sort_as_text_are_caught() {
+        assert!(order_key_sorts("mysql", &["mysql-bin.000009:999", "mysql-bin.000009:1000"]).is_ok());
+        // An Oracle SCN written as a plain number: "999" sorts after "1000" as text.
+        assert!(order_key_sorts("oracle", &["999", "1000"]).is_err());
+        assert!(order_key_sorts("oracle", &["00000000000000000999", "00000000000000001000"]).is_ok());
     }
 }

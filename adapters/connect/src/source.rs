@@ -1,15 +1,182 @@
-//! What every source adapter shares besides its [`outbox`](crate::outbox): the shape of its
-//! errors, and its run loop — passing failures (the database or RabbitMQ restarting) are
-//! retried with backoff from the checkpoint; anything else stops the source with its cause.
+//! The source contract: what a database's change-log reader implements ([`Source`]), what
+//! every source is told ([`SourceCommon`]), how its errors are told apart ([`DriverError`],
+//! [`SourceError`]). The one loop that drives every source — retries, the snapshot state
+//! machine, checkpoints, the outbox — is [`crate::runner`].
+//!
+//! # Delivery contract
+//!
+//! A source hands rows to the runner; the runner publishes them with the broker's confirms and
+//! moves the checkpoint only past rows the broker confirmed. After a crash, a restart or a lost
+//! connection the source resumes from the checkpoint, so a row may be published twice — never
+//! lost. Sinks keep the newest version of each key by the order of `(position, seq)` (see
+//! [`crate::mapping::order_key`]), which makes a second copy harmless. A source therefore must:
+//!
+//! - label every row with a [`RowPosition`](crate::mapping::RowPosition) whose order is the
+//!   order of the database's commits: the position of its transaction, then its sequence in it
+//!   (from 1). Snapshot rows carry the snapshot's position and sequence 0, so that every change
+//!   streamed after it wins. A kind whose positions `order_key` does not parse must write them
+//!   so that their text sorts bytewise (fixed width, leading zeros); `order_key_sorts` checks
+//!   an adapter's positions in its unit tests;
+//! - call [`Emit::boundary`](crate::runner::Emit::boundary) only with a position where a
+//!   reader may resume: every row before it was given to the runner;
+//! - read its snapshot in a consistent read that starts no earlier than the position it
+//!   returns from [`Source::begin_snapshot`], so that streaming from there misses nothing.
 
+use std::future::Future;
 use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::mapping::SnapshotMode;
 use crate::outbox::SourceIdentity;
 use crate::publisher::Declare;
-use crate::{AmqpError, Backoff, CheckpointError, Publisher, TableMapping, Topology};
+use crate::runner::Emit;
+use crate::{AmqpError, Backoff, Cell, CheckpointError, Mapper, Publisher, TableMapping, Topology};
+
+/// A position in a database's change log: where a reader may resume (kept in the checkpoint),
+/// shown in logs and, as text, on snapshot rows.
+pub trait Position:
+    Clone + PartialEq + std::fmt::Display + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<T: Clone + PartialEq + std::fmt::Display + Serialize + DeserializeOwned + Send + Sync + 'static> Position for T {}
+
+/// A key column's value, kept in the checkpoint to resume a chunked snapshot after it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum KeyValue {
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer beyond `i64`.
+    UInt(u64),
+    /// Anything else, as the database writes it as text.
+    Text(String),
+}
+
+impl std::fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyValue::Int(i) => write!(f, "{i}"),
+            KeyValue::UInt(u) => write!(f, "{u}"),
+            KeyValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// One row of a snapshot chunk.
+#[derive(Debug)]
+pub struct SnapshotRow {
+    /// The row's key, in the mapping's key order (the next chunk starts after the last one).
+    pub key: Vec<KeyValue>,
+    /// The mapped columns' values, in the order of [`Mapper::columns`].
+    pub cells: Vec<Cell>,
+}
+
+/// A mapped table, as the source found it when it connected.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// Its mapping.
+    pub mapper: Mapper,
+    /// The server's row estimate, for the snapshot's progress bar.
+    pub estimated_rows: u64,
+}
+
+/// A connected attempt: the source's session, the database's name and the mapped tables (in
+/// the order of the mapping, which is what `table` indexes mean everywhere).
+pub struct Opened<S> {
+    /// The adapter's own connection state.
+    pub session: S,
+    /// The database's name (`header.source.db`).
+    pub db: String,
+    /// The mapped tables.
+    pub tables: Vec<TableInfo>,
+}
+
+/// Why a source stopped, with the adapter's driver error.
+pub type SourceResult<T, E> = Result<T, SourceError<E>>;
+
+/// A database's change-log reader. The runner ([`crate::runner::run`]) calls, per attempt:
+/// [`open`](Source::open); when a snapshot is due [`begin_snapshot`](Source::begin_snapshot),
+/// [`snapshot_chunk`](Source::snapshot_chunk) until every table is read, and
+/// [`end_snapshot`](Source::end_snapshot); [`current`](Source::current) when there is neither
+/// a checkpoint nor a snapshot; then [`stream`](Source::stream) until cancelled. See the
+/// module's delivery contract.
+pub trait Source: Send + Sync {
+    /// `header.source.kind`: `mysql`, `postgres`, `mssql`.
+    const KIND: &'static str;
+    /// Where a reader may resume.
+    type Position: Position;
+    /// The database driver's error.
+    type Error: DriverError;
+    /// What one attempt holds (connections, the tables' descriptions).
+    type Session: Send;
+
+    /// What every source is told.
+    fn common(&self) -> &SourceCommon;
+
+    /// Connects, checks the server, its settings and grants and the mapped tables (naming the
+    /// fix of whatever is missing), and prepares reading. `checkpoint` is the last confirmed
+    /// position (`None` on a first start or after a reset); `snapshot` whether a snapshot is
+    /// due in this attempt.
+    fn open(
+        &self,
+        checkpoint: Option<&Self::Position>,
+        snapshot: bool,
+    ) -> impl Future<Output = SourceResult<Opened<Self::Session>, Self::Error>> + Send;
+
+    /// Starts the snapshot's consistent read; returns the position streaming continues from
+    /// once it is done. `resume` is that position when an interrupted snapshot resumes (the
+    /// runner keeps it; the read itself is new).
+    fn begin_snapshot(
+        &self,
+        session: &mut Self::Session,
+        resume: Option<&Self::Position>,
+    ) -> impl Future<Output = SourceResult<Self::Position, Self::Error>> + Send;
+
+    /// Up to `limit` rows of table `table` in key order, after key `after`.
+    fn snapshot_chunk(
+        &self,
+        session: &mut Self::Session,
+        table: usize,
+        after: Option<&[KeyValue]>,
+        limit: usize,
+    ) -> impl Future<Output = SourceResult<Vec<SnapshotRow>, Self::Error>> + Send;
+
+    /// Ends the snapshot's read.
+    fn end_snapshot(&self, session: &mut Self::Session) -> impl Future<Output = SourceResult<(), Self::Error>> + Send;
+
+    /// The log's current position: where streaming starts with neither a checkpoint nor a
+    /// snapshot (snapshot mode `never`).
+    fn current(
+        &self,
+        session: &mut Self::Session,
+    ) -> impl Future<Output = SourceResult<Self::Position, Self::Error>> + Send;
+
+    /// Reads the change log from `from` until `cancel`, handing rows and resumable positions to
+    /// `emit`, and calling [`Emit::tick`] after each step so that the runner publishes and
+    /// checkpoints.
+    fn stream(
+        &self,
+        session: Self::Session,
+        from: Self::Position,
+        emit: &mut Emit<'_, Self::Position>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = SourceResult<(), Self::Error>> + Send;
+
+    /// Retires the source: releases what it holds on the server (PostgreSQL: its slot and
+    /// publication), then forgets the checkpoint. Most kinds hold nothing.
+    fn retire(&self) -> impl Future<Output = SourceResult<(), Self::Error>> + Send {
+        async {
+            let c = self.common();
+            tracing::info!(source = %c.name, kind = Self::KIND, "this kind holds nothing on the server");
+            Ok(c.forget_checkpoint()?)
+        }
+    }
+}
 
 /// What every source is told, whatever its database (built by the `exhub` binary from
 /// routes.toml; each source's settings add what is its own).
@@ -35,6 +202,9 @@ pub struct SourceCommon {
     pub amqp_user: String,
     /// The org's signing key: every message is signed with it when there is one.
     pub signer: Option<std::sync::Arc<crate::sign::SigningKey>>,
+    /// The time zone of the database's zone-less date-times, seconds east of UTC (`None`:
+    /// the kind's default — MySQL the server's, others UTC).
+    pub offset_secs: Option<i32>,
 }
 
 impl SourceCommon {

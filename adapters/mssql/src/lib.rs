@@ -5,6 +5,8 @@
 //! `cdc.fn_cdc_get_all_changes_<capture_instance>`. Nothing is written to business tables.
 //!
 //! - [`source`]: CDC checks, snapshot, polling the capture instances ([`MssqlSource`]);
+//! - [`config`]: its routes.toml options, their check, building its source and sink;
+//! - [`sink`]: the sink's target (MERGE through tiberius);
 //! - [`connect`]: the URL with its TLS settings → a tiberius client;
 //! - [`lsn`]: log sequence numbers (`binary(10)`): parsing, order, increment, and the source's
 //!   checkpoint position (commit LSN, rows done in that transaction);
@@ -15,8 +17,10 @@
 //! No SQL Server can run on the machines this project is built on: everything here is tested
 //! without a server (see README, "SQL Server").
 
+pub mod config;
 pub mod connect;
 pub mod lsn;
+pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod values;

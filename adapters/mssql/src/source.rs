@@ -5,9 +5,9 @@
 //!
 //! Positions are per table (the sinks keep their bookkeeping per source, table and key, so
 //! tables need no order among themselves): the commit LSN of a transaction and how many of its
-//! rows are confirmed ([`Position`]). Snapshot rows carry the LSN read just before the snapshot
-//! (older than the data read) and sequence 0; streaming starts after it, so every later change
-//! is streamed and wins at the sinks.
+//! rows are confirmed ([`Position`]). Streaming after a snapshot starts just after the LSN read
+//! before it; snapshot rows carry that start and sequence 0, so every later change is streamed
+//! with a higher sequence or LSN and wins at the sinks.
 //!
 //! A capture instance replaced after a DDL (a table has two while the DBA moves it): the
 //! source reads the old instance up to the new one's start LSN, then follows the new one — if
@@ -15,12 +15,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use exhub_connect::mapping::{RowPosition, SnapshotMode};
-use exhub_connect::outbox::{FLUSH_DOCS, Outbox};
-use exhub_connect::source::{DriverError, SourceCommon};
-use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher};
+use exhub_connect::mapping::RowPosition;
+use exhub_connect::outbox::FLUSH_DOCS;
+use exhub_connect::runner::Emit;
+use exhub_connect::source::{DriverError, KeyValue, Opened, SnapshotRow, Source, SourceCommon, TableInfo};
+use exhub_connect::{Cell, Mapper};
 use exhub_schemas::{Op, Registry};
 use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -32,16 +33,11 @@ use crate::lsn::{Lsn, Position};
 use crate::sql;
 use crate::values::cell;
 
-/// Rows per snapshot chunk.
-const CHUNK_ROWS: usize = 2000;
-
 /// What the source needs to run (built by the `exhub` binary from routes.toml).
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
     /// What every source is told.
     pub common: SourceCommon,
-    /// Time zone of the server's zone-less date-times (and of commit times), seconds east of UTC.
-    pub offset_secs: i32,
     /// How often to poll when changes keep coming; idle polls back off up to 8 times this.
     pub poll: Duration,
 }
@@ -55,60 +51,49 @@ pub type SourceError = exhub_connect::source::SourceError<MssqlError>;
 pub struct MssqlError(pub Box<tiberius::error::Error>);
 
 impl DriverError for MssqlError {
-    /// A lost connection or a redirect to another server.
+    /// A lost or refused connection (the server restarting), a redirect to another server, or
+    /// the server shutting down or failing over (errors 6005, 40613, …, 4060 while a database
+    /// recovers).
     fn is_passing(&self) -> bool {
-        matches!(
-            *self.0,
-            tiberius::error::Error::Io { .. } | tiberius::error::Error::Routing { .. }
-        )
+        match &*self.0 {
+            tiberius::error::Error::Io { .. } | tiberius::error::Error::Routing { .. } => true,
+            tiberius::error::Error::Server(e) => PASSING_SERVER_ERRORS.contains(&e.code()),
+            _ => false,
+        }
     }
 }
+
+/// Server errors retrying may fix: shutdown in progress (6005), database being recovered or
+/// not yet available (4060, 922, 40613), transport-level failures (10053, 10054), failover (40197).
+const PASSING_SERVER_ERRORS: [u32; 7] = [6005, 4060, 922, 40613, 10053, 10054, 40197];
 
 /// The source kind, as errors name it.
 const KIND: &str = "SQL Server";
 
-/// The checkpoint.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
-    /// Per table: the capture instance read and the position in it.
-    tables: BTreeMap<String, TableState>,
-    /// A snapshot in progress.
-    snapshot: Option<SnapshotState>,
-}
+/// Where every table's stream stands: its capture instance and position in it. Shown as the
+/// oldest table's LSN (snapshot rows are labelled with it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Positions(BTreeMap<String, TableState>);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TableState {
+/// One table's capture instance and position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableState {
     instance: String,
     position: Position,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotState {
-    /// The LSN read before the snapshot (its rows' label); streaming starts after it.
-    #[serde(with = "lsn_text")]
-    label: Lsn,
-    /// Attempts so far (a resumed snapshot reads new data, so its documents get new ids).
-    attempt: u32,
-    /// When the first attempt started (the snapshot rows' commit time), Unix micros.
-    started_micros: i64,
-    /// Tables finished.
-    done: Vec<String>,
-    /// Per table, the key (as text) of the last row confirmed.
-    after: BTreeMap<String, Vec<String>>,
+impl std::fmt::Display for Positions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let oldest = self.0.values().map(|t| t.position.lsn).min().unwrap_or_default();
+        write!(f, "{oldest}")
+    }
 }
 
-mod lsn_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::lsn::Lsn;
-
-    pub fn serialize<S: Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&lsn.to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
-        Lsn::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
+/// One attempt: the connection and the tables.
+pub struct Session {
+    client: MssqlClient,
+    tables: Vec<Table>,
 }
 
 /// One mapped table as the server describes it.
@@ -125,7 +110,6 @@ struct Table {
 pub struct MssqlSource {
     settings: SourceSettings,
     registry: Arc<Registry>,
-    store: CheckpointStore,
     config: tiberius::Config,
     database: String,
 }
@@ -135,44 +119,30 @@ impl MssqlSource {
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<MssqlSource, SourceError> {
         let (config, database) =
             config(&settings.common.url).map_err(|e| setup(&settings.common.name, e.to_string()))?;
-        let store = CheckpointStore::new(settings.common.checkpoint.clone());
         Ok(MssqlSource {
             settings,
             registry,
-            store,
             config,
             database,
         })
     }
+}
 
-    /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`).
-    pub fn reset(&self) -> Result<(), SourceError> {
-        Ok(self.settings.common.forget_checkpoint()?)
+impl Source for MssqlSource {
+    const KIND: &'static str = "mssql";
+    type Position = Positions;
+    type Error = MssqlError;
+    type Session = Session;
+
+    fn common(&self) -> &SourceCommon {
+        &self.settings.common
     }
 
-    /// Runs until `cancel` or an error that retrying cannot fix.
-    pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let mut retry = self.settings.common.retry();
-        loop {
-            let result = self.run_once(retry.publisher(), cancel).await;
-            if !retry.again(&self.settings.common.name, result, cancel).await? {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn run_once(&self, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), SourceError> {
+    async fn open(&self, _checkpoint: Option<&Positions>, _snapshot: bool) -> Result<Opened<Session>, SourceError> {
         let s = &self.settings;
-        let mut client = connect(self.config.clone()).await.map_err(|e| match e {
-            tiberius::error::Error::Io { kind, message } => setup(
-                &s.common.name,
-                format!(
-                    "cannot reach SQL Server at {}: {message} ({kind:?})",
-                    self.config.get_addr()
-                ),
-            ),
-            e => self.server(e),
-        })?;
+        // A server that cannot be reached is retried (it may be restarting), like a lost
+        // connection later on.
+        let mut client = connect(self.config.clone()).await.map_err(|e| self.server(e))?;
         let enabled = first(&mut client, sql::DB_CDC_ENABLED, &[])
             .await
             .map_err(|e| self.server(e))?;
@@ -186,81 +156,168 @@ impl MssqlSource {
             ));
         }
         let tables = self.describe(&mut client).await?;
-        let mut state: State = self.store.load()?.unwrap_or_default();
-        let wants_snapshot = match s.common.snapshot {
-            SnapshotMode::Never => false,
-            SnapshotMode::Initial => state.tables.is_empty() || state.snapshot.is_some(),
-            SnapshotMode::Always => true,
+        let infos = tables
+            .iter()
+            .map(|t| TableInfo {
+                mapper: t.mapper.clone(),
+                estimated_rows: t.estimated_rows,
+            })
+            .collect();
+        Ok(Opened {
+            session: Session { client, tables },
+            db: self.database.clone(),
+            tables: infos,
+        })
+    }
+
+    /// A SNAPSHOT-isolation transaction; streaming continues just after the highest LSN read
+    /// before it.
+    async fn begin_snapshot(
+        &self,
+        session: &mut Session,
+        resume: Option<&Positions>,
+    ) -> Result<Positions, SourceError> {
+        let start = match resume {
+            Some(p) => p.clone(),
+            None => self.now(session).await?,
         };
-        let mut out = Outbox::new(self.settings.common.identity("mssql", &self.database), publisher);
-        if wants_snapshot {
-            if state.snapshot.is_none() {
-                let label = max_lsn(&mut client)
-                    .await
-                    .map_err(|e| self.server(e))?
-                    .unwrap_or_default();
-                state.snapshot = Some(SnapshotState {
-                    label,
-                    attempt: 0,
-                    started_micros: exhub_schemas::Timestamp::now().unix_micros(),
-                    done: Vec::new(),
-                    after: BTreeMap::new(),
-                });
-            }
-            if !self
-                .snapshot(&mut client, &tables, &mut state, &mut out, cancel)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        let start = state
-            .snapshot
-            .take()
-            .map(|snap| snap.label.increment().unwrap_or(snap.label));
-        // Without a snapshot, a table seen for the first time streams from now on (`never`).
-        let now = match start {
-            Some(s) => s,
-            None => {
-                let max = max_lsn(&mut client)
-                    .await
-                    .map_err(|e| self.server(e))?
-                    .unwrap_or_default();
-                max.increment().unwrap_or(max)
-            }
+        session
+            .client
+            .simple_query(sql::BEGIN_SNAPSHOT)
+            .await
+            .map_err(|e| self.server(e))?
+            .into_results()
+            .await
+            .map_err(|e| self.server(e))?;
+        Ok(start)
+    }
+
+    async fn snapshot_chunk(
+        &self,
+        session: &mut Session,
+        table: usize,
+        after: Option<&[KeyValue]>,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRow>, SourceError> {
+        let Some(t) = session.tables.get(table) else {
+            return Ok(Vec::new());
         };
-        for t in &tables {
-            let instance = self.instance(&mut client, t).await?;
-            let entry = state.tables.entry(t.name.clone()).or_insert_with(|| TableState {
-                instance: instance.clone(),
-                position: Position { lsn: now, rows: 0 },
-            });
-            if let Some(start) = start {
-                entry.position = Position { lsn: start, rows: 0 };
-            }
-        }
-        self.store.save(&state)?;
-        tracing::info!(source = %s.common.name, tables = tables.len(), "polling the change tables");
-        let mut idle = 0u32;
-        loop {
-            let mut found = 0u64;
-            // One reading of the capture job's progress serves every table of this round.
-            if let Some(max) = max_lsn(&mut client).await.map_err(|e| self.server(e))? {
-                for t in &tables {
-                    found += self
-                        .poll_table(&mut client, t, max, &mut state, &mut out, cancel)
-                        .await?;
+        let mut select = t.columns.clone();
+        select.extend(t.key.iter().map(|k| sql::Column {
+            name: k.clone(),
+            type_name: "key".into(),
+        }));
+        let text = sql::snapshot_chunk(&t.name, &select, &t.key, limit, after.is_some());
+        let after: Vec<String> = after.into_iter().flatten().map(ToString::to_string).collect();
+        let params: Vec<&dyn tiberius::ToSql> = after.iter().map(|k| k as &dyn tiberius::ToSql).collect();
+        let rows = session
+            .client
+            .query(text, &params)
+            .await
+            .map_err(|e| self.server(e))?
+            .into_first_result()
+            .await
+            .map_err(|e| self.server(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let cells: Vec<&ColumnData<'static>> = row.cells().map(|(_, v)| v).collect();
+                SnapshotRow {
+                    key: cells[t.columns.len()..]
+                        .iter()
+                        .map(|v| KeyValue::Text(key_text(v)))
+                        .collect(),
+                    cells: cells[..t.columns.len()].iter().map(|v| cell(v)).collect(),
                 }
+            })
+            .collect())
+    }
+
+    async fn end_snapshot(&self, session: &mut Session) -> Result<(), SourceError> {
+        session
+            .client
+            .simple_query("COMMIT")
+            .await
+            .map_err(|e| self.server(e))?
+            .into_results()
+            .await
+            .map_err(|e| self.server(e))?;
+        Ok(())
+    }
+
+    async fn current(&self, session: &mut Session) -> Result<Positions, SourceError> {
+        self.now(session).await
+    }
+
+    async fn stream(
+        &self,
+        session: Session,
+        from: Positions,
+        emit: &mut Emit<'_, Positions>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let s = &self.settings;
+        let Session { mut client, tables } = session;
+        let mut positions = from;
+        // A table mapped since the last start streams from now on.
+        if tables.iter().any(|t| !positions.0.contains_key(&t.name)) {
+            let now = self.now_for(&mut client, &tables).await?;
+            for (name, state) in now.0 {
+                positions.0.entry(name).or_insert(state);
             }
-            out.flush(cancel).await?;
-            self.store.save(&state)?;
-            idle = if found == 0 { (idle + 1).min(3) } else { 0 };
-            let wait = s.poll * 2u32.pow(idle);
+        }
+        emit.boundary(positions.clone());
+        tracing::info!(source = %s.common.name, tables = tables.len(), "polling the change tables");
+        let (mut idle, mut next_poll) = (0u32, Instant::now());
+        loop {
+            if Instant::now() >= next_poll {
+                let mut found = 0u64;
+                // One reading of the capture job's progress serves every table of this round.
+                if let Some(max) = max_lsn(&mut client).await.map_err(|e| self.server(e))? {
+                    for (index, t) in tables.iter().enumerate() {
+                        found += self
+                            .poll_table(&mut client, index, t, max, &mut positions, emit, cancel)
+                            .await?;
+                    }
+                }
+                emit.boundary(positions.clone());
+                idle = if found == 0 { (idle + 1).min(3) } else { 0 };
+                next_poll = Instant::now() + s.poll * 2u32.pow(idle);
+            }
+            emit.tick(cancel).await?;
+            let wait = next_poll.saturating_duration_since(Instant::now());
+            let wait = emit.linger().map_or(wait, |l| l.min(wait));
             tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
+                () = cancel.cancelled() => {
+                    emit.finish(cancel).await?;
+                    return Ok(());
+                }
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+impl MssqlSource {
+    /// Every table at the log's current end (just after the capture job's highest LSN).
+    async fn now(&self, session: &mut Session) -> Result<Positions, SourceError> {
+        self.now_for(&mut session.client, &session.tables).await
+    }
+
+    async fn now_for(&self, client: &mut MssqlClient, tables: &[Table]) -> Result<Positions, SourceError> {
+        let max = max_lsn(client).await.map_err(|e| self.server(e))?.unwrap_or_default();
+        let lsn = max.increment().unwrap_or(max);
+        let mut positions = BTreeMap::new();
+        for t in tables {
+            positions.insert(
+                t.name.clone(),
+                TableState {
+                    instance: self.instance(client, t).await?,
+                    position: Position { lsn, rows: 0 },
+                },
+            );
+        }
+        Ok(Positions(positions))
     }
 
     /// The mapped tables with their column types; every one must exist and be tracked by CDC.
@@ -270,12 +327,7 @@ impl MssqlSource {
         for mapping in &s.common.tables {
             let (schema, name) = mapping.table.split_once('.').unwrap_or(("dbo", &mapping.table));
             let rows = client
-                .query(
-                    "SELECT c.name, ty.name, t.is_tracked_by_cdc FROM sys.tables t \
-                     JOIN sys.schemas s ON s.schema_id = t.schema_id JOIN sys.columns c ON c.object_id = t.object_id \
-                     JOIN sys.types ty ON ty.user_type_id = c.user_type_id WHERE s.common.name = @P1 AND t.name = @P2",
-                    &[&schema, &name],
-                )
+                .query(sql::TABLE_COLUMNS, &[&schema, &name])
                 .await
                 .map_err(|e| self.server(e))?
                 .into_first_result()
@@ -300,7 +352,7 @@ impl MssqlSource {
                 .iter()
                 .filter_map(|r| Some((r.get::<&str, _>(0)?.to_owned(), r.get::<&str, _>(1)?.to_owned())))
                 .collect();
-            let mapper = Mapper::new(mapping, &self.registry, s.offset_secs)?;
+            let mapper = Mapper::new(mapping, &self.registry, s.common.offset_secs.unwrap_or(0))?;
             let columns = mapper
                 .columns()
                 .map(|c| match types.get(c) {
@@ -315,18 +367,13 @@ impl MssqlSource {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let qualified = format!("{schema}.{name}");
-            let estimated_rows = first(
-                client,
-                "SELECT CAST(SUM(row_count) AS bigint) FROM sys.dm_db_partition_stats \
-                 WHERE object_id = OBJECT_ID(@P1) AND index_id IN (0, 1)",
-                &[&qualified.as_str()],
-            )
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.get::<i64, _>(0))
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
+            let estimated_rows = first(client, sql::ROW_ESTIMATE, &[&qualified.as_str()])
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.get::<i64, _>(0))
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0);
             tables.push(Table {
                 mapper,
                 name: mapping.table.clone(),
@@ -377,113 +424,20 @@ impl MssqlSource {
         Ok(newest)
     }
 
-    /// Snapshot of every table not done yet, under SNAPSHOT isolation; `false` when cancelled.
-    async fn snapshot(
-        &self,
-        client: &mut MssqlClient,
-        tables: &[Table],
-        state: &mut State,
-        out: &mut Outbox<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<bool, SourceError> {
-        if let Some(snap) = state.snapshot.as_mut() {
-            snap.attempt += 1;
-        }
-        self.store.save(state)?;
-        client
-            .simple_query("SET TRANSACTION ISOLATION LEVEL SNAPSHOT; BEGIN TRANSACTION")
-            .await
-            .map_err(|e| self.server(e))?
-            .into_results()
-            .await
-            .map_err(|e| self.server(e))?;
-        for table in tables {
-            let Some(snap) = state.snapshot.as_ref() else { break };
-            if snap.done.contains(&table.name) {
-                continue;
-            }
-            tracing::info!(source = %self.settings.common.name, table = %table.name, estimated_rows = table.estimated_rows, "snapshot of table started");
-            let bar = exhub_connect::outbox::snapshot_progress(table.estimated_rows, &table.name);
-            while let Some(snap) = state.snapshot.as_ref() {
-                let after = snap.after.get(&table.name).cloned();
-                let mut select = table.columns.clone();
-                select.extend(table.key.iter().map(|k| sql::Column {
-                    name: k.clone(),
-                    type_name: "key".into(),
-                }));
-                let text = sql::snapshot_chunk(&table.name, &select, &table.key, CHUNK_ROWS, after.is_some());
-                let params: Vec<&dyn tiberius::ToSql> =
-                    after.iter().flatten().map(|k| k as &dyn tiberius::ToSql).collect();
-                let rows = client
-                    .query(text, &params)
-                    .await
-                    .map_err(|e| self.server(e))?
-                    .into_first_result()
-                    .await
-                    .map_err(|e| self.server(e))?;
-                let mut last = None;
-                for row in &rows {
-                    let cells: Vec<&ColumnData<'static>> = row.cells().map(|(_, v)| v).collect();
-                    let key: Vec<String> = cells[table.columns.len()..].iter().map(|v| key_text(v)).collect();
-                    let mut by_name: HashMap<&str, Cell> = table
-                        .columns
-                        .iter()
-                        .zip(&cells)
-                        .map(|(c, v)| (c.name.as_str(), cell(v)))
-                        .collect();
-                    let position = RowPosition {
-                        position: snap.label.to_string(),
-                        tx: format!("snapshot:{}:{}:{}", snap.label, snap.attempt, key.join("\u{1f}")),
-                        seq: 0,
-                        committed_micros: snap.started_micros,
-                    };
-                    out.row(&table.mapper, Op::Snapshot, |c| by_name.remove(c), &position);
-                    last = Some(key);
-                }
-                bar.inc(rows.len() as u64);
-                out.flush(cancel).await?;
-                let Some(key) = last else { break };
-                if let Some(snap) = state.snapshot.as_mut() {
-                    snap.after.insert(table.name.clone(), key);
-                }
-                self.store.save(state)?;
-                if rows.len() < CHUNK_ROWS {
-                    break;
-                }
-                if cancel.is_cancelled() {
-                    return Ok(false);
-                }
-            }
-            bar.finish_and_clear();
-            if let Some(snap) = state.snapshot.as_mut() {
-                snap.done.push(table.name.clone());
-                snap.after.remove(&table.name);
-            }
-            self.store.save(state)?;
-            tracing::info!(source = %self.settings.common.name, table = %table.name, "snapshot of table done");
-        }
-        client
-            .simple_query("COMMIT")
-            .await
-            .map_err(|e| self.server(e))?
-            .into_results()
-            .await
-            .map_err(|e| self.server(e))?;
-        Ok(true)
-    }
-
     /// Reads one table's changes from its position to `max` (the capture job's highest LSN);
     /// the number of rows.
+    #[allow(clippy::too_many_arguments)]
     async fn poll_table(
         &self,
         client: &mut MssqlClient,
+        index: usize,
         table: &Table,
         max: Lsn,
-        state: &mut State,
-        out: &mut Outbox<'_>,
+        positions: &mut Positions,
+        emit: &mut Emit<'_, Positions>,
         cancel: &CancellationToken,
     ) -> Result<u64, SourceError> {
-        let Some(ts) = state.tables.get(&table.name).cloned() else {
+        let Some(ts) = positions.0.get(&table.name).cloned() else {
             return Ok(0);
         };
         let newest = self.instance(client, table).await?;
@@ -494,7 +448,7 @@ impl MssqlSource {
             let start = start_lsn(client, &newest).await.map_err(|e| self.server(e))?;
             if ts.position.lsn >= start {
                 tracing::warn!(source = %self.settings.common.name, table = %table.name, from = %ts.instance, to = %newest, "following the new capture instance");
-                if let Some(t) = state.tables.get_mut(&table.name) {
+                if let Some(t) = positions.0.get_mut(&table.name) {
                     t.instance = newest.clone();
                 }
                 (newest, max)
@@ -548,21 +502,20 @@ impl MssqlSource {
                 Some(2 | 4) => Op::Upsert,
                 _ => continue,
             };
-            self.change_row(table, &row, op, lsn, seq, out);
+            self.change_row(index, table, &row, op, lsn, seq, emit);
             count += 1;
             pending = Some(Position { lsn, rows: seq });
-            if out.pending() >= FLUSH_DOCS {
+            if emit.pending() >= FLUSH_DOCS {
                 // The row stream holds the connection; publishing does not need it.
-                out.flush(cancel).await?;
-                if let (Some(p), Some(t)) = (pending, state.tables.get_mut(&table.name)) {
+                if let (Some(p), Some(t)) = (pending, positions.0.get_mut(&table.name)) {
                     t.position = p;
                 }
-                self.store.save(state)?;
+                emit.boundary(positions.clone());
+                emit.tick(cancel).await?;
             }
         }
         drop(stream);
-        out.flush(cancel).await?;
-        if let Some(t) = state.tables.get_mut(&table.name) {
+        if let Some(t) = positions.0.get_mut(&table.name) {
             if let Some(p) = pending {
                 t.position = p;
             }
@@ -576,12 +529,23 @@ impl MssqlSource {
         Ok(count)
     }
 
-    fn change_row(&self, table: &Table, row: &Row, op: Op, lsn: Lsn, seq: u64, out: &mut Outbox<'_>) {
+    #[allow(clippy::too_many_arguments)]
+    fn change_row(
+        &self,
+        index: usize,
+        table: &Table,
+        row: &Row,
+        op: Op,
+        lsn: Lsn,
+        seq: u64,
+        emit: &mut Emit<'_, Positions>,
+    ) {
         let cells: Vec<&ColumnData<'static>> = row.cells().map(|(_, v)| v).collect();
         // __$start_lsn, __$seqval, __$operation, commit time, then the columns in mapping order.
         let committed_micros = match cells.get(3).map(|v| cell(v)) {
             Some(Cell::DateTime(parts)) => {
-                exhub_schemas::Timestamp::from_local(parts, self.settings.offset_secs).map_or(0, |t| t.unix_micros())
+                exhub_schemas::Timestamp::from_local(parts, self.settings.common.offset_secs.unwrap_or(0))
+                    .map_or(0, |t| t.unix_micros())
             }
             _ => 0,
         };
@@ -597,7 +561,7 @@ impl MssqlSource {
             seq,
             committed_micros,
         };
-        out.row(&table.mapper, op, |c| by_name.remove(c), &position);
+        emit.row(index, op, |c| by_name.remove(c), &position);
     }
 
     fn server(&self, error: tiberius::error::Error) -> SourceError {
@@ -625,14 +589,10 @@ async fn max_lsn(client: &mut MssqlClient) -> Result<Option<Lsn>, tiberius::erro
 }
 
 async fn start_lsn(client: &mut MssqlClient, instance: &str) -> Result<Lsn, tiberius::error::Error> {
-    Ok(first(
-        client,
-        "SELECT start_lsn FROM cdc.change_tables WHERE capture_instance = @P1",
-        &[&instance],
-    )
-    .await?
-    .and_then(|r| r.get::<&[u8], _>(0).and_then(|b| Lsn::from_bytes(b).ok()))
-    .unwrap_or_default())
+    Ok(first(client, sql::START_LSN, &[&instance])
+        .await?
+        .and_then(|r| r.get::<&[u8], _>(0).and_then(|b| Lsn::from_bytes(b).ok()))
+        .unwrap_or_default())
 }
 
 /// A key value as text, to resume a snapshot after it (bound back as text; SQL Server converts

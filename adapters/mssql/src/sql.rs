@@ -30,6 +30,22 @@ pub const CAPTURE_INSTANCES: &str = "SELECT ct.capture_instance, ct.start_lsn, c
 pub const CAPTURED_COLUMNS: &str = "SELECT cc.column_name FROM cdc.captured_columns cc \
      JOIN cdc.change_tables ct ON ct.object_id = cc.object_id WHERE ct.capture_instance = @P1";
 
+/// A table's columns, their types and whether CDC tracks the table (`@P1` schema, `@P2`
+/// table).
+pub const TABLE_COLUMNS: &str = "SELECT c.name, ty.name, t.is_tracked_by_cdc FROM sys.tables t \
+     JOIN sys.schemas s ON s.schema_id = t.schema_id JOIN sys.columns c ON c.object_id = t.object_id \
+     JOIN sys.types ty ON ty.user_type_id = c.user_type_id WHERE s.name = @P1 AND t.name = @P2";
+
+/// A table's row count (`@P1`: `schema.table`), for the snapshot's progress bar.
+pub const ROW_ESTIMATE: &str = "SELECT CAST(SUM(row_count) AS bigint) FROM sys.dm_db_partition_stats \
+     WHERE object_id = OBJECT_ID(@P1) AND index_id IN (0, 1)";
+
+/// The LSN a capture instance starts at (`@P1`: the instance).
+pub const START_LSN: &str = "SELECT start_lsn FROM cdc.change_tables WHERE capture_instance = @P1";
+
+/// The snapshot's transaction: every chunk reads the same committed data.
+pub const BEGIN_SNAPSHOT: &str = "SET TRANSACTION ISOLATION LEVEL SNAPSHOT; BEGIN TRANSACTION";
+
 /// The bookkeeping table of the sink, created when missing.
 pub const CREATE_APPLIED: &str = "IF OBJECT_ID(N'dbo.exhub_applied', N'U') IS NULL \
      CREATE TABLE dbo.exhub_applied (source nvarchar(190) NOT NULL, tbl nvarchar(128) NOT NULL, \
@@ -215,6 +231,51 @@ mod tests {
         assert_eq!(
             snapshot_chunk("cbdj", &cols, &s(&["a", "b"]), 10, true),
             "SELECT TOP (10) [a], [b], [c] FROM [dbo].[cbdj] WHERE ([a] > @P1) OR ([a] = @P1 AND [b] > @P2) ORDER BY [a], [b]"
+        );
+    }
+
+    /// Every `q.column` in a query must name a table alias the query declares, or a schema:
+    /// a Rust rename once rewrote `s.name` to `s.common.name` inside a SQL string.
+    fn qualifiers_are_declared(sql: &str) -> Result<(), String> {
+        let words: Vec<&str> = sql
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let mut aliases: Vec<&str> = vec!["sys", "cdc", "dbo"];
+        for pair in words.windows(2) {
+            if pair[0].contains('.') && !pair[1].contains('.') && pair[1].chars().all(|c| c.is_ascii_lowercase()) {
+                aliases.push(pair[1]);
+            }
+        }
+        for w in words.iter().filter(|w| w.contains('.')) {
+            let parts: Vec<&str> = w.split('.').collect();
+            if parts.len() != 2 || !aliases.contains(&parts[0]) {
+                return Err(format!("{w:?} in {sql:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn catalog_queries_name_only_their_own_aliases() {
+        for sql in [
+            DB_CDC_ENABLED,
+            MAX_LSN,
+            MIN_LSN,
+            CAPTURE_INSTANCES,
+            CAPTURED_COLUMNS,
+            TABLE_COLUMNS,
+            ROW_ESTIMATE,
+            START_LSN,
+        ] {
+            qualifiers_are_declared(sql).unwrap();
+        }
+        assert!(qualifiers_are_declared("SELECT c.name FROM sys.tables t WHERE s.common.name = @P1").is_err());
+        assert_eq!(
+            TABLE_COLUMNS,
+            "SELECT c.name, ty.name, t.is_tracked_by_cdc FROM sys.tables t JOIN sys.schemas s ON s.schema_id = \
+             t.schema_id JOIN sys.columns c ON c.object_id = t.object_id JOIN sys.types ty ON ty.user_type_id = \
+             c.user_type_id WHERE s.name = @P1 AND t.name = @P2"
         );
     }
 

@@ -5,6 +5,8 @@
 //! written to the legacy database — no triggers, no extra columns, no signal tables.
 //!
 //! - [`source`]: snapshot, binlog streaming, checkpoints ([`MysqlSource`]);
+//! - [`config`]: its routes.toml options, their check, building its source and sink;
+//! - [`sql`]: every SQL text the source sends;
 //! - [`cells`]: MySQL values → database-neutral cells;
 //! - [`tls`]: TLS settings of a MySQL URL, one meaning for mysql_async and sqlx.
 //!
@@ -18,7 +20,9 @@
 //! `REPLICATION CLIENT` (MariaDB 10.5+: `BINLOG MONITOR`) and `SELECT` on the mapped tables.
 
 pub mod cells;
+pub mod config;
 pub mod source;
+pub mod sql;
 pub mod tls;
 
 pub use source::{BinlogPos, MysqlError, MysqlSource, SourceError, SourceSettings};

@@ -8,14 +8,14 @@
 //! each key by that order (see [`exhub_connect::mapping::order_key`]), which is what makes a
 //! resumed snapshot, a replayed transaction and a redelivered message harmless.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exhub_connect::mapping::{RowPosition, SnapshotMode};
-use exhub_connect::outbox::{FLUSH_DOCS, Outbox};
-use exhub_connect::source::{DriverError, SourceCommon};
-use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher};
+use exhub_connect::mapping::RowPosition;
+use exhub_connect::runner::Emit;
+use exhub_connect::source::{DriverError, KeyValue, Opened, SnapshotRow, Source, SourceCommon, TableInfo};
+use exhub_connect::{Cell, Mapper};
 use exhub_schemas::{Op, Registry};
 use futures_util::StreamExt as _;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -28,8 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cells::cell;
 
-/// Rows per snapshot chunk.
-const CHUNK_ROWS: usize = 2000;
 /// The server sends a heartbeat after this long without events (so lag shows when idle).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -43,8 +41,6 @@ pub struct SourceSettings {
     pub common: SourceCommon,
     /// The replica server id it registers with (unique among the server's replicas).
     pub server_id: u32,
-    /// Time zone of zone-less `DATETIME`s, seconds east of UTC (default: the server's).
-    pub offset_secs: Option<i32>,
 }
 
 /// Why the source stopped.
@@ -78,53 +74,25 @@ impl std::fmt::Display for BinlogPos {
     }
 }
 
-/// The checkpoint.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
-    /// Where streaming resumes (a transaction boundary whose every earlier row is confirmed).
-    binlog: Option<BinlogPos>,
-    /// A snapshot in progress.
-    snapshot: Option<SnapshotState>,
-}
-
-/// How far a snapshot got.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotState {
-    /// Where streaming starts once the snapshot is done (the first attempt's position).
-    start: BinlogPos,
-    /// Tables finished.
-    done: Vec<String>,
-    /// Per table, the key of the last row confirmed.
-    after: BTreeMap<String, Vec<KeyValue>>,
-}
-
-/// A key column's value, kept to resume a chunked read.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum KeyValue {
-    Int(i64),
-    UInt(u64),
-    Text(String),
-}
-
-impl KeyValue {
-    fn of(v: &Value) -> KeyValue {
-        match v {
-            Value::Int(i) => KeyValue::Int(*i),
-            Value::UInt(u) => KeyValue::UInt(*u),
-            Value::Bytes(b) => KeyValue::Text(String::from_utf8_lossy(b).into_owned()),
-            Value::Date(y, m, d, h, mi, s, us) => {
-                KeyValue::Text(format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"))
-            }
-            other => KeyValue::Text(other.as_sql(true).trim_matches('\'').to_owned()),
+/// A snapshot key value as the checkpoint keeps it.
+fn key_value(v: &Value) -> KeyValue {
+    match v {
+        Value::Int(i) => KeyValue::Int(*i),
+        Value::UInt(u) => KeyValue::UInt(*u),
+        Value::Bytes(b) => KeyValue::Text(String::from_utf8_lossy(b).into_owned()),
+        Value::Date(y, m, d, h, mi, s, us) => {
+            KeyValue::Text(format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"))
         }
+        other => KeyValue::Text(other.as_sql(true).trim_matches('\'').to_owned()),
     }
+}
 
-    fn value(&self) -> Value {
-        match self {
-            KeyValue::Int(i) => Value::Int(*i),
-            KeyValue::UInt(u) => Value::UInt(*u),
-            KeyValue::Text(t) => Value::Bytes(t.clone().into_bytes()),
-        }
+/// A kept key value bound back as a query parameter.
+fn key_param(k: &KeyValue) -> Value {
+    match k {
+        KeyValue::Int(i) => Value::Int(*i),
+        KeyValue::UInt(u) => Value::UInt(*u),
+        KeyValue::Text(t) => Value::Bytes(t.clone().into_bytes()),
     }
 }
 
@@ -137,11 +105,16 @@ struct Table {
     estimated_rows: u64,
 }
 
+/// One attempt: the connection (snapshot reads) and the tables.
+pub struct Session {
+    conn: Conn,
+    tables: Vec<Table>,
+}
+
 /// The MySQL/MariaDB source adapter.
 pub struct MysqlSource {
     settings: SourceSettings,
     registry: Arc<Registry>,
-    store: CheckpointStore,
     db: String,
 }
 
@@ -161,76 +134,147 @@ impl MysqlSource {
                 message: "the URL names no database (mysql://user@host:port/DATABASE)".into(),
             });
         }
-        let store = CheckpointStore::new(settings.common.checkpoint.clone());
-        Ok(MysqlSource {
-            settings,
-            registry,
-            store,
-            db,
-        })
+        Ok(MysqlSource { settings, registry, db })
+    }
+}
+
+impl Source for MysqlSource {
+    const KIND: &'static str = "mysql";
+    type Position = BinlogPos;
+    type Error = MysqlError;
+    type Session = Session;
+
+    fn common(&self) -> &SourceCommon {
+        &self.settings.common
     }
 
-    /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`) or streams
-    /// from the server's current position (mode `never`).
-    pub fn reset(&self) -> Result<(), SourceError> {
-        Ok(self.settings.common.forget_checkpoint()?)
-    }
-
-    /// Runs until `cancel` or an error that retrying cannot fix. Passing failures (the
-    /// database or RabbitMQ restarting) are retried with backoff from the last checkpoint.
-    pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let mut retry = self.settings.common.retry();
-        loop {
-            let result = self.run_once(retry.publisher(), cancel).await;
-            if !retry.again(&self.settings.common.name, result, cancel).await? {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn run_once(&self, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), SourceError> {
+    async fn open(&self, _checkpoint: Option<&BinlogPos>, _snapshot: bool) -> Result<Opened<Session>, SourceError> {
         let mut conn = self.connect().await?;
         self.check_server(&mut conn).await?;
-        let offset = match self.settings.offset_secs {
+        let offset = match self.settings.common.offset_secs {
             Some(o) => o,
             None => {
                 let o: Option<i64> = conn
-                    .query_first("SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW())")
+                    .query_first(crate::sql::UTC_OFFSET)
                     .await
                     .map_err(|e| self.mysql(e))?;
                 i32::try_from(o.unwrap_or(0)).unwrap_or(0)
             }
         };
         let tables = self.describe(&mut conn, offset).await?;
-        let mut state: State = self.store.load()?.unwrap_or_default();
-        let snapshot = match self.settings.common.snapshot {
-            SnapshotMode::Never => false,
-            SnapshotMode::Initial => state.binlog.is_none() || state.snapshot.is_some(),
-            SnapshotMode::Always => true,
-        };
-        let mut out = Outbox::new(self.settings.common.identity("mysql", &self.db), publisher);
-        if snapshot {
-            if self.settings.common.snapshot == SnapshotMode::Always && state.snapshot.is_none() {
-                state.binlog = None;
-            }
-            self.snapshot(&mut conn, &tables, &mut state, &mut out, cancel).await?;
-            if cancel.is_cancelled() {
-                return Ok(());
-            }
-        }
-        let start = match state.binlog.clone() {
-            Some(p) => p,
-            None => {
-                let p = self.master_position(&mut conn).await?;
-                state.binlog = Some(p.clone());
-                self.store.save(&state)?;
-                p
-            }
-        };
-        let _ = conn.disconnect().await;
-        self.stream(start, &tables, &mut state, &mut out, cancel).await
+        let infos = tables
+            .iter()
+            .map(|t| TableInfo {
+                mapper: t.mapper.clone(),
+                estimated_rows: t.estimated_rows,
+            })
+            .collect();
+        Ok(Opened {
+            session: Session { conn, tables },
+            db: self.db.clone(),
+            tables: infos,
+        })
     }
 
+    /// A consistent-snapshot transaction, and the binlog position it is consistent with.
+    async fn begin_snapshot(
+        &self,
+        session: &mut Session,
+        _resume: Option<&BinlogPos>,
+    ) -> Result<BinlogPos, SourceError> {
+        let conn = &mut session.conn;
+        conn.query_drop("SET SESSION time_zone = '+00:00'")
+            .await
+            .map_err(|e| self.mysql(e))?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(|e| self.mysql(e))?;
+        // MySQL has no snapshot position: read the position first. Changes between it and the
+        // snapshot are then streamed again, which per-key ordering at the sinks makes harmless
+        // (the opposite order could lose them). MariaDB tells the snapshot's own position.
+        let before = self.master_position(conn).await?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+            .map_err(|e| self.mysql(e))?;
+        let rows: Vec<(String, String)> = conn
+            .query(crate::sql::SNAPSHOT_POSITION)
+            .await
+            .map_err(|e| self.mysql(e))?;
+        let status: HashMap<String, String> = rows.into_iter().collect();
+        Ok(
+            match (
+                status.get("Binlog_snapshot_file"),
+                status.get("Binlog_snapshot_position"),
+            ) {
+                (Some(file), Some(pos)) if !file.is_empty() => BinlogPos {
+                    file: file.clone(),
+                    pos: pos.parse().unwrap_or(before.pos),
+                },
+                _ => before,
+            },
+        )
+    }
+
+    async fn snapshot_chunk(
+        &self,
+        session: &mut Session,
+        table: usize,
+        after: Option<&[KeyValue]>,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRow>, SourceError> {
+        let Some(t) = session.tables.get(table) else {
+            return Ok(Vec::new());
+        };
+        let columns: Vec<&str> = t.mapper.columns().collect();
+        let text = crate::sql::snapshot_chunk(t.mapper.table(), &columns, &t.key, after.is_some(), limit);
+        let params: Vec<Value> = after.into_iter().flatten().map(key_param).collect();
+        let rows: Vec<Row> = session.conn.exec(text, params).await.map_err(|e| self.mysql(e))?;
+        let width = columns.len();
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let cols = row.columns();
+                let mut values = row.unwrap();
+                let key = values[width..].iter().map(key_value).collect();
+                let cells = values
+                    .iter_mut()
+                    .take(width)
+                    .enumerate()
+                    .map(|(i, v)| {
+                        cell(
+                            std::mem::replace(v, Value::NULL),
+                            cols[i].column_type(),
+                            cols[i].character_set(),
+                        )
+                    })
+                    .collect();
+                SnapshotRow { key, cells }
+            })
+            .collect())
+    }
+
+    async fn end_snapshot(&self, session: &mut Session) -> Result<(), SourceError> {
+        session.conn.query_drop("COMMIT").await.map_err(|e| self.mysql(e))
+    }
+
+    async fn current(&self, session: &mut Session) -> Result<BinlogPos, SourceError> {
+        self.master_position(&mut session.conn).await
+    }
+
+    async fn stream(
+        &self,
+        session: Session,
+        from: BinlogPos,
+        emit: &mut Emit<'_, BinlogPos>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let Session { conn, tables } = session;
+        let _ = conn.disconnect().await;
+        self.stream(from, &tables, emit, cancel).await
+    }
+}
+
+impl MysqlSource {
     async fn connect(&self) -> Result<Conn, SourceError> {
         let opts = crate::tls::source_opts(&self.settings.common.url).map_err(|e| self.setup(e))?;
         let tls = opts.ssl_opts().is_some();
@@ -256,7 +300,7 @@ impl MysqlSource {
     /// Refuses a server that cannot give a full row binlog, or a user that may not read it.
     async fn check_server(&self, conn: &mut Conn) -> Result<(), SourceError> {
         let row: Option<(Option<String>, Option<String>, Option<String>)> = conn
-            .query_first("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image")
+            .query_first(crate::sql::BINLOG_SETTINGS)
             .await
             .map_err(|e| self.mysql(e))?;
         let (log_bin, format, image) = row.unwrap_or_default();
@@ -279,11 +323,7 @@ impl MysqlSource {
                 image.unwrap_or_default()
             )));
         }
-        let metadata: Option<Option<String>> = conn
-            .query_first("SELECT @@GLOBAL.binlog_row_metadata")
-            .await
-            .ok()
-            .flatten();
+        let metadata: Option<Option<String>> = conn.query_first(crate::sql::ROW_METADATA).await.ok().flatten();
         if let Some(Some(m)) = metadata
             && m != "FULL"
         {
@@ -319,10 +359,7 @@ impl MysqlSource {
         let mut tables = Vec::new();
         for mapping in &self.settings.common.tables {
             let columns: Vec<String> = conn
-                .exec(
-                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                    (self.db.as_str(), mapping.table.as_str()),
-                )
+                .exec(crate::sql::COLUMNS, (self.db.as_str(), mapping.table.as_str()))
                 .await
                 .map_err(|e| self.mysql(e))?;
             if columns.is_empty() {
@@ -342,10 +379,7 @@ impl MysqlSource {
                 }
             }
             let estimated: Option<Option<u64>> = conn
-                .exec_first(
-                    "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                    (self.db.as_str(), mapping.table.as_str()),
-                )
+                .exec_first(crate::sql::ROW_ESTIMATE, (self.db.as_str(), mapping.table.as_str()))
                 .await
                 .map_err(|e| self.mysql(e))?;
             tables.push(Table {
@@ -357,173 +391,12 @@ impl MysqlSource {
         Ok(tables)
     }
 
-    /// Reads every table not yet done in key-ordered chunks inside one consistent-snapshot
-    /// transaction, publishing each chunk and checkpointing after its confirm.
-    async fn snapshot(
-        &self,
-        conn: &mut Conn,
-        tables: &[Table],
-        state: &mut State,
-        out: &mut Outbox<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<(), SourceError> {
-        conn.query_drop("SET SESSION time_zone = '+00:00'")
-            .await
-            .map_err(|e| self.mysql(e))?;
-        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(|e| self.mysql(e))?;
-        // MySQL has no snapshot position: read the position first. Changes between it and the
-        // snapshot are then streamed again, which per-key ordering at the sinks makes harmless
-        // (the opposite order could lose them).
-        let before = self.master_position(conn).await?;
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-            .await
-            .map_err(|e| self.mysql(e))?;
-        let rows: Vec<(String, String)> = conn
-            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            .await
-            .map_err(|e| self.mysql(e))?;
-        let status: HashMap<String, String> = rows.into_iter().collect();
-        let at = match (
-            status.get("Binlog_snapshot_file"),
-            status.get("Binlog_snapshot_position"),
-        ) {
-            (Some(file), Some(pos)) if !file.is_empty() => BinlogPos {
-                file: file.clone(),
-                pos: pos.parse().unwrap_or(before.pos),
-            },
-            _ => before,
-        };
-        if state.snapshot.is_none() {
-            state.snapshot = Some(SnapshotState {
-                start: at.clone(),
-                done: Vec::new(),
-                after: BTreeMap::new(),
-            });
-        }
-        self.store.save(state)?;
-        for table in tables {
-            let name = table.mapper.table().to_owned();
-            let Some(snap) = state.snapshot.as_ref() else { break };
-            if snap.done.contains(&name) {
-                continue;
-            }
-            let after = snap.after.get(&name).cloned();
-            let done = self.snapshot_table(conn, table, &at, after, state, out, cancel).await?;
-            if !done {
-                return Ok(());
-            }
-            if let Some(snap) = state.snapshot.as_mut() {
-                snap.done.push(name);
-                snap.after.remove(table.mapper.table());
-            }
-            self.store.save(state)?;
-        }
-        conn.query_drop("COMMIT").await.map_err(|e| self.mysql(e))?;
-        if let Some(snap) = state.snapshot.take() {
-            tracing::info!(source = %self.settings.common.name, start = %snap.start, "snapshot complete; streaming");
-            state.binlog = Some(snap.start);
-        }
-        self.store.save(state)?;
-        Ok(())
-    }
-
-    /// One table's chunks; `false` when cancelled before the end.
-    #[allow(clippy::too_many_arguments)]
-    async fn snapshot_table(
-        &self,
-        conn: &mut Conn,
-        table: &Table,
-        at: &BinlogPos,
-        mut after: Option<Vec<KeyValue>>,
-        state: &mut State,
-        out: &mut Outbox<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<bool, SourceError> {
-        let name = table.mapper.table();
-        let columns: Vec<&str> = table.mapper.columns().collect();
-        let mut select: Vec<String> = columns.iter().map(|c| quote(c)).collect();
-        for k in &table.key {
-            select.push(quote(k));
-        }
-        let key_list = table.key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
-        let base = format!("SELECT {} FROM {}", select.join(", "), quote(name));
-        let bar = exhub_connect::outbox::snapshot_progress(table.estimated_rows, name);
-        tracing::info!(
-            source = %self.settings.common.name,
-            table = name,
-            estimated_rows = table.estimated_rows,
-            resume = after.is_some(),
-            "snapshot of table started"
-        );
-        let started = Instant::now();
-        let mut count = 0u64;
-        let position = RowPosition {
-            position: at.to_string(),
-            tx: format!("snapshot:{at}"),
-            seq: 0,
-            committed_micros: exhub_schemas::time::unix_micros_now(),
-        };
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(false);
-            }
-            let (sql, params) = match &after {
-                None => (format!("{base} ORDER BY {key_list} LIMIT {CHUNK_ROWS}"), Vec::new()),
-                Some(key) => (
-                    format!(
-                        "{base} WHERE ({key_list}) > ({}) ORDER BY {key_list} LIMIT {CHUNK_ROWS}",
-                        vec!["?"; key.len()].join(", ")
-                    ),
-                    key.iter().map(KeyValue::value).collect(),
-                ),
-            };
-            let rows: Vec<Row> = conn.exec(sql, params).await.map_err(|e| self.mysql(e))?;
-            let n = rows.len();
-            for row in rows {
-                let cols = row.columns();
-                let mut values = row.unwrap();
-                let key: Vec<KeyValue> = values[columns.len()..].iter().map(KeyValue::of).collect();
-                let mut cells: HashMap<&str, Cell> = HashMap::new();
-                for (i, c) in columns.iter().enumerate() {
-                    let v = std::mem::replace(&mut values[i], Value::NULL);
-                    cells.insert(c, cell(v, cols[i].column_type(), cols[i].character_set()));
-                }
-                let mut position = position.clone();
-                position.tx = format!("snapshot:{at}:{}", key_text(&key));
-                out.row(&table.mapper, Op::Snapshot, |c| cells.remove(c), &position);
-                after = Some(key);
-            }
-            out.flush(cancel).await?;
-            if let (Some(snap), Some(key)) = (state.snapshot.as_mut(), &after) {
-                snap.after.insert(name.to_owned(), key.clone());
-            }
-            self.store.save(state)?;
-            count += n as u64;
-            bar.inc(n as u64);
-            if n < CHUNK_ROWS {
-                break;
-            }
-        }
-        bar.finish_and_clear();
-        tracing::info!(
-            source = %self.settings.common.name,
-            table = name,
-            rows = count,
-            seconds = started.elapsed().as_secs_f64(),
-            "snapshot of table done"
-        );
-        Ok(true)
-    }
-
     /// Streams the binlog from `start` until cancelled.
     async fn stream(
         &self,
         start: BinlogPos,
         tables: &[Table],
-        state: &mut State,
-        out: &mut Outbox<'_>,
+        emit: &mut Emit<'_, BinlogPos>,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
         let mut conn = self.connect().await?;
@@ -534,11 +407,10 @@ impl MysqlSource {
         // Whether events carry a CRC32: the server's first (fake) rotate event comes before the
         // format description that tells the reader so, and then still has it on its name.
         let checksummed: Option<i64> = conn
-            .query_first("SELECT @@GLOBAL.binlog_checksum <> 'NONE'")
+            .query_first(crate::sql::CHECKSUMMED)
             .await
             .map_err(|e| self.mysql(e))?;
-        let checksummed = checksummed == Some(1);
-        let by_name: HashMap<&str, &Table> = tables.iter().map(|t| (t.mapper.table(), t)).collect();
+        let by_name: HashMap<&str, usize> = tables.iter().enumerate().map(|(i, t)| (t.mapper.table(), i)).collect();
         let request = BinlogStreamRequest::new(self.settings.server_id)
             .with_filename(start.file.as_bytes())
             .with_pos(start.pos);
@@ -563,21 +435,14 @@ impl MysqlSource {
             }
         }));
         tracing::info!(source = %self.settings.common.name, position = %start, "streaming the binlog");
-        let mut file = start.file.clone();
-        let mut seen_format = false;
-        // The boundary every row since belongs after: where a replica may resume.
-        let mut boundary = start.clone();
-        let mut seq = 0u64;
-        let mut in_tx = false;
-        let mut saved = start;
-        let mut saved_at = Instant::now();
+        let mut cursor = Cursor::new(start, checksummed == Some(1));
         let mut lag_logged = Instant::now();
         loop {
-            let wait = out.linger_left().unwrap_or(HEARTBEAT * 2);
+            let wait = emit.linger().unwrap_or(HEARTBEAT * 2);
             let next = tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
-                    out.flush(cancel).await.ok();
+                    emit.finish(cancel).await?;
                     return Ok(());
                 }
                 next = tokio::time::timeout(wait, events.recv()) => next,
@@ -592,42 +457,18 @@ impl MysqlSource {
                         )))),
                     );
                 }
-                Ok(Some(Err(e))) => return Err(self.stream_error(e, &boundary)),
+                Ok(Some(Err(e))) => return Err(self.stream_error(e, &cursor.boundary, emit.checkpoint_path())),
                 Ok(Some(Ok(event))) => Some(event),
             };
             if let Some((event, tme)) = event {
                 let header = event.header();
                 let end = u64::from(header.log_pos());
                 let committed_micros = i64::from(header.timestamp()) * 1_000_000;
-                // Whether this event ends a transaction: the boundary moves past it.
-                let mut committed = false;
                 match event.read_data() {
-                    Ok(Some(EventData::FormatDescriptionEvent(_))) => seen_format = true,
-                    Ok(Some(EventData::RotateEvent(r))) => {
-                        file = binlog_name(r.name_raw(), checksummed && !seen_format);
-                        if !in_tx {
-                            boundary = BinlogPos {
-                                file: file.clone(),
-                                pos: r.position(),
-                            };
-                        }
-                    }
-                    Ok(Some(EventData::QueryEvent(q))) => {
-                        let query = q.query();
-                        let text = query.trim();
-                        let upper = text.get(..11).unwrap_or(text).to_ascii_uppercase();
-                        if text.eq_ignore_ascii_case("BEGIN") {
-                            in_tx = true;
-                        } else if !text.starts_with('#')
-                            && !upper.starts_with("SAVEPOINT")
-                            && !upper.starts_with("ROLLBACK TO")
-                            && end > 0
-                        {
-                            // COMMIT of a non-XA engine, or a DDL statement: both end a transaction.
-                            committed = true;
-                        }
-                    }
-                    Ok(Some(EventData::XidEvent(_))) => committed = true,
+                    Ok(Some(EventData::FormatDescriptionEvent(_))) => cursor.format(),
+                    Ok(Some(EventData::RotateEvent(r))) => cursor.rotate(r.name_raw(), r.position()),
+                    Ok(Some(EventData::QueryEvent(q))) => cursor.query(&q.query(), end),
+                    Ok(Some(EventData::XidEvent(_))) => cursor.commit(end),
                     Ok(Some(EventData::RowsEvent(rows))) => {
                         let Some(tme) = tme.as_ref() else {
                             continue;
@@ -635,15 +476,15 @@ impl MysqlSource {
                         if tme.database_name() != self.db.as_str() {
                             continue;
                         }
-                        let Some(table) = by_name.get(tme.table_name().as_ref()) else {
+                        let Some(&index) = by_name.get(tme.table_name().as_ref()) else {
                             continue;
                         };
-                        let op_of = |ev: &RowsEventData<'_>| match ev {
+                        let table = &tables[index];
+                        let op = match &rows {
                             RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => Op::Delete,
                             _ => Op::Upsert,
                         };
-                        let op = op_of(&rows);
-                        let tx = boundary.to_string();
+                        let tx = cursor.boundary.to_string();
                         for pair in rows.rows(tme) {
                             let (before, after) = pair.map_err(|e| self.mysql(mysql_async::Error::Io(e.into())))?;
                             let images: Vec<(Op, BinlogRow)> = match (op, before, after) {
@@ -655,19 +496,15 @@ impl MysqlSource {
                                 _ => Vec::new(),
                             };
                             for (op, row) in images {
-                                seq += 1;
                                 let position = RowPosition {
-                                    position: boundary.to_string(),
+                                    position: tx.clone(),
                                     tx: tx.clone(),
-                                    seq,
+                                    seq: cursor.next_seq(),
                                     committed_micros,
                                 };
                                 let mut cells = binlog_cells(row);
-                                out.row(&table.mapper, op, |c| cells.remove(c), &position);
+                                emit.row(index, op, |c| cells.remove(c), &position);
                             }
-                        }
-                        if out.pending() >= FLUSH_DOCS {
-                            out.flush(cancel).await?;
                         }
                     }
                     Ok(Some(EventData::HeartbeatEvent)) => {}
@@ -676,44 +513,26 @@ impl MysqlSource {
                         tracing::warn!(source = %self.settings.common.name, error = %e, position = end, "undecodable binlog event skipped");
                     }
                 }
-                if committed {
-                    in_tx = false;
-                    boundary = BinlogPos {
-                        file: file.clone(),
-                        pos: end,
-                    };
-                    seq = 0;
+                if !cursor.in_tx {
+                    emit.boundary(cursor.boundary.clone());
                 }
                 if header.timestamp() > 0 && lag_logged.elapsed() >= Duration::from_secs(60) {
                     lag_logged = Instant::now();
                     let lag = exhub_schemas::time::unix_micros_now() / 1_000_000 - i64::from(header.timestamp());
-                    tracing::info!(source = %self.settings.common.name, position = %boundary, lag_seconds = lag, "streaming");
+                    tracing::info!(source = %self.settings.common.name, position = %cursor.boundary, lag_seconds = lag, "streaming");
                 }
             }
-            if out.due() {
-                out.flush(cancel).await?;
-            }
-            // Save when every row before the boundary is confirmed: after a flush, or when idle
-            // (a heartbeat, transactions on unmapped tables) once a second.
-            if out.pending() == 0
-                && boundary != saved
-                && (out.flushed_since(saved_at) || saved_at.elapsed() >= Duration::from_secs(1))
-            {
-                state.binlog = Some(boundary.clone());
-                self.store.save(state)?;
-                saved = boundary.clone();
-                saved_at = Instant::now();
-            }
+            emit.tick(cancel).await?;
         }
     }
 
-    fn stream_error(&self, e: mysql_async::Error, at: &BinlogPos) -> SourceError {
+    fn stream_error(&self, e: mysql_async::Error, at: &BinlogPos, checkpoint: &std::path::Path) -> SourceError {
         match &e {
             mysql_async::Error::Server(s) if s.code == 1236 => self.setup(format!(
                 "the binlog position {at} of checkpoint {} is no longer on the server (binlog purged: {}); changes \
                  since then cannot be read. Take a new snapshot: `exhub source {} --reset` (or delete the checkpoint \
                  file), or set snapshot = \"always\" for one start",
-                self.store.path().display(),
+                checkpoint.display(),
                 s.message,
                 self.settings.common.name
             )),
@@ -750,6 +569,81 @@ impl MysqlSource {
     }
 }
 
+/// Where the binlog reader stands: the file it reads, the transaction boundary every row since
+/// belongs after (where a replica may resume), the rows' sequence inside their transaction.
+/// Pure bookkeeping over the events' kinds, unit-tested below.
+#[derive(Debug)]
+struct Cursor {
+    file: String,
+    /// Whether events carry a CRC32 (the first rotate's name still has it).
+    checksummed: bool,
+    seen_format: bool,
+    boundary: BinlogPos,
+    seq: u64,
+    in_tx: bool,
+}
+
+impl Cursor {
+    fn new(start: BinlogPos, checksummed: bool) -> Cursor {
+        Cursor {
+            file: start.file.clone(),
+            checksummed,
+            seen_format: false,
+            boundary: start,
+            seq: 0,
+            in_tx: false,
+        }
+    }
+
+    /// A format description event.
+    fn format(&mut self) {
+        self.seen_format = true;
+    }
+
+    /// A rotate event to file `raw` at `position`.
+    fn rotate(&mut self, raw: &[u8], position: u64) {
+        self.file = binlog_name(raw, self.checksummed && !self.seen_format);
+        if !self.in_tx {
+            self.boundary = BinlogPos {
+                file: self.file.clone(),
+                pos: position,
+            };
+        }
+    }
+
+    /// A query event ending at `end`: `BEGIN` opens a transaction; `COMMIT` of a non-XA
+    /// engine or a DDL statement ends one; savepoints and comments change nothing.
+    fn query(&mut self, text: &str, end: u64) {
+        let text = text.trim();
+        let upper = text.get(..11).unwrap_or(text).to_ascii_uppercase();
+        if text.eq_ignore_ascii_case("BEGIN") {
+            self.in_tx = true;
+        } else if !text.starts_with('#')
+            && !upper.starts_with("SAVEPOINT")
+            && !upper.starts_with("ROLLBACK TO")
+            && end > 0
+        {
+            self.commit(end);
+        }
+    }
+
+    /// The end of a transaction at `end` (an XID event, or a committing query).
+    fn commit(&mut self, end: u64) {
+        self.in_tx = false;
+        self.boundary = BinlogPos {
+            file: self.file.clone(),
+            pos: end,
+        };
+        self.seq = 0;
+    }
+
+    /// The next row's sequence in its transaction (from 1).
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
 /// A binlog row's cells by column name.
 fn binlog_cells(row: BinlogRow) -> HashMap<String, Cell> {
     let columns = row.columns();
@@ -783,17 +677,6 @@ fn key_changed(before: &BinlogRow, after: &BinlogRow, key: &[String]) -> bool {
     key.iter().any(|k| get(before, k) != get(after, k))
 }
 
-fn key_text(key: &[KeyValue]) -> String {
-    key.iter()
-        .map(|k| match k {
-            KeyValue::Int(i) => i.to_string(),
-            KeyValue::UInt(u) => u.to_string(),
-            KeyValue::Text(t) => t.clone(),
-        })
-        .collect::<Vec<_>>()
-        .join("\u{1f}")
-}
-
 /// A binlog file name as a rotate event gives it. The server's first rotate event (the
 /// artificial one naming the file streaming starts in; MariaDB gives it the start position, so
 /// it is not "fake" by position) comes before the format description, so when the binlog is
@@ -808,11 +691,6 @@ fn binlog_name(raw: &[u8], checksummed: bool) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
-/// A quoted identifier.
-fn quote(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -825,5 +703,54 @@ mod tests {
         // A checksum whose first byte is a digit (CI met `mysql-bin.000004` + "2…": the old
         // character heuristic read `mysql-bin.0000042`, a file that does not exist).
         assert_eq!(binlog_name(b"mysql-bin.0000042\x9a\x01\xc3", true), "mysql-bin.000004");
+    }
+
+    fn pos(file: &str, pos: u64) -> BinlogPos {
+        BinlogPos { file: file.into(), pos }
+    }
+
+    #[test]
+    fn the_cursor_moves_its_boundary_only_between_transactions() {
+        let mut c = Cursor::new(pos("mysql-bin.000001", 4), true);
+        // The first rotate comes before the format description: its name has the checksum.
+        c.rotate(b"mysql-bin.000001\x01\x02\x03\x04", 4);
+        c.format();
+        assert_eq!(c.boundary, pos("mysql-bin.000001", 4));
+        c.query("BEGIN", 300);
+        assert!(c.in_tx);
+        assert_eq!((c.next_seq(), c.next_seq()), (1, 2));
+        c.query("SAVEPOINT a", 350);
+        c.query("# a comment", 360);
+        assert!(c.in_tx, "savepoints and comments do not end a transaction");
+        c.commit(400);
+        assert!(!c.in_tx);
+        assert_eq!(c.boundary, pos("mysql-bin.000001", 400));
+        assert_eq!(c.next_seq(), 1, "the sequence restarts in each transaction");
+        // A DDL statement is a transaction of its own.
+        c.query("ALTER TABLE t ADD COLUMN c INT", 500);
+        assert_eq!(c.boundary, pos("mysql-bin.000001", 500));
+        // A rotate inside a transaction changes the file but not the boundary.
+        c.query("BEGIN", 600);
+        c.rotate(b"mysql-bin.000002", 4);
+        assert_eq!(c.boundary, pos("mysql-bin.000001", 500));
+        c.commit(120);
+        assert_eq!(c.boundary, pos("mysql-bin.000002", 120));
+        // Outside one, it moves the boundary to the new file.
+        c.rotate(b"mysql-bin.000003", 4);
+        assert_eq!(c.boundary, pos("mysql-bin.000003", 4));
+    }
+
+    #[test]
+    fn binlog_positions_sort_at_the_sinks() {
+        exhub_connect::mapping::order_key_sorts(
+            "mysql",
+            &[
+                "mysql-bin.000009:999",
+                "mysql-bin.000009:1000",
+                "mysql-bin.000010:4",
+                "mysql-bin.000100:4",
+            ],
+        )
+        .unwrap();
     }
 }

@@ -14,15 +14,15 @@
 //! position is streamed again and, being newer by the sinks' order, wins — each key converges
 //! to its newest version.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exhub_connect::mapping::{RowPosition, SnapshotMode};
-use exhub_connect::outbox::{FLUSH_DOCS, Outbox};
-use exhub_connect::source::{DriverError, SourceCommon};
-use exhub_connect::{Cell, CheckpointStore, Mapper, Publisher};
+use exhub_connect::runner::Emit;
+use exhub_connect::source::{DriverError, KeyValue, Opened, SnapshotRow, Source, SourceCommon, TableInfo};
+use exhub_connect::{Cell, Mapper};
 use exhub_schemas::{Op, Registry};
 use pg_walstream::protocol::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -33,8 +33,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::values::cell;
 
-/// Rows per snapshot chunk.
-const CHUNK_ROWS: usize = 2000;
 /// Standby status updates at least this often (the server's `wal_sender_timeout` is 60 s).
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the slot's retained WAL and lag are read and logged.
@@ -56,8 +54,6 @@ pub struct SourceSettings {
     pub slot: String,
     /// The publication (created for the mapped tables when missing; used as is otherwise).
     pub publication: String,
-    /// Time zone of `timestamp without time zone` values, seconds east of UTC (default: UTC).
-    pub offset_secs: Option<i32>,
     /// WAL retained by the slot above which a warning is logged.
     pub lag_warn_bytes: i64,
 }
@@ -95,33 +91,6 @@ impl DriverError for PgError {
             },
         }
     }
-}
-
-/// The checkpoint.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
-    /// The end LSN of the last transaction whose every row the broker confirmed (the slot's
-    /// confirmed position follows it).
-    lsn: Option<String>,
-    /// A snapshot in progress.
-    snapshot: Option<SnapshotState>,
-    /// The slot's last reading.
-    slot: Option<SlotReading>,
-}
-
-/// How far a snapshot got.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotState {
-    /// The slot position its rows are labelled with.
-    start: String,
-    /// Attempts so far (a resumed snapshot reads new data, so its documents get new ids).
-    attempt: u32,
-    /// When the first attempt started (the snapshot rows' commit time), Unix micros.
-    started_micros: i64,
-    /// Tables finished.
-    done: Vec<String>,
-    /// Per table, the key (as text) of the last row confirmed.
-    after: BTreeMap<String, Vec<String>>,
 }
 
 /// The slot's WAL retention and lag, as last read.
@@ -171,11 +140,22 @@ struct Tx {
     committed_micros: i64,
 }
 
+/// One attempt: the connection (catalog, snapshot), the gated replication session that created
+/// the slot (its exported snapshot lives as long as it does), and where the slot stands.
+pub struct Session {
+    db: PgConnection,
+    repl: Option<ReplicationClient>,
+    /// The exported snapshot of a slot just created.
+    export: Option<String>,
+    /// The slot's consistent point (just created) or confirmed position.
+    point: String,
+    tables: Vec<Table>,
+}
+
 /// The PostgreSQL source adapter.
 pub struct PostgresSource {
     settings: SourceSettings,
     registry: Arc<Registry>,
-    store: CheckpointStore,
     connect: PgConnectOptions,
 }
 
@@ -192,23 +172,171 @@ impl PostgresSource {
                 "the URL names no database (postgres://user@host:port/DATABASE)".into(),
             ));
         }
-        let store = CheckpointStore::new(settings.common.checkpoint.clone());
         Ok(PostgresSource {
             settings,
             registry,
-            store,
             connect,
         })
     }
+}
 
-    /// Forgets the checkpoint: the next start takes a new snapshot (mode `initial`).
-    pub fn reset(&self) -> Result<(), SourceError> {
-        Ok(self.settings.common.forget_checkpoint()?)
+impl Source for PostgresSource {
+    const KIND: &'static str = "postgres";
+    type Position = String;
+    type Error = PgError;
+    type Session = Session;
+
+    fn common(&self) -> &SourceCommon {
+        &self.settings.common
+    }
+
+    /// Checks the server and tables, creates the publication when missing, and the slot: when
+    /// it is missing, created (with an exported snapshot when a snapshot is due) — unless the
+    /// checkpoint says changes were already read from a slot that is gone.
+    async fn open(&self, checkpoint: Option<&String>, snapshot: bool) -> Result<Opened<Session>, SourceError> {
+        let s = &self.settings;
+        let mut db = self.db().await?;
+        let tables = self.check(&mut db).await?;
+        self.ensure_publication(&mut db, &tables).await?;
+        let (repl, export, point) = match self.slot(&mut db).await? {
+            Some(confirmed) => (None, None, confirmed),
+            None => {
+                if let Some(lsn) = checkpoint
+                    && s.common.snapshot != SnapshotMode::Always
+                {
+                    return Err(setup(
+                        &s.common.name,
+                        format!(
+                            "replication slot {} is gone, so the changes since {lsn} cannot be read. Take a new \
+                             snapshot: `exhub source {} --reset` (the next start snapshots and creates the slot)",
+                            s.slot, s.common.name
+                        ),
+                    ));
+                }
+                let mut repl = ReplicationClient::connect_gated(self.replication_config(Lsn::ZERO)?)
+                    .await
+                    .map_err(|e| self.repl(e))?;
+                let text = crate::sql::create_slot(&s.slot, snapshot);
+                let rows = repl.simple_query(&text).await.map_err(|e| self.repl(e))?;
+                let field = |i: usize| {
+                    rows.first()
+                        .and_then(|r| r.get(i).cloned().flatten())
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                };
+                let point = field(1)
+                    .ok_or_else(|| setup(&s.common.name, "CREATE_REPLICATION_SLOT returned no position".into()))?;
+                tracing::info!(source = %s.common.name, slot = %s.slot, consistent_point = %point, "replication slot created");
+                (Some(repl), field(2).filter(|_| snapshot), point)
+            }
+        };
+        let infos = tables
+            .iter()
+            .map(|t| TableInfo {
+                mapper: t.mapper.clone(),
+                estimated_rows: u64::try_from(t.estimated_rows).unwrap_or(0),
+            })
+            .collect();
+        Ok(Opened {
+            session: Session {
+                db,
+                repl,
+                export,
+                point,
+                tables,
+            },
+            db: self.connect.get_database().unwrap_or_default().to_owned(),
+            tables: infos,
+        })
+    }
+
+    /// A repeatable-read transaction, in the slot's exported snapshot when it was just created
+    /// (exactly the data before the slot's first change); labelled with the slot's position.
+    async fn begin_snapshot(&self, session: &mut Session, _resume: Option<&String>) -> Result<String, SourceError> {
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut session.db)
+            .await
+            .map_err(|e| self.pg(e))?;
+        if let Some(id) = session.export.take() {
+            sqlx::query(AssertSqlSafe(crate::sql::set_snapshot(&id)))
+                .execute(&mut session.db)
+                .await
+                .map_err(|e| self.pg(e))?;
+        }
+        Ok(session.point.clone())
+    }
+
+    async fn snapshot_chunk(
+        &self,
+        session: &mut Session,
+        table: usize,
+        after: Option<&[KeyValue]>,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRow>, SourceError> {
+        let Some(t) = session.tables.get(table) else {
+            return Ok(Vec::new());
+        };
+        let key: Vec<(&str, &str)> = t.key.iter().map(|c| (c.name.as_str(), c.type_name.as_str())).collect();
+        let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        let text = crate::sql::snapshot_chunk(&t.qualified, &key, &columns, after.is_some(), limit);
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for k in after.into_iter().flatten() {
+            q = q.bind(k.to_string());
+        }
+        let rows = q.fetch_all(&mut session.db).await.map_err(|e| self.pg(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let texts: Vec<Option<String>> = (0..row.len()).map(|i| row.try_get(i).ok().flatten()).collect();
+                let (key, values) = texts.split_at(t.key.len());
+                SnapshotRow {
+                    key: key
+                        .iter()
+                        .map(|k| KeyValue::Text(k.clone().unwrap_or_default()))
+                        .collect(),
+                    cells: t
+                        .columns
+                        .iter()
+                        .zip(values)
+                        .map(|(c, v)| cell(c.type_oid, v.as_deref()))
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    async fn end_snapshot(&self, session: &mut Session) -> Result<(), SourceError> {
+        sqlx::query("COMMIT")
+            .execute(&mut session.db)
+            .await
+            .map_err(|e| self.pg(e))?;
+        Ok(())
+    }
+
+    async fn current(&self, session: &mut Session) -> Result<String, SourceError> {
+        Ok(session.point.clone())
+    }
+
+    async fn stream(
+        &self,
+        session: Session,
+        from: String,
+        emit: &mut Emit<'_, String>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let Session {
+            mut db, repl, tables, ..
+        } = session;
+        // The gated session served the slot commands; streaming needs one that starts at the
+        // checkpoint.
+        drop(repl);
+        let start =
+            Lsn::parse(&from).map_err(|e| setup(&self.settings.common.name, format!("bad LSN {from}: {}", e.0)))?;
+        self.stream(&mut db, start, &tables, emit, cancel).await
     }
 
     /// Retires the source: drops its slot (so the server stops keeping WAL for it) and, when it
     /// exists, the publication, then removes the checkpoint.
-    pub async fn drop_slot(&self) -> Result<(), SourceError> {
+    async fn retire(&self) -> Result<(), SourceError> {
         let mut db = self.db().await?;
         let s = &self.settings;
         let slot: Option<(Option<i32>,)> =
@@ -242,116 +370,11 @@ impl PostgresSource {
         .await
         .map_err(|e| self.pg(e))?;
         tracing::info!(source = %s.common.name, publication = %s.publication, "publication dropped");
-        self.reset()
+        Ok(s.common.forget_checkpoint()?)
     }
+}
 
-    /// Runs until `cancel` or an error that retrying cannot fix. Passing failures (PostgreSQL
-    /// or RabbitMQ restarting) are retried with backoff from the slot's confirmed position.
-    pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let mut retry = self.settings.common.retry();
-        loop {
-            let result = self.run_once(retry.publisher(), cancel).await;
-            if !retry.again(&self.settings.common.name, result, cancel).await? {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn run_once(&self, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let s = &self.settings;
-        let mut db = self.db().await?;
-        let tables = self.check(&mut db).await?;
-        self.ensure_publication(&mut db, &tables).await?;
-        let mut state: State = self.store.load()?.unwrap_or_default();
-        let slot = self.slot(&mut db).await?;
-        let mut repl = ReplicationClient::connect_gated(self.replication_config(Lsn::ZERO)?)
-            .await
-            .map_err(|e| self.repl(e))?;
-        let database = self.connect.get_database().unwrap_or_default().to_owned();
-        let mut out = Outbox::new(self.settings.common.identity("postgres", &database), publisher);
-        let wants_snapshot = match s.common.snapshot {
-            SnapshotMode::Never => false,
-            SnapshotMode::Initial => state.lsn.is_none() || state.snapshot.is_some(),
-            SnapshotMode::Always => true,
-        };
-        let start = match slot {
-            None => {
-                if state.lsn.is_some() && s.common.snapshot != SnapshotMode::Always {
-                    return Err(setup(
-                        &s.common.name,
-                        format!(
-                            "replication slot {} is gone, so the changes since {} cannot be read. Take a new \
-                             snapshot: `exhub source {} --reset` (the next start snapshots and creates the slot)",
-                            s.slot,
-                            state.lsn.as_deref().unwrap_or_default(),
-                            s.common.name
-                        ),
-                    ));
-                }
-                let export = if wants_snapshot {
-                    "EXPORT_SNAPSHOT"
-                } else {
-                    "NOEXPORT_SNAPSHOT"
-                };
-                let rows = repl
-                    .simple_query(&format!(
-                        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {export}",
-                        quote(&s.slot)
-                    ))
-                    .await
-                    .map_err(|e| self.repl(e))?;
-                let field = |i: usize| {
-                    rows.first()
-                        .and_then(|r| r.get(i).cloned().flatten())
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                };
-                let point = field(1)
-                    .ok_or_else(|| setup(&s.common.name, "CREATE_REPLICATION_SLOT returned no position".into()))?;
-                tracing::info!(source = %s.common.name, slot = %s.slot, consistent_point = %point, "replication slot created");
-                state.snapshot = None;
-                if wants_snapshot {
-                    self.begin_snapshot(&mut state, &point);
-                    self.snapshot(&mut db, field(2).as_deref(), &tables, &mut state, &mut out, cancel)
-                        .await?;
-                }
-                point
-            }
-            Some(confirmed) => {
-                if wants_snapshot {
-                    if state.snapshot.is_none() {
-                        self.begin_snapshot(&mut state, &confirmed);
-                    }
-                    self.snapshot(&mut db, None, &tables, &mut state, &mut out, cancel)
-                        .await?;
-                }
-                state.lsn.clone().unwrap_or(confirmed)
-            }
-        };
-        if cancel.is_cancelled() {
-            return Ok(());
-        }
-        if let Some(snap) = state.snapshot.take() {
-            tracing::info!(source = %s.common.name, start = %snap.start, "snapshot complete; streaming");
-        }
-        state.lsn = Some(start.clone());
-        self.store.save(&state)?;
-        // The gated session served the slot commands; streaming needs one that starts at the
-        // checkpoint.
-        drop(repl);
-        let start = Lsn::parse(&start).map_err(|e| setup(&s.common.name, format!("bad LSN {start}: {}", e.0)))?;
-        self.stream(&mut db, start, &tables, &mut state, &mut out, cancel).await
-    }
-
-    fn begin_snapshot(&self, state: &mut State, start: &str) {
-        state.snapshot = Some(SnapshotState {
-            start: start.to_owned(),
-            attempt: 0,
-            started_micros: exhub_schemas::Timestamp::now().unix_micros(),
-            done: Vec::new(),
-            after: BTreeMap::new(),
-        });
-    }
-
+impl PostgresSource {
     async fn db(&self) -> Result<PgConnection, SourceError> {
         PgConnection::connect_with(&self.connect).await.map_err(|e| match &e {
             sqlx::Error::Database(d)
@@ -431,7 +454,7 @@ impl PostgresSource {
                 ),
             ));
         }
-        let offset = s.offset_secs.unwrap_or(0);
+        let offset = s.common.offset_secs.unwrap_or(0);
         let mut tables = Vec::new();
         for mapping in &s.common.tables {
             let (schema, name) = match mapping.table.split_once('.') {
@@ -609,149 +632,6 @@ impl PostgresSource {
         Ok(Some(confirmed.unwrap_or_else(|| "0/0".into())))
     }
 
-    /// Reads every mapped table in key-ordered chunks, in the exported snapshot `export` when
-    /// there is one, and publishes the rows; resumes after the last confirmed chunk.
-    #[allow(clippy::too_many_arguments)]
-    async fn snapshot(
-        &self,
-        db: &mut PgConnection,
-        export: Option<&str>,
-        tables: &[Table],
-        state: &mut State,
-        out: &mut Outbox<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<(), SourceError> {
-        let name = &self.settings.common.name;
-        if let Some(snap) = state.snapshot.as_mut()
-            && export.is_none()
-        {
-            snap.attempt += 1;
-        }
-        self.store.save(state)?;
-        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *db)
-            .await
-            .map_err(|e| self.pg(e))?;
-        if let Some(id) = export {
-            sqlx::query(AssertSqlSafe(format!(
-                "SET TRANSACTION SNAPSHOT '{}'",
-                id.replace('\'', "''")
-            )))
-            .execute(&mut *db)
-            .await
-            .map_err(|e| self.pg(e))?;
-        }
-        for table in tables {
-            let t = table.mapper.table().to_owned();
-            let Some(snap) = state.snapshot.as_ref() else { break };
-            if snap.done.contains(&t) {
-                continue;
-            }
-            tracing::info!(source = %name, table = %t, estimated_rows = table.estimated_rows, start = %snap.start, "snapshot of table started");
-            if !self.snapshot_table(db, table, state, out, cancel).await? {
-                return Ok(());
-            }
-            if let Some(snap) = state.snapshot.as_mut() {
-                snap.done.push(t.clone());
-                snap.after.remove(&t);
-            }
-            self.store.save(state)?;
-        }
-        sqlx::query("COMMIT").execute(&mut *db).await.map_err(|e| self.pg(e))?;
-        Ok(())
-    }
-
-    /// One table's chunks; `false` when cancelled before the end.
-    async fn snapshot_table(
-        &self,
-        db: &mut PgConnection,
-        table: &Table,
-        state: &mut State,
-        out: &mut Outbox<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<bool, SourceError> {
-        let t = table.mapper.table().to_owned();
-        let select: Vec<String> = table
-            .key
-            .iter()
-            .chain(&table.columns)
-            .map(|c| format!("{}::text", quote(&c.name)))
-            .collect();
-        let keys: Vec<String> = table.key.iter().map(|c| quote(&c.name)).collect();
-        let bounds: Vec<String> = table
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::text::{}", i + 1, c.type_name))
-            .collect();
-        let mut done_rows = 0u64;
-        let bar = exhub_connect::outbox::snapshot_progress(u64::try_from(table.estimated_rows).unwrap_or(0), &t);
-        loop {
-            let Some(snap) = state.snapshot.as_ref() else {
-                return Ok(true);
-            };
-            let after = snap.after.get(&t).cloned();
-            let filter = if after.is_some() {
-                format!("WHERE ({}) > ({})", keys.join(", "), bounds.join(", "))
-            } else {
-                String::new()
-            };
-            let sql = format!(
-                "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {CHUNK_ROWS}",
-                select.join(", "),
-                table.qualified,
-                keys.join(", ")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for k in after.iter().flatten() {
-                q = q.bind(k.clone());
-            }
-            let rows = q.fetch_all(&mut *db).await.map_err(|e| self.pg(e))?;
-            let mut last = None;
-            for row in &rows {
-                let texts: Vec<Option<String>> = (0..row.len()).map(|i| row.try_get(i).ok().flatten()).collect();
-                let (key, values) = texts.split_at(table.key.len());
-                let mut cells: HashMap<&str, Cell> = table
-                    .columns
-                    .iter()
-                    .zip(values)
-                    .map(|(c, v)| (c.name.as_str(), cell(c.type_oid, v.as_deref())))
-                    .collect();
-                let key: Vec<String> = key.iter().map(|k| k.clone().unwrap_or_default()).collect();
-                let position = RowPosition {
-                    position: snap.start.clone(),
-                    tx: format!("snapshot:{}:{}:{}", snap.start, snap.attempt, key.join("\u{1f}")),
-                    seq: 0,
-                    committed_micros: snap.started_micros,
-                };
-                out.row(&table.mapper, Op::Snapshot, |c| cells.remove(c), &position);
-                last = Some(key);
-            }
-            done_rows += rows.len() as u64;
-            bar.inc(rows.len() as u64);
-            out.flush(cancel).await?;
-            match last {
-                Some(key) => {
-                    if let Some(snap) = state.snapshot.as_mut() {
-                        snap.after.insert(t.clone(), key);
-                    }
-                    self.store.save(state)?;
-                }
-                None => break,
-            }
-            if rows.len() < CHUNK_ROWS {
-                break;
-            }
-            if cancel.is_cancelled() {
-                return Ok(false);
-            }
-            tracing::debug!(source = %self.settings.common.name, table = %t, rows = done_rows, "snapshot chunk");
-        }
-        bar.finish_and_clear();
-        tracing::info!(source = %self.settings.common.name, table = %t, rows = done_rows, "snapshot of table done");
-        Ok(true)
-    }
-
     /// Streams the slot from `start` until `cancel`.
     #[allow(clippy::too_many_arguments)]
     async fn stream(
@@ -759,8 +639,7 @@ impl PostgresSource {
         db: &mut PgConnection,
         start: Lsn,
         tables: &[Table],
-        state: &mut State,
-        out: &mut Outbox<'_>,
+        emit: &mut Emit<'_, String>,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
         let s = &self.settings;
@@ -772,11 +651,10 @@ impl PostgresSource {
         let mut parser = LogicalReplicationParser::with_protocol_version(1);
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut tx: Option<Tx> = None;
-        let (mut boundary, mut confirmed) = (start, start);
-        let mut saved_at = Instant::now();
+        let mut boundary = start;
         let mut slot_at: Option<Instant> = None;
         loop {
-            let wait = out.linger_left().unwrap_or(Duration::from_secs(1));
+            let wait = emit.linger().unwrap_or(Duration::from_secs(1));
             let event = tokio::select! {
                 () = cancel.cancelled() => break,
                 e = repl.recv() => Some(e),
@@ -814,7 +692,7 @@ impl PostgresSource {
                         }
                     }
                     ReplicationEvent::XLogData { data, .. } => match parser.parse_wal_message(&data) {
-                        Ok(m) => self.change(m.message, tables, &mut relations, tx.as_mut(), out),
+                        Ok(m) => self.change(m.message, tables, &mut relations, tx.as_mut(), emit),
                         Err(e) => {
                             tracing::warn!(source = %s.common.name, error = %e, "undecodable pgoutput message skipped")
                         }
@@ -822,33 +700,25 @@ impl PostgresSource {
                     ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
                 },
             }
-            if out.pending() >= FLUSH_DOCS || out.due() {
-                out.flush(cancel).await?;
+            if tx.is_none() {
+                emit.boundary(boundary.to_string());
             }
-            if out.pending() == 0 && boundary > confirmed {
+            // Everything before the boundary is confirmed by the broker: the slot may let go.
+            if emit.tick(cancel).await?.is_some() {
                 repl.update_applied_lsn(boundary);
-                confirmed = boundary;
-            }
-            if saved_at.elapsed() >= Duration::from_secs(1) && state.lsn.as_deref() != Some(&confirmed.to_string()) {
-                state.lsn = Some(confirmed.to_string());
-                self.store.save(state)?;
-                saved_at = Instant::now();
             }
             if slot_at.is_none_or(|t| t.elapsed() >= SLOT_EVERY) {
                 slot_at = Some(Instant::now());
                 match self.read_slot(db).await {
-                    Ok(r) => state.slot = Some(r),
+                    Ok(r) => emit.note("slot", serde_json::to_value(r).unwrap_or_default()),
                     Err(e) => tracing::warn!(source = %s.common.name, error = %e, "slot statistics unavailable"),
                 }
             }
         }
-        out.flush(cancel).await.ok();
-        if out.pending() == 0 && boundary > confirmed {
+        emit.finish(cancel).await?;
+        if emit.pending() == 0 {
             repl.update_applied_lsn(boundary);
-            confirmed = boundary;
         }
-        state.lsn = Some(confirmed.to_string());
-        self.store.save(state)?;
         // The last status update goes out before the stream closes.
         let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
         Ok(())
@@ -861,7 +731,7 @@ impl PostgresSource {
         tables: &[Table],
         relations: &mut HashMap<u32, Relation>,
         tx: Option<&mut Tx>,
-        out: &mut Outbox<'_>,
+        emit: &mut Emit<'_, String>,
     ) {
         match message {
             LogicalReplicationMessage::Relation {
@@ -883,7 +753,7 @@ impl PostgresSource {
                 );
             }
             LogicalReplicationMessage::Insert { relation_id, tuple } => {
-                self.row(tables, relations, relation_id, Op::Upsert, &tuple, None, tx, out);
+                self.row(tables, relations, relation_id, Op::Upsert, &tuple, None, tx, emit);
             }
             LogicalReplicationMessage::Update {
                 relation_id,
@@ -908,7 +778,7 @@ impl PostgresSource {
                             old,
                             None,
                             Some(&mut *tx),
-                            out,
+                            emit,
                         );
                     }
                 }
@@ -920,13 +790,13 @@ impl PostgresSource {
                     &new_tuple,
                     old_tuple.as_ref(),
                     Some(tx),
-                    out,
+                    emit,
                 );
             }
             LogicalReplicationMessage::Delete {
                 relation_id, old_tuple, ..
             } => {
-                self.row(tables, relations, relation_id, Op::Delete, &old_tuple, None, tx, out);
+                self.row(tables, relations, relation_id, Op::Delete, &old_tuple, None, tx, emit);
             }
             LogicalReplicationMessage::Truncate { .. } => {
                 tracing::warn!(source = %self.settings.common.name, "TRUNCATE on a published table is not propagated");
@@ -948,12 +818,11 @@ impl PostgresSource {
         tuple: &TupleData,
         old: Option<&TupleData>,
         tx: Option<&mut Tx>,
-        out: &mut Outbox<'_>,
+        emit: &mut Emit<'_, String>,
     ) {
         let Some(rel) = relations.get(&relation_id) else { return };
-        let Some(table) = rel.table.map(|i| &tables[i]) else {
-            return;
-        };
+        let Some(index) = rel.table else { return };
+        let table = &tables[index];
         let Some(tx) = tx else { return };
         tx.seq += 1;
         let mut cells: HashMap<&str, Cell> = HashMap::new();
@@ -983,7 +852,7 @@ impl PostgresSource {
             seq: tx.seq,
             committed_micros: tx.committed_micros,
         };
-        out.row(&table.mapper, op, |c| cells.remove(c), &position);
+        emit.row(index, op, |c| cells.remove(c), &position);
     }
 
     /// Reads the slot's retained WAL and lag, logs them, warns past the threshold.
@@ -1070,10 +939,7 @@ fn setup(source: &str, message: String) -> SourceError {
     }
 }
 
-/// A quoted identifier.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+use crate::sql::quote;
 
 /// PostgreSQL's epoch (2000-01-01) → Unix micros.
 fn pg_to_unix_micros(micros: i64) -> i64 {

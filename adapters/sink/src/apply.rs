@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use exhub_connect::mapping::order_key;
 use exhub_schemas::{Document, Op, Value};
-use sqlx::any::AnyArguments;
+use futures_util::future::BoxFuture;
+use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row as _};
 
@@ -29,7 +30,8 @@ pub struct TableTarget {
 }
 
 impl TableTarget {
-    pub(crate) fn column<'a>(&'a self, field: &'a str) -> &'a str {
+    /// The column field `field` is written to.
+    pub fn column<'a>(&'a self, field: &'a str) -> &'a str {
         self.columns.get(field).map_or(field, String::as_str)
     }
 }
@@ -53,9 +55,14 @@ pub enum ApplyError {
     /// PostgreSQL or MySQL.
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
-    /// SQL Server.
-    #[error(transparent)]
-    Mssql(#[from] tiberius::error::Error),
+    /// Another database's driver.
+    #[error("{error}")]
+    Driver {
+        /// The driver's error.
+        error: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether the database refused the data rather than failed.
+        data: bool,
+    },
 }
 
 impl ApplyError {
@@ -67,63 +74,59 @@ impl ApplyError {
                 e,
                 sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Encode(_)
             ),
-            ApplyError::Mssql(e) => crate::mssql::is_data_error(e),
+            ApplyError::Driver { data, .. } => *data,
         }
     }
 }
 
-/// Where the documents go.
-enum Backend {
-    /// PostgreSQL or MySQL through sqlx `Any`.
-    Sql { pool: AnyPool, dialect: Dialect },
-    /// SQL Server through tiberius (one connection, reopened after a failure).
-    Mssql(Box<crate::mssql::Connection>),
+/// A database documents are applied to: the effectively-once algorithm's last step, spoken
+/// in the database's own SQL. One transaction per call: claim in `exhub_applied` the versions
+/// newer than what it records (see [`fresh`]), delete, upsert, commit — or nothing.
+pub trait Target: Send + Sync {
+    /// Applies `groups` (the newest version of each key, grouped by (table, source)) in one
+    /// transaction, counting into `outcome`.
+    fn apply<'a>(&'a self, groups: Groups<'a>, outcome: &'a mut Outcome) -> BoxFuture<'a, Result<(), ApplyError>>;
+    /// Closes its connections.
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// Applies documents to one database.
 pub struct Applier {
-    backend: Backend,
+    target: Box<dyn Target>,
     targets: HashMap<String, TableTarget>,
 }
 
 /// One version of one key, ready to apply.
-pub(crate) struct Version<'d> {
-    pub(crate) doc: &'d Document,
+pub struct Version<'d> {
+    /// The document.
+    pub doc: &'d Document,
     /// The body to write: the document's, plus the fields it left out as unchanged that an
     /// older version of the same key in the same batch had.
-    pub(crate) body: Cow<'d, BTreeMap<String, Value>>,
-    pub(crate) target: &'d TableTarget,
+    pub body: Cow<'d, BTreeMap<String, Value>>,
+    /// Where it goes.
+    pub target: &'d TableTarget,
     source: String,
-    pub(crate) key: String,
-    pub(crate) order: String,
+    /// Its key's values, joined.
+    pub key: String,
+    /// Its order key (newer versions sort after older ones).
+    pub order: String,
 }
 
 /// The versions to apply, grouped by (table, source) for the bookkeeping.
-pub(crate) type Groups<'d> = BTreeMap<(String, String), Vec<Version<'d>>>;
+pub type Groups<'d> = BTreeMap<(String, String), Vec<Version<'d>>>;
 
 impl Applier {
-    /// An applier on `pool` (a `dialect` database) for `targets`.
-    pub fn new(pool: AnyPool, dialect: Dialect, targets: Vec<TableTarget>) -> Applier {
+    /// An applier on `target` for `tables`.
+    pub fn new(target: Box<dyn Target>, tables: Vec<TableTarget>) -> Applier {
         Applier {
-            backend: Backend::Sql { pool, dialect },
-            targets: targets.into_iter().map(|t| (t.doc_type.clone(), t)).collect(),
-        }
-    }
-
-    /// An applier on a SQL Server connection for `targets`.
-    pub fn mssql(conn: crate::mssql::Connection, targets: Vec<TableTarget>) -> Applier {
-        Applier {
-            backend: Backend::Mssql(Box::new(conn)),
-            targets: targets.into_iter().map(|t| (t.doc_type.clone(), t)).collect(),
+            target,
+            targets: tables.into_iter().map(|t| (t.doc_type.clone(), t)).collect(),
         }
     }
 
     /// Closes the connections.
     pub async fn close(&self) {
-        match &self.backend {
-            Backend::Sql { pool, .. } => pool.close().await,
-            Backend::Mssql(conn) => conn.close().await,
-        }
+        self.target.close().await;
     }
 
     /// Applies `docs` (in delivery order) in one transaction.
@@ -162,23 +165,14 @@ impl Applier {
         for ((table, source, _), v) in newest {
             groups.entry((table, source)).or_default().push(v);
         }
-        match &self.backend {
-            Backend::Sql { pool, dialect } => {
-                let sql = SqlBackend {
-                    pool,
-                    dialect: *dialect,
-                };
-                sql.apply(groups, &mut outcome).await?;
-            }
-            Backend::Mssql(conn) => crate::mssql::apply(conn, groups, &mut outcome).await?,
-        }
+        self.target.apply(groups, &mut outcome).await?;
         Ok(outcome)
     }
 }
 
 /// The versions whose keys were claimed (the others counted stale), split into deletes and
 /// upserts.
-pub(crate) fn fresh<'v, 'd>(
+pub fn fresh<'v, 'd>(
     versions: &'v [Version<'d>],
     claimed: &HashSet<String>,
     outcome: &mut Outcome,
@@ -195,7 +189,7 @@ pub(crate) fn fresh<'v, 'd>(
 
 /// Upserts grouped by their field set (masks and left-out values make sets differ); each group
 /// is one statement shape.
-pub(crate) fn by_fields<'v, 'd>(versions: &[&'v Version<'d>]) -> BTreeMap<Vec<&'v str>, Vec<&'v Version<'d>>> {
+pub fn by_fields<'v, 'd>(versions: &[&'v Version<'d>]) -> BTreeMap<Vec<&'v str>, Vec<&'v Version<'d>>> {
     let mut groups: BTreeMap<Vec<&str>, Vec<&Version<'_>>> = BTreeMap::new();
     for v in versions {
         groups
@@ -206,14 +200,49 @@ pub(crate) fn by_fields<'v, 'd>(versions: &[&'v Version<'d>]) -> BTreeMap<Vec<&'
     groups
 }
 
-/// PostgreSQL or MySQL: one sqlx transaction per batch.
-struct SqlBackend<'p> {
-    pool: &'p AnyPool,
+/// PostgreSQL or MySQL/MariaDB through sqlx `Any`: one transaction per batch; what differs is
+/// a few SQL strings ([`Dialect`]).
+pub struct SqlTarget {
+    pool: AnyPool,
     dialect: Dialect,
 }
 
-impl SqlBackend<'_> {
-    async fn apply(&self, groups: Groups<'_>, outcome: &mut Outcome) -> Result<(), sqlx::Error> {
+impl Target for SqlTarget {
+    fn apply<'a>(&'a self, groups: Groups<'a>, outcome: &'a mut Outcome) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(async move { Ok(self.transaction(groups, outcome).await?) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}
+
+impl SqlTarget {
+    /// Connects to `url` (a `dialect` database), creates the bookkeeping table when missing,
+    /// and checks every table of `tables` can be written.
+    pub async fn connect(url: &str, dialect: Dialect, tables: &[TableTarget]) -> Result<SqlTarget, String> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to the target database: {e}"))?;
+        sqlx::query(AssertSqlSafe(dialect.create_applied()))
+            .execute(&pool)
+            .await
+            .map_err(|e| format!("cannot create the bookkeeping table exhub_applied: {e}"))?;
+        for t in tables {
+            let probe = format!("SELECT * FROM {} WHERE 1 = 0", dialect.quote(&t.table));
+            sqlx::query(AssertSqlSafe(probe))
+                .execute(&pool)
+                .await
+                .map_err(|e| format!("target table {} is not usable: {e}", t.table))?;
+        }
+        Ok(SqlTarget { pool, dialect })
+    }
+
+    async fn transaction(&self, groups: Groups<'_>, outcome: &mut Outcome) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         for ((table, source), versions) in groups {
             let claimed = self.claim(&mut tx, &source, &table, &versions).await?;
@@ -347,7 +376,7 @@ impl SqlBackend<'_> {
 
 /// Which part of a document a statement's rows are made of.
 #[derive(Clone, Copy)]
-pub(crate) enum Part {
+pub enum Part {
     /// `header.key`: deletes.
     Key,
     /// The body: upserts.
@@ -370,7 +399,8 @@ impl Version<'_> {
         }
     }
 
-    pub(crate) fn part(&self, part: Part) -> &BTreeMap<String, Value> {
+    /// The fields of `part`.
+    pub fn part(&self, part: Part) -> &BTreeMap<String, Value> {
         match part {
             Part::Key => &self.doc.header.key,
             Part::Body => &self.body,
@@ -379,7 +409,7 @@ impl Version<'_> {
 }
 
 /// The target's key columns, from a document's key fields.
-pub(crate) fn key_columns(v: &Version<'_>) -> Vec<String> {
+pub fn key_columns(v: &Version<'_>) -> Vec<String> {
     v.doc.header.key.keys().map(|f| v.target.column(f).to_owned()).collect()
 }
 

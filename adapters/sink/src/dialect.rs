@@ -15,16 +15,6 @@ pub enum Dialect {
 pub const APPLIED: &str = "exhub_applied";
 
 impl Dialect {
-    /// The dialect of a database URL.
-    pub fn of_url(url: &str) -> Option<Dialect> {
-        let scheme = url.split(':').next()?;
-        match scheme {
-            "postgres" | "postgresql" => Some(Dialect::Postgres),
-            "mysql" | "mariadb" => Some(Dialect::Mysql),
-            _ => None,
-        }
-    }
-
     /// A quoted identifier.
     pub fn quote(self, name: &str) -> String {
         match self {
@@ -184,8 +174,5 @@ mod tests {
         assert!(Dialect::Postgres.record_applied(1).ends_with("RETURNING doc_key"));
         assert_eq!(Dialect::Mysql.quote("a`b"), "`a``b`");
         assert_eq!(Dialect::Postgres.quote("a\"b"), "\"a\"\"b\"");
-        assert_eq!(Dialect::of_url("postgres://x/y"), Some(Dialect::Postgres));
-        assert_eq!(Dialect::of_url("mysql://x/y"), Some(Dialect::Mysql));
-        assert_eq!(Dialect::of_url("sqlite://x"), None);
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! A database subscriber consumes its queue in batches and applies each batch to its tables in
 //! one transaction — upsert by key for `upsert` and `snapshot`, delete for `delete` — and only
-//! after the commit acknowledges the messages. One code path serves PostgreSQL and
-//! MySQL/MariaDB (sqlx `Any`); what differs is a few SQL strings ([`dialect`]). SQL Server
-//! ([`mssql`], through tiberius; not verified against a real server) runs the same algorithm
-//! with `MERGE`.
+//! after the commit acknowledges the messages. The algorithm is here ([`apply`]); each
+//! database speaks it through a [`Target`]: one code path serves PostgreSQL and MySQL/MariaDB
+//! ([`SqlTarget`], sqlx `Any`, a few SQL strings per [`dialect`]); SQL Server's target lives in
+//! `exhub-mssql` (tiberius, `MERGE`; not verified against a real server).
 //!
 //! **Effectively-once.** Delivery is at-least-once, so the same document may come twice, and
 //! after a source restart an older version of a row may come after a newer one. The sink keeps,
@@ -20,7 +20,19 @@
 
 pub mod apply;
 pub mod dialect;
-pub mod mssql;
 mod run;
 
+pub use apply::{ApplyError, SqlTarget, Target};
 pub use run::{DbSink, SinkError, SinkSettings, TableTarget};
+
+use exhub_connect::adapter::Kind;
+use futures_util::future::BoxFuture;
+
+/// A kind that can be a database sink: it connects to a subscriber's database as a
+/// [`Target`] for its tables.
+pub trait SinkAdapter: Kind {
+    /// Connects to `url` (already checked), creates the bookkeeping table when missing, and
+    /// checks every table of `tables` can be written.
+    fn connect<'a>(&'a self, url: &'a str, tables: &'a [TableTarget])
+    -> BoxFuture<'a, Result<Box<dyn Target>, String>>;
+}

@@ -18,13 +18,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-use sqlx::AssertSqlSafe;
-use sqlx::any::AnyPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::apply::TableTarget;
-use crate::apply::{Applier, ApplyError, Outcome};
-use crate::dialect::Dialect;
+use crate::apply::{Applier, ApplyError, Outcome, Target};
 
 /// Messages a batch takes at most (each may be a batch of documents).
 const BATCH: usize = 32;
@@ -37,8 +34,6 @@ const PREFETCH: u16 = 64;
 pub struct SinkSettings {
     /// The subscriber's name (its queue is `<prefix>.sub.<name>`).
     pub name: String,
-    /// `postgres://…`, `mysql://…` or `mssql://…`.
-    pub url: String,
     /// Doc type → table.
     pub tables: Vec<TableTarget>,
     /// RabbitMQ URL.
@@ -93,47 +88,13 @@ impl From<AmqpError> for Failure {
 impl DbSink {
     /// Connects to the target database, creates the bookkeeping table if missing, and checks
     /// every target table exists.
-    pub async fn connect(settings: SinkSettings, registry: Arc<Registry>) -> Result<DbSink, SinkError> {
-        let setup = |message: String| SinkError::Setup {
-            sink: settings.name.clone(),
-            message,
-        };
-        let applier = if settings.url.starts_with("mssql:") || settings.url.starts_with("sqlserver:") {
-            let conn = crate::mssql::Connection::open(&settings.url).await.map_err(&setup)?;
-            for t in &settings.tables {
-                conn.probe(&t.table)
-                    .await
-                    .map_err(|e| setup(format!("target table {} is not usable: {e}", t.table)))?;
-            }
-            Applier::mssql(conn, settings.tables.clone())
-        } else {
-            let dialect = Dialect::of_url(&settings.url)
-                .ok_or_else(|| setup("the URL must start with postgres://, mysql:// or mssql://".into()))?;
-            sqlx::any::install_default_drivers();
-            let pool = AnyPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(&settings.url)
-                .await
-                .map_err(|e| setup(format!("cannot connect to the target database: {e}")))?;
-            sqlx::query(AssertSqlSafe(dialect.create_applied()))
-                .execute(&pool)
-                .await
-                .map_err(|e| setup(format!("cannot create the bookkeeping table exhub_applied: {e}")))?;
-            for t in &settings.tables {
-                let probe = format!("SELECT * FROM {} WHERE 1 = 0", dialect.quote(&t.table));
-                sqlx::query(AssertSqlSafe(probe))
-                    .execute(&pool)
-                    .await
-                    .map_err(|e| setup(format!("target table {} is not usable: {e}", t.table)))?;
-            }
-            Applier::new(pool, dialect, settings.tables.clone())
-        };
-        Ok(DbSink {
+    pub fn new(settings: SinkSettings, target: Box<dyn Target>, registry: Arc<Registry>) -> DbSink {
+        let applier = Applier::new(target, settings.tables.clone());
+        DbSink {
             settings,
             registry,
             applier,
-        })
+        }
     }
 
     /// Consumes until `cancel`; retries passing failures.

@@ -43,7 +43,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
 pub fn load_checked(path: &Path) -> Result<Loaded> {
     let file = ConfigFile::load(path).with_context(|| format!("reading {}", path.display()))?;
     let registry = exhub_hub::registry_for(&file).context("loading schemas")?;
-    let (problems, _) = check(&file, &registry);
+    let (problems, _) = check(&file, &registry, &adapters::Kinds);
     let errors: Vec<_> = problems.iter().filter(|p| p.severity == Severity::Error).collect();
     if !errors.is_empty() {
         for p in &errors {

@@ -2,18 +2,19 @@
 //! built): the same effectively-once algorithm as the other databases, spoken through
 //! tiberius. One transaction per batch: claim the newer versions in `exhub_applied` with a
 //! `MERGE … OUTPUT`, delete, `MERGE` the upserts (`HOLDLOCK`), commit. Values are bound as
-//! typed parameters ([`exhub_mssql::values::column_data`]); statements stay under SQL
-//! Server's 2,100 parameters ([`exhub_mssql::sql::rows_per_statement`]).
+//! typed parameters ([`crate::values::column_data`]); statements stay under SQL
+//! Server's 2,100 parameters ([`crate::sql::rows_per_statement`]).
 
 use std::collections::HashSet;
 
-use exhub_mssql::connect::{MssqlClient, config, connect};
-use exhub_mssql::sql;
-use exhub_mssql::values::column_data;
+use exhub_sink::apply::{ApplyError, Groups, Outcome, Part, Target, Version, by_fields, fresh, key_columns};
+use futures_util::future::BoxFuture;
 use tiberius::Query;
 use tokio::sync::Mutex;
 
-use crate::apply::{Groups, Outcome, Part, Version, by_fields, fresh, key_columns};
+use crate::connect::{MssqlClient, config, connect};
+use crate::sql;
+use crate::values::column_data;
 
 /// The connection to a SQL Server target, reopened on the next batch after it failed.
 pub struct Connection {
@@ -88,12 +89,23 @@ pub fn is_data_error(e: &tiberius::error::Error) -> bool {
     }
 }
 
+impl Target for Connection {
+    fn apply<'a>(&'a self, groups: Groups<'a>, outcome: &'a mut Outcome) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(async move {
+            apply(self, groups, outcome).await.map_err(|e| ApplyError::Driver {
+                data: is_data_error(&e),
+                error: Box::new(e),
+            })
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Connection::close(self))
+    }
+}
+
 /// Applies `groups` in one transaction.
-pub(crate) async fn apply(
-    conn: &Connection,
-    groups: Groups<'_>,
-    outcome: &mut Outcome,
-) -> Result<(), tiberius::error::Error> {
+async fn apply(conn: &Connection, groups: Groups<'_>, outcome: &mut Outcome) -> Result<(), tiberius::error::Error> {
     let mut guard = conn.client.lock().await;
     let client = reopen(&conn.config, &mut guard).await?;
     client.simple_query("BEGIN TRANSACTION").await?.into_results().await?;

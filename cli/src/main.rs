@@ -460,7 +460,7 @@ fn decode_file(file: &Path, registry: &Registry) -> Result<Option<Document>> {
 fn run_check(path: &Path) -> Result<ExitCode> {
     let file = ConfigFile::load(path).with_context(|| format!("reading {}", path.display()))?;
     let registry = exhub_hub::registry_for(&file).context("loading schemas")?;
-    let (problems, summary) = check(&file, &registry);
+    let (problems, summary) = check(&file, &registry, &cmd::adapters::Kinds);
     let name = path.display();
     for p in &problems {
         match p.position {

@@ -1,0 +1,139 @@
+//! The MySQL/MariaDB kind as routes.toml names it (`kind = "mysql"`): the options of its
+//! sources and sinks, their check, and how each is built.
+
+use std::sync::Arc;
+
+use exhub_connect::adapter::{Kind, Options, SourceAdapter, options, scheme_problem};
+use exhub_connect::runner::AnySource;
+use exhub_connect::source::SourceCommon;
+use exhub_schemas::Registry;
+use exhub_sink::dialect::Dialect;
+use exhub_sink::{SinkAdapter, SqlTarget, TableTarget, Target};
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+
+use crate::tls::MysqlTls;
+use crate::{MysqlSource, SourceSettings};
+
+/// URL schemes of this kind.
+const SCHEMES: [&str; 2] = ["mysql", "mariadb"];
+
+/// A MySQL source's own options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceOptions {
+    /// The replica server id it registers with, unique among the server's replicas (default:
+    /// derived from the source's name and URL).
+    pub server_id: Option<u32>,
+}
+
+/// A MySQL sink's own options (none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkOptions {}
+
+/// The MySQL/MariaDB source kind.
+pub struct SourceKind;
+
+/// The MySQL/MariaDB sink kind.
+pub struct SinkKind;
+
+impl Kind for SourceKind {
+    fn kind(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
+        let mut problems: Vec<String> = scheme_problem(url, &SCHEMES).into_iter().collect();
+        if problems.is_empty()
+            && let Err(e) =
+                MysqlTls::from_url(url).and_then(|(tls, _)| tls.for_source().and_then(|_| tls.check_files()))
+        {
+            problems.push(e);
+        }
+        problems.extend(options::<SourceOptions>(opts).err());
+        problems
+    }
+}
+
+impl SourceAdapter for SourceKind {
+    fn build(
+        &self,
+        common: SourceCommon,
+        opts: &Options,
+        registry: Arc<Registry>,
+    ) -> Result<Box<dyn AnySource>, String> {
+        let o: SourceOptions = options(opts)?;
+        let server_id = o
+            .server_id
+            .unwrap_or_else(|| server_id(&format!("{}\n{}", common.name, common.url)));
+        let source = MysqlSource::new(SourceSettings { common, server_id }, registry).map_err(|e| e.to_string())?;
+        Ok(Box::new(source))
+    }
+}
+
+impl Kind for SinkKind {
+    fn kind(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
+        let mut problems: Vec<String> = scheme_problem(url, &SCHEMES).into_iter().collect();
+        if problems.is_empty()
+            && let Err(e) = MysqlTls::from_url(url).and_then(|(tls, _)| tls.check_files())
+        {
+            problems.push(e);
+        }
+        problems.extend(options::<SinkOptions>(opts).err());
+        problems
+    }
+}
+
+impl SinkAdapter for SinkKind {
+    fn connect<'a>(
+        &'a self,
+        url: &'a str,
+        tables: &'a [TableTarget],
+    ) -> BoxFuture<'a, Result<Box<dyn Target>, String>> {
+        Box::pin(async move {
+            // The URL's TLS settings in sqlx's words.
+            let url = crate::tls::sqlx_url(url)?;
+            let target = SqlTarget::connect(&url, Dialect::Mysql, tables).await?;
+            Ok(Box::new(target) as Box<dyn Target>)
+        })
+    }
+}
+
+/// A replica server id from the source's name and URL (FNV-1a), away from the small ids servers
+/// use. Two readers with one id would take turns: the server drops the older one.
+fn server_id(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    1_000_000 + h % 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_of_other_kinds_and_bad_urls_are_refused() {
+        let opts: Options = toml::from_str("slot = \"exhub_x\"").unwrap();
+        let problems = SourceKind.check("mysql://u@localhost/db", &opts);
+        assert!(
+            problems.iter().any(|p| p.contains("unknown field `slot`")),
+            "{problems:?}"
+        );
+        let none = Options::new();
+        assert!(SourceKind.check("mysql://u@localhost/db", &none).is_empty());
+        assert!(!SourceKind.check("postgres://u@localhost/db", &none).is_empty());
+        assert!(
+            !SinkKind
+                .check("mysql://u@localhost/db?ssl-mode=bogus", &none)
+                .is_empty()
+        );
+        assert_ne!(server_id("a\nmysql://h/db"), server_id("b\nmysql://h/db"));
+    }
+}
