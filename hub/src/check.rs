@@ -136,7 +136,17 @@ pub fn check(file: &ConfigFile, registry: &Registry, catalog: &dyn Catalog) -> (
     (c.problems, summary)
 }
 
+/// The whole graph, section by section: each section's names, references and schemas.
 fn check_config(c: &mut Checker<'_>, config: &Config) {
+    check_hub(c, config);
+    let orgs = check_orgs(c, config);
+    check_sources(c, config, &orgs);
+    let fed = check_routes(c, config, &orgs);
+    check_subscribers(c, config, &orgs, &fed);
+}
+
+/// `[hub]`: its URLs and admin address.
+fn check_hub(c: &mut Checker<'_>, config: &Config) {
     c.url(
         &config.hub.amqp,
         &["amqp", "amqps"],
@@ -158,7 +168,10 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
             format!("{admin:?} is not an address like 127.0.0.1:8480"),
         );
     }
+}
 
+/// Unique names in every section; each org's published doc types have schemas. The orgs by id.
+fn check_orgs<'a>(c: &mut Checker<'_>, config: &'a Config) -> BTreeMap<&'a str, &'a crate::config::OrgConfig> {
     c.duplicates("org", config.orgs.iter().map(|o| o.id.as_str()), "id");
     c.duplicates("source", config.sources.iter().map(|s| s.name.as_str()), "name");
     c.duplicates("subscriber", config.subscribers.iter().map(|s| s.name()), "name");
@@ -175,7 +188,12 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
             );
         }
     }
+    orgs
+}
 
+/// `[[source]]`: its org exists and may publish what its tables map to; its mappings fit their
+/// schemas.
+fn check_sources(c: &mut Checker<'_>, config: &Config, orgs: &BTreeMap<&'_ str, &'_ crate::config::OrgConfig>) {
     for (i, source) in config.sources.iter().enumerate() {
         let s = source;
         let here = |rest: &[Seg]| [&["source".into(), i.into()][..], rest].concat();
@@ -276,7 +294,15 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
             }
         }
     }
+}
 
+/// `[[route]]`: doc types, senders, filters, subscribers and masks exist and fit. Per
+/// subscriber, the doc types routes send it.
+fn check_routes<'a>(
+    c: &mut Checker<'_>,
+    config: &'a Config,
+    orgs: &BTreeMap<&'_ str, &'_ crate::config::OrgConfig>,
+) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
     let subscribers: BTreeSet<&str> = config.subscribers.iter().map(|s| s.name()).collect();
     let mut fed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (i, route) in config.routes.iter().enumerate() {
@@ -375,7 +401,16 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
             }
         }
     }
+    fed
+}
 
+/// `[[subscriber]]`: its org exists, routes feed it, its tables' doc types are routed to it.
+fn check_subscribers(
+    c: &mut Checker<'_>,
+    config: &Config,
+    orgs: &BTreeMap<&'_ str, &'_ crate::config::OrgConfig>,
+    fed: &BTreeMap<&str, BTreeSet<&str>>,
+) {
     for (i, sub) in config.subscribers.iter().enumerate() {
         let here = |rest: &[Seg]| [&["subscriber".into(), i.into()][..], rest].concat();
         let label = format!("subscriber {:?}", sub.name());

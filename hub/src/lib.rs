@@ -15,7 +15,7 @@ pub mod gate;
 pub mod pipeline;
 pub mod provision;
 pub mod router;
-pub mod secret;
+pub use exhub_connect::secret;
 pub mod tls;
 
 use std::path::Path;

@@ -386,8 +386,9 @@ impl Hub {
         };
         let before_conflicts = out.len();
         self.archive.record_receipts(&receipts).await?;
-        // Copies per (ingress message, subscriber): a batch in, a batch out.
-        let mut copies: BTreeMap<(usize, &str), Pack> = BTreeMap::new();
+        // Copies per (ingress message, subscriber): a batch in, a batch out — for subscribers
+        // that take batches; the others get one message per document (numbered in order).
+        let mut copies: BTreeMap<(usize, &str, usize), Pack> = BTreeMap::new();
         let mut confirmed: Vec<(uuid::Uuid, String)> = Vec::new();
         for ((item, a, targets), stored) in admitted.iter().zip(stored) {
             let skip = match stored {
@@ -413,8 +414,9 @@ impl Hub {
             };
             for t in targets.iter().filter(|t| !skip.contains(&t.subscriber)) {
                 let bytes = copy_for(a, item.raw, t, self.gate.registry());
+                let single = if t.batch { 0 } else { confirmed.len() + 1 };
                 let pack = copies
-                    .entry((item.delivery, t.subscriber.as_str()))
+                    .entry((item.delivery, t.subscriber.as_str(), single))
                     .or_insert_with(|| Pack {
                         format: t.format,
                         docs: Vec::new(),
@@ -433,7 +435,7 @@ impl Hub {
             self.archive.audit(&conflicts).await?;
         }
         let exchange = self.topology.out_exchange();
-        for ((_, subscriber), mut pack) in copies {
+        for ((_, subscriber, _), mut pack) in copies {
             let signer = self.signer.as_deref();
             let (payload, properties) = match (pack.docs.len(), pack.first) {
                 (1, Some(props)) => {

@@ -23,6 +23,8 @@ pub struct Target {
     pub format: Encoding,
     /// Body fields removed from its copy.
     pub mask: BTreeSet<String>,
+    /// Whether its copies may travel as batches (else one document per message).
+    pub batch: bool,
 }
 
 struct Rule {
@@ -55,16 +57,17 @@ pub enum RouterError {
 /// Compiled routes.
 pub struct Router {
     by_type: HashMap<String, Vec<Rule>>,
-    formats: HashMap<String, Encoding>,
+    /// Per subscriber: the encoding it reads, whether it takes batches.
+    formats: HashMap<String, (Encoding, bool)>,
 }
 
 impl Router {
     /// Compiles the routes of `config`.
     pub fn new(config: &Config) -> Result<Router, RouterError> {
-        let formats: HashMap<String, Encoding> = config
+        let formats: HashMap<String, (Encoding, bool)> = config
             .subscribers
             .iter()
-            .map(|s| (s.name().to_owned(), s.format().into()))
+            .map(|s| (s.name().to_owned(), (s.format().into(), s.takes_batches())))
             .collect();
         let mut by_type: HashMap<String, Vec<Rule>> = HashMap::new();
         for r in &config.routes {
@@ -125,10 +128,14 @@ impl Router {
         }
         let mut targets: Vec<Target> = masks
             .into_iter()
-            .map(|(s, mask)| Target {
-                subscriber: s.to_owned(),
-                format: self.formats.get(s).copied().unwrap_or(Encoding::Json),
-                mask,
+            .map(|(s, mask)| {
+                let (format, batch) = self.formats.get(s).copied().unwrap_or((Encoding::Json, false));
+                Target {
+                    subscriber: s.to_owned(),
+                    format,
+                    mask,
+                    batch,
+                }
             })
             .collect();
         targets.sort_by(|a, b| a.subscriber.cmp(&b.subscriber));

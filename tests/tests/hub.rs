@@ -452,3 +452,155 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let ids: HashSet<String> = first.ids.iter().chain(&rest.ids).cloned().collect();
     assert_eq!(ids.len(), 2000);
 }
+
+/// Plain AMQP subscribers, as a client in any language reads them: one message, one document,
+/// `message_id` = the document's id, `type` = its doc type, `content_type` its encoding —
+/// even when the source sent a batch. A subscriber that asks for batches gets them.
+#[tokio::test]
+async fn plain_subscribers_get_one_document_per_message() {
+    const FEEDS: &str = r#"
+[[subscriber]]
+name = "feed-json"
+org = "nanhai.commerce"
+kind = "amqp"
+
+[[subscriber]]
+name = "feed-xml"
+org = "nanhai.commerce"
+kind = "amqp"
+format = "xml"
+
+[[subscriber]]
+name = "feed-batched"
+org = "nanhai.commerce"
+kind = "amqp"
+batch = true
+
+[[route]]
+name = "feeds"
+doc_types = ["tax.registration"]
+to = ["feed-json", "feed-xml", "feed-batched"]
+"#;
+    let mut ex = Exchange::new("feeds", ArchiveKind::Sqlite, "", FEEDS);
+    ex.start_hub().await;
+    let mut files = Vec::new();
+    let mut ids = HashSet::new();
+    for n in 1..=5 {
+        let (id, doc) = tax_doc("nanhai.tax", n, "南海");
+        let path = ex.dir.join(format!("{n}.json"));
+        std::fs::write(&path, &doc).unwrap();
+        files.push(path.to_str().unwrap().to_owned());
+        ids.insert(id);
+    }
+    // The source sends one batch of five.
+    let mut args = vec!["publish", "--as", "nanhai.tax", "--batch", "5"];
+    args.extend(files.iter().map(String::as_str));
+    let out = ex.exhub(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let json = ex
+        .take(&ex.topology.subscriber_queue("feed-json"), WAIT, |t| t.docs >= 5)
+        .await;
+    assert_eq!(json.messages.len(), 5, "one message per document");
+    for m in &json.messages {
+        // Parsed as any JSON client would: the whole body is one document.
+        let body: serde_json::Value = serde_json::from_slice(&m.docs[0]).expect("one JSON document per message");
+        let p = &m.properties;
+        assert_eq!(
+            p.message_id().as_ref().unwrap().as_str(),
+            body["header"]["id"].as_str().unwrap()
+        );
+        assert_eq!(p.kind().as_ref().unwrap().as_str(), "tax.registration");
+        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "application/json");
+    }
+    assert_eq!(json.ids, ids);
+
+    let xml = ex
+        .take(&ex.topology.subscriber_queue("feed-xml"), WAIT, |t| t.docs >= 5)
+        .await;
+    assert_eq!(xml.messages.len(), 5, "one message per document");
+    for m in &xml.messages {
+        // Parsed as any XML client would: a well-formed document whose root is <document>.
+        let mut reader = quick_xml::Reader::from_reader(&m.docs[0][..]);
+        let mut buf = Vec::new();
+        let mut root = None;
+        loop {
+            match reader.read_event_into(&mut buf).expect("well-formed XML") {
+                quick_xml::events::Event::Start(e) if root.is_none() => {
+                    root = Some(e.name().0.to_owned());
+                }
+                quick_xml::events::Event::Eof => break,
+                _ => {}
+            }
+            buf.clear();
+        }
+        assert_eq!(root.as_deref(), Some("document"));
+        assert_eq!(m.properties.kind().as_ref().unwrap().as_str(), "tax.registration");
+        assert_eq!(
+            m.properties.content_type().as_ref().unwrap().as_str(),
+            "application/xml"
+        );
+        assert!(ids.contains(m.properties.message_id().as_ref().unwrap().as_str()));
+    }
+
+    let batched = ex
+        .take(&ex.topology.subscriber_queue("feed-batched"), WAIT, |t| t.docs >= 5)
+        .await;
+    assert_eq!(
+        batched.messages.len(),
+        1,
+        "a subscriber that asks for batches gets the batch"
+    );
+    assert!(wire::is_batch(&batched.messages[0].properties));
+}
+
+/// `exhub run` supervises its parts: a source that stops with an error retrying cannot fix
+/// (here, a mapped table that does not exist) is logged with its cause and stops the whole
+/// exchange, which exits non-zero — it does not wait for the hub to end first.
+#[tokio::test]
+async fn run_stops_the_exchange_when_a_source_fails() {
+    const BROKEN_SOURCE: &str = r#"
+[[source]]
+name = "missing-table"
+org = "nanhai.tax"
+kind = "mysql"
+url = "mysql://root@127.0.0.1:3306/mysql"
+  [[source.table]]
+  table = "exhub_no_such_table"
+  doc_type = "tax.registration"
+  key = ["nsrsbh"]
+  fields = { taxpayer_id = "nsrsbh", name = "nsrmc", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", capital = "zczb", updated_at = "xgsj" }
+"#;
+    let ex = Exchange::new(
+        "run-fails",
+        ArchiveKind::Sqlite,
+        "",
+        &format!("{GRAPH}\n{BROKEN_SOURCE}"),
+    );
+    let mut child = std::process::Command::new(crate::exhub_bin())
+        .args(["run"])
+        .env("EXHUB_CONFIG", &ex.config)
+        .current_dir(&ex.dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("exhub run kept running after its source failed");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("source missing-table") && log.contains("exhub_no_such_table does not exist"),
+        "the failing part and its cause are named:\n{log}"
+    );
+}

@@ -15,6 +15,8 @@
 //! - [`outbox`]: a source's documents on their way to the hub, published with confirms;
 //! - [`source`]: the contract a source adapter implements ([`source::Source`]), with its
 //!   delivery rules;
+//! - [`secret`]: URLs whose password comes from a file or the environment, never logged;
+//!   the one decoder of a URL's credentials;
 //! - [`runner`]: the one loop that drives every source: retries, snapshots, checkpoints;
 //! - [`checkpoint`]: a source's position, saved atomically.
 //!
@@ -29,6 +31,7 @@ pub mod mapping;
 pub mod outbox;
 pub mod publisher;
 pub mod runner;
+pub mod secret;
 pub mod sign;
 pub mod source;
 pub mod topology;

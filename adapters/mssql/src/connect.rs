@@ -29,21 +29,13 @@ pub fn config(url: &str) -> Result<(Config, String), UrlError> {
     if database.is_empty() {
         return Err(UrlError("no database (mssql://user@host:port/DATABASE)".into()));
     }
-    let decode = |v: &str| {
-        url::form_urlencoded::parse(format!("v={v}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
+    let (user, password) = exhub_connect::secret::url_credentials(&u);
     let mut c = Config::new();
     c.host(u.host_str().unwrap_or("localhost"));
     c.port(u.port().unwrap_or(1433));
     c.database(&database);
     c.application_name("exhub");
-    c.authentication(AuthMethod::sql_server(
-        decode(u.username()),
-        u.password().map(decode).unwrap_or_default(),
-    ));
+    c.authentication(AuthMethod::sql_server(user, password));
     c.encryption(EncryptionLevel::Required);
     for (key, value) in u.query_pairs() {
         match (key.as_ref(), value.as_ref()) {

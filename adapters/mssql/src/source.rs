@@ -98,6 +98,8 @@ pub struct Session {
 
 /// One mapped table as the server describes it.
 struct Table {
+    /// Its place among the mapped tables.
+    index: usize,
     mapper: Mapper,
     name: String,
     key: Vec<String>,
@@ -142,7 +144,12 @@ impl Source for MssqlSource {
         let s = &self.settings;
         // A server that cannot be reached is retried (it may be restarting), like a lost
         // connection later on.
-        let mut client = connect(self.config.clone()).await.map_err(|e| self.server(e))?;
+        let mut client = connect(self.config.clone()).await.map_err(|e| {
+            if let tiberius::error::Error::Io { kind, message } = &e {
+                tracing::warn!(source = %s.common.name, "cannot reach SQL Server at {}: {message} ({kind:?})", self.config.get_addr());
+            }
+            self.server(e)
+        })?;
         let enabled = first(&mut client, sql::DB_CDC_ENABLED, &[])
             .await
             .map_err(|e| self.server(e))?;
@@ -274,9 +281,9 @@ impl Source for MssqlSource {
                 let mut found = 0u64;
                 // One reading of the capture job's progress serves every table of this round.
                 if let Some(max) = max_lsn(&mut client).await.map_err(|e| self.server(e))? {
-                    for (index, t) in tables.iter().enumerate() {
+                    for t in &tables {
                         found += self
-                            .poll_table(&mut client, index, t, max, &mut positions, emit, cancel)
+                            .poll_table(&mut client, t, max, &mut positions, emit, cancel)
                             .await?;
                     }
                 }
@@ -375,6 +382,7 @@ impl MssqlSource {
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0);
             tables.push(Table {
+                index: tables.len(),
                 mapper,
                 name: mapping.table.clone(),
                 key: mapping.key.clone(),
@@ -426,11 +434,9 @@ impl MssqlSource {
 
     /// Reads one table's changes from its position to `max` (the capture job's highest LSN);
     /// the number of rows.
-    #[allow(clippy::too_many_arguments)]
     async fn poll_table(
         &self,
         client: &mut MssqlClient,
-        index: usize,
         table: &Table,
         max: Lsn,
         positions: &mut Positions,
@@ -502,7 +508,7 @@ impl MssqlSource {
                 Some(2 | 4) => Op::Upsert,
                 _ => continue,
             };
-            self.change_row(index, table, &row, op, lsn, seq, emit);
+            self.change_row(table, &row, op, (lsn, seq), emit);
             count += 1;
             pending = Some(Position { lsn, rows: seq });
             if emit.pending() >= FLUSH_DOCS {
@@ -529,17 +535,8 @@ impl MssqlSource {
         Ok(count)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn change_row(
-        &self,
-        index: usize,
-        table: &Table,
-        row: &Row,
-        op: Op,
-        lsn: Lsn,
-        seq: u64,
-        emit: &mut Emit<'_, Positions>,
-    ) {
+    /// One change row of `table` at (commit LSN, sequence in its transaction).
+    fn change_row(&self, table: &Table, row: &Row, op: Op, (lsn, seq): (Lsn, u64), emit: &mut Emit<'_, Positions>) {
         let cells: Vec<&ColumnData<'static>> = row.cells().map(|(_, v)| v).collect();
         // __$start_lsn, __$seqval, __$operation, commit time, then the columns in mapping order.
         let committed_micros = match cells.get(3).map(|v| cell(v)) {
@@ -561,7 +558,7 @@ impl MssqlSource {
             seq,
             committed_micros,
         };
-        emit.row(index, op, |c| by_name.remove(c), &position);
+        emit.row(table.index, op, |c| by_name.remove(c), &position);
     }
 
     fn server(&self, error: tiberius::error::Error) -> SourceError {
@@ -611,5 +608,62 @@ fn setup(source: &str, message: String) -> SourceError {
         kind: KIND,
         source_name: source.to_owned(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passing(e: tiberius::error::Error) -> bool {
+        MssqlError(Box::new(e)).is_passing()
+    }
+
+    #[test]
+    fn a_server_restarting_is_retried_not_fatal() {
+        // Connection refused or reset while SQL Server restarts: the source retries.
+        assert!(passing(tiberius::error::Error::Io {
+            kind: std::io::ErrorKind::ConnectionRefused,
+            message: "connection refused".into(),
+        }));
+        assert!(passing(tiberius::error::Error::Io {
+            kind: std::io::ErrorKind::ConnectionReset,
+            message: "reset by peer".into(),
+        }));
+        assert!(passing(tiberius::error::Error::Routing {
+            host: "replica".into(),
+            port: 1433,
+        }));
+        // A refused login or a bad value is not.
+        assert!(!passing(tiberius::error::Error::Protocol("unexpected token".into())));
+        assert!(!passing(tiberius::error::Error::Conversion("bad".into())));
+    }
+
+    #[test]
+    fn positions_show_the_oldest_table_and_sort_at_the_sinks() {
+        let at = |lsn: &str| TableState {
+            instance: "dbo_t".into(),
+            position: Position {
+                lsn: Lsn::parse(lsn).unwrap(),
+                rows: 0,
+            },
+        };
+        let positions = Positions(
+            [
+                ("a".to_owned(), at("0x0000002A000001F00003")),
+                ("b".to_owned(), at("0x00000029000001F00003")),
+            ]
+            .into(),
+        );
+        assert_eq!(positions.to_string(), "0x00000029000001F00003");
+        exhub_connect::mapping::order_key_sorts(
+            "mssql",
+            &[
+                "0x00000009000000000001",
+                "0x0000000A000000000000",
+                "0x00000100000000000000",
+            ],
+        )
+        .unwrap();
     }
 }

@@ -392,17 +392,8 @@ impl PostgresSource {
     fn replication_config(&self, start: Lsn) -> Result<ReplicationConfig, SourceError> {
         let s = &self.settings;
         let url = url::Url::parse(&s.common.url).map_err(|e| setup(&s.common.name, format!("bad URL: {e}")))?;
-        let decode = |v: &str| {
-            url::form_urlencoded::parse(format!("v={v}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
-        let user = if url.username().is_empty() {
-            "postgres".to_owned()
-        } else {
-            decode(url.username())
-        };
+        let (user, password) = exhub_connect::secret::url_credentials(&url);
+        let user = if user.is_empty() { "postgres".to_owned() } else { user };
         let options: Vec<String> = SESSION
             .iter()
             .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "")))
@@ -410,7 +401,7 @@ impl PostgresSource {
         Ok(ReplicationConfig::new(
             url.host_str().unwrap_or("localhost"),
             user,
-            url.password().map(decode).unwrap_or_default(),
+            password,
             url.path().trim_start_matches('/'),
             s.slot.clone(),
             s.publication.clone(),
@@ -633,7 +624,6 @@ impl PostgresSource {
     }
 
     /// Streams the slot from `start` until `cancel`.
-    #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         db: &mut PgConnection,
@@ -649,7 +639,11 @@ impl PostgresSource {
         repl.wait_started().await.map_err(|e| self.repl(e))?;
         tracing::info!(source = %s.common.name, slot = %s.slot, position = %start, "streaming the slot");
         let mut parser = LogicalReplicationParser::with_protocol_version(1);
-        let mut relations: HashMap<u32, Relation> = HashMap::new();
+        let mut decoder = Decoder {
+            source: &s.common.name,
+            tables,
+            relations: HashMap::new(),
+        };
         let mut tx: Option<Tx> = None;
         let mut boundary = start;
         let mut slot_at: Option<Instant> = None;
@@ -692,7 +686,7 @@ impl PostgresSource {
                         }
                     }
                     ReplicationEvent::XLogData { data, .. } => match parser.parse_wal_message(&data) {
-                        Ok(m) => self.change(m.message, tables, &mut relations, tx.as_mut(), emit),
+                        Ok(m) => decoder.change(m.message, tx.as_mut(), emit),
                         Err(e) => {
                             tracing::warn!(source = %s.common.name, error = %e, "undecodable pgoutput message skipped")
                         }
@@ -722,137 +716,6 @@ impl PostgresSource {
         // The last status update goes out before the stream closes.
         let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
         Ok(())
-    }
-
-    /// One decoded change: relations are remembered, rows of mapped tables become documents.
-    fn change(
-        &self,
-        message: LogicalReplicationMessage,
-        tables: &[Table],
-        relations: &mut HashMap<u32, Relation>,
-        tx: Option<&mut Tx>,
-        emit: &mut Emit<'_, String>,
-    ) {
-        match message {
-            LogicalReplicationMessage::Relation {
-                relation_id,
-                namespace,
-                relation_name,
-                columns,
-                ..
-            } => {
-                let table = tables
-                    .iter()
-                    .position(|t| t.names.0 == *namespace && t.names.1 == *relation_name);
-                relations.insert(
-                    relation_id,
-                    Relation {
-                        columns: columns.iter().map(|c| (c.name.to_string(), c.type_id)).collect(),
-                        table,
-                    },
-                );
-            }
-            LogicalReplicationMessage::Insert { relation_id, tuple } => {
-                self.row(tables, relations, relation_id, Op::Upsert, &tuple, None, tx, emit);
-            }
-            LogicalReplicationMessage::Update {
-                relation_id,
-                old_tuple,
-                new_tuple,
-                ..
-            } => {
-                let Some(rel) = relations.get(&relation_id) else { return };
-                let Some(table) = rel.table.map(|i| &tables[i]) else {
-                    return;
-                };
-                let Some(tx) = tx else { return };
-                // A key change arrives with the old key: delete it, then upsert the new row.
-                if let Some(old) = &old_tuple {
-                    let old_key = key_of(rel, table, old);
-                    if old_key.iter().any(Option::is_some) && old_key != key_of(rel, table, &new_tuple) {
-                        self.row(
-                            tables,
-                            relations,
-                            relation_id,
-                            Op::Delete,
-                            old,
-                            None,
-                            Some(&mut *tx),
-                            emit,
-                        );
-                    }
-                }
-                self.row(
-                    tables,
-                    relations,
-                    relation_id,
-                    Op::Upsert,
-                    &new_tuple,
-                    old_tuple.as_ref(),
-                    Some(tx),
-                    emit,
-                );
-            }
-            LogicalReplicationMessage::Delete {
-                relation_id, old_tuple, ..
-            } => {
-                self.row(tables, relations, relation_id, Op::Delete, &old_tuple, None, tx, emit);
-            }
-            LogicalReplicationMessage::Truncate { .. } => {
-                tracing::warn!(source = %self.settings.common.name, "TRUNCATE on a published table is not propagated");
-            }
-            _ => {}
-        }
-    }
-
-    /// One row of a mapped table. Columns the server did not send because their TOASTed value
-    /// did not change are taken from `old` (sent under REPLICA IDENTITY FULL) or else left out
-    /// of the document ([`Cell::Unchanged`]), so that sinks keep what they have.
-    #[allow(clippy::too_many_arguments)]
-    fn row(
-        &self,
-        tables: &[Table],
-        relations: &HashMap<u32, Relation>,
-        relation_id: u32,
-        op: Op,
-        tuple: &TupleData,
-        old: Option<&TupleData>,
-        tx: Option<&mut Tx>,
-        emit: &mut Emit<'_, String>,
-    ) {
-        let Some(rel) = relations.get(&relation_id) else { return };
-        let Some(index) = rel.table else { return };
-        let table = &tables[index];
-        let Some(tx) = tx else { return };
-        tx.seq += 1;
-        let mut cells: HashMap<&str, Cell> = HashMap::new();
-        for (i, (name, type_oid)) in rel.columns.iter().enumerate() {
-            let Some(value) = tuple.columns.get(i) else { continue };
-            let c = if value.is_unchanged() {
-                match old.and_then(|o| o.columns.get(i)).filter(|v| !v.is_unchanged()) {
-                    Some(v) if v.is_null() => Cell::Null,
-                    Some(v) => cell(*type_oid, v.as_str().as_deref()),
-                    None => Cell::Unchanged,
-                }
-            } else if value.is_null() {
-                // Under the default replica identity a delete sends only the key; the other
-                // columns come as nulls and are not the row's values.
-                if op == Op::Delete && !table.key.iter().any(|k| &k.name == name) {
-                    continue;
-                }
-                Cell::Null
-            } else {
-                cell(*type_oid, value.as_str().as_deref())
-            };
-            cells.insert(name.as_str(), c);
-        }
-        let position = RowPosition {
-            position: tx.position.clone(),
-            tx: tx.xid.to_string(),
-            seq: tx.seq,
-            committed_micros: tx.committed_micros,
-        };
-        emit.row(index, op, |c| cells.remove(c), &position);
     }
 
     /// Reads the slot's retained WAL and lag, logs them, warns past the threshold.
@@ -908,6 +771,124 @@ impl PostgresSource {
                 error: PgError::Replication(error),
             },
         }
+    }
+}
+
+/// The stream's decoding state: the relations announced so far and the mapped tables they
+/// are; rows of mapped tables become documents.
+struct Decoder<'t> {
+    source: &'t str,
+    tables: &'t [Table],
+    relations: HashMap<u32, Relation>,
+}
+
+impl Decoder<'_> {
+    /// One decoded change: relations are remembered, rows of mapped tables become documents.
+    fn change(&mut self, message: LogicalReplicationMessage, tx: Option<&mut Tx>, emit: &mut Emit<'_, String>) {
+        let (tables, relations) = (self.tables, &mut self.relations);
+        match message {
+            LogicalReplicationMessage::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                let table = tables
+                    .iter()
+                    .position(|t| t.names.0 == *namespace && t.names.1 == *relation_name);
+                relations.insert(
+                    relation_id,
+                    Relation {
+                        columns: columns.iter().map(|c| (c.name.to_string(), c.type_id)).collect(),
+                        table,
+                    },
+                );
+            }
+            LogicalReplicationMessage::Insert { relation_id, tuple } => {
+                self.row(relation_id, Op::Upsert, &tuple, None, tx, emit);
+            }
+            LogicalReplicationMessage::Update {
+                relation_id,
+                old_tuple,
+                new_tuple,
+                ..
+            } => {
+                let Some(rel) = self.relations.get(&relation_id) else {
+                    return;
+                };
+                let Some(table) = rel.table.map(|i| &self.tables[i]) else {
+                    return;
+                };
+                let Some(tx) = tx else { return };
+                // A key change arrives with the old key: delete it, then upsert the new row.
+                if let Some(old) = &old_tuple {
+                    let old_key = key_of(rel, table, old);
+                    if old_key.iter().any(Option::is_some) && old_key != key_of(rel, table, &new_tuple) {
+                        self.row(relation_id, Op::Delete, old, None, Some(&mut *tx), emit);
+                    }
+                }
+                self.row(relation_id, Op::Upsert, &new_tuple, old_tuple.as_ref(), Some(tx), emit);
+            }
+            LogicalReplicationMessage::Delete {
+                relation_id, old_tuple, ..
+            } => {
+                self.row(relation_id, Op::Delete, &old_tuple, None, tx, emit);
+            }
+            LogicalReplicationMessage::Truncate { .. } => {
+                tracing::warn!(source = %self.source, "TRUNCATE on a published table is not propagated");
+            }
+            _ => {}
+        }
+    }
+
+    /// One row of a mapped table. Columns the server did not send because their TOASTed value
+    /// did not change are taken from `old` (sent under REPLICA IDENTITY FULL) or else left out
+    /// of the document ([`Cell::Unchanged`]), so that sinks keep what they have.
+    fn row(
+        &self,
+        relation_id: u32,
+        op: Op,
+        tuple: &TupleData,
+        old: Option<&TupleData>,
+        tx: Option<&mut Tx>,
+        emit: &mut Emit<'_, String>,
+    ) {
+        let Some(rel) = self.relations.get(&relation_id) else {
+            return;
+        };
+        let Some(index) = rel.table else { return };
+        let table = &self.tables[index];
+        let Some(tx) = tx else { return };
+        tx.seq += 1;
+        let mut cells: HashMap<&str, Cell> = HashMap::new();
+        for (i, (name, type_oid)) in rel.columns.iter().enumerate() {
+            let Some(value) = tuple.columns.get(i) else { continue };
+            let c = if value.is_unchanged() {
+                match old.and_then(|o| o.columns.get(i)).filter(|v| !v.is_unchanged()) {
+                    Some(v) if v.is_null() => Cell::Null,
+                    Some(v) => cell(*type_oid, v.as_str().as_deref()),
+                    None => Cell::Unchanged,
+                }
+            } else if value.is_null() {
+                // Under the default replica identity a delete sends only the key; the other
+                // columns come as nulls and are not the row's values.
+                if op == Op::Delete && !table.key.iter().any(|k| &k.name == name) {
+                    continue;
+                }
+                Cell::Null
+            } else {
+                cell(*type_oid, value.as_str().as_deref())
+            };
+            cells.insert(name.as_str(), c);
+        }
+        let position = RowPosition {
+            position: tx.position.clone(),
+            tx: tx.xid.to_string(),
+            seq: tx.seq,
+            committed_micros: tx.committed_micros,
+        };
+        emit.row(index, op, |c| cells.remove(c), &position);
     }
 }
 

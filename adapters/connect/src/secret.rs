@@ -235,6 +235,15 @@ impl SecretUrl {
     }
 }
 
+/// The user and password of a URL, percent-decoded (empty when absent): the one decoder of a
+/// URL's credentials, for every driver that takes them apart.
+pub fn url_credentials(url: &url::Url) -> (String, String) {
+    (
+        percent_decode(url.username()),
+        url.password().map(percent_decode).unwrap_or_default(),
+    )
+}
+
 /// Percent-decodes a URL part (`+` stays `+`: it is not a space in a URL's user info).
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -321,6 +330,9 @@ mod tests {
         u.resolve(&dir).unwrap();
         let parsed = u.parse().unwrap();
         assert_eq!(percent_decode(parsed.password().unwrap()), "p@ss:w+rd/1");
+        // A `+` in a password is a plus, never a space (form decoding got this wrong).
+        let url = url::Url::parse("mssql://sa%40corp:a+b%2Bc@db.example/si").unwrap();
+        assert_eq!(url_credentials(&url), ("sa@corp".to_owned(), "a+b+c".to_owned()));
         assert_eq!(u.username(), "exhub-hub");
         assert!(!u.to_string().contains("p@ss"), "{u}");
         #[cfg(unix)]
