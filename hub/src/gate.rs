@@ -11,7 +11,7 @@ use exhub_schemas::{Document, Encoding, Limits, Registry, canonical, decode};
 
 use crate::config::Config;
 
-pub use exhub_connect::wire::reason;
+pub use exhub_connect::wire::Reason;
 use exhub_connect::wire::{self, excerpt};
 
 /// A document the gate let through.
@@ -28,8 +28,8 @@ pub struct Admitted {
 /// A document the gate refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// One of the [`reason`] codes.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: Reason,
     /// Human text: what exactly is wrong.
     pub detail: String,
 }
@@ -37,7 +37,7 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection for `reason`; the detail is cut to [`wire::HEADER_MAX`] bytes (it travels
     /// in a header, and input must never make it grow without bound).
-    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         let detail: String = detail.into();
         let detail = match wire::excerpt(&detail, wire::HEADER_MAX) {
             std::borrow::Cow::Borrowed(_) => detail,
@@ -88,19 +88,14 @@ impl Gate {
     /// Runs every check on one document published by AMQP user `user`.
     pub fn admit(&self, raw: &[u8], user: Option<&str>) -> Result<Admitted, Rejection> {
         let doc = decode(raw, &self.registry, &self.limits).map_err(|e| {
-            let reason = match e.reason() {
-                "too_large" => reason::TOO_LARGE,
-                "too_deep" => reason::TOO_DEEP,
-                "invalid" => reason::INVALID,
-                "unknown_doc_type" => reason::UNKNOWN_DOC_TYPE,
-                _ => reason::MALFORMED,
-            };
+            // The decoder's reasons are a subset of the exchange's.
+            let reason = Reason::from_code(e.reason()).unwrap_or(Reason::Malformed);
             Rejection::new(reason, e.to_string())
         })?;
         let h = &doc.header;
         let Some(org) = self.orgs.get(&h.sender.org) else {
             return Err(Rejection::new(
-                reason::UNAUTHENTICATED,
+                Reason::Unauthenticated,
                 format!(
                     "sender org {:?} is not a member of this exchange",
                     excerpt(&h.sender.org, 64)
@@ -111,7 +106,7 @@ impl Gate {
             Some(u) if u == org.user => {}
             Some(u) => {
                 return Err(Rejection::new(
-                    reason::UNAUTHENTICATED,
+                    Reason::Unauthenticated,
                     format!(
                         "AMQP user {:?} may not publish as org {:?} (its user is {:?})",
                         excerpt(u, 64),
@@ -122,28 +117,28 @@ impl Gate {
             }
             None => {
                 return Err(Rejection::new(
-                    reason::UNAUTHENTICATED,
+                    Reason::Unauthenticated,
                     "the message has no user_id property; publishers must set it to their AMQP user",
                 ));
             }
         }
         if !org.publishes.contains(&h.doc_type) {
             return Err(Rejection::new(
-                reason::UNAUTHORIZED,
+                Reason::Unauthorized,
                 format!("org {:?} may not publish {:?}", h.sender.org, excerpt(&h.doc_type, 64)),
             ));
         }
         let violations = self.registry.validate(&doc);
         if !violations.is_empty() {
             let detail: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            return Err(Rejection::new(reason::SCHEMA, detail.join("; ")));
+            return Err(Rejection::new(Reason::Schema, detail.join("; ")));
         }
         let hash = canonical::content_hash(&doc);
         if let Some(claimed) = &h.content_hash
             && *claimed != hash
         {
             return Err(Rejection::new(
-                reason::INTEGRITY,
+                Reason::Integrity,
                 format!("content_hash says {claimed} but the content hashes to {hash}"),
             ));
         }

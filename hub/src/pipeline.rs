@@ -13,7 +13,7 @@ use std::time::Duration;
 use exhub_connect::amqp::{self, AmqpError, Backoff};
 use exhub_connect::consumer::{BatchLimits, next_batch};
 use exhub_connect::publisher::Declare;
-use exhub_connect::wire::{self, header};
+use exhub_connect::wire::{self, Reason, header};
 use exhub_connect::{Outgoing, Publisher, Topology};
 use exhub_schemas::{Encoding, Registry, canonical, json, xml};
 use lapin::message::Delivery;
@@ -30,7 +30,7 @@ use exhub_connect::sign::{self, KeyError, Keyring, SigningKey};
 
 use crate::archive::{AuditEntry, Proof, ReceiptRow};
 use crate::config::Config;
-use crate::gate::{Admitted, Gate, Rejection, reason};
+use crate::gate::{Admitted, Gate, Rejection};
 use crate::router::{Router, RouterError, Target};
 use crate::secret::SecretUrl;
 
@@ -401,7 +401,7 @@ impl Hub {
                     same_content: false, ..
                 } => {
                     let r = Rejection::new(
-                        reason::CONFLICT,
+                        Reason::Conflict,
                         format!(
                             "document {} was archived before with different content",
                             a.doc.header.id
@@ -507,7 +507,7 @@ impl Hub {
     fn split<'d>(&self, d: &'d Delivery) -> Result<Vec<&'d [u8]>, Rejection> {
         if d.data.len() > self.batch_bytes {
             return Err(Rejection::new(
-                reason::TOO_LARGE,
+                Reason::TooLarge,
                 format!(
                     "batch message of {} bytes, over the limit of {} (max_batch_bytes)",
                     d.data.len(),
@@ -515,10 +515,10 @@ impl Hub {
                 ),
             ));
         }
-        let parts = wire::split_batch(&d.data).map_err(|e| Rejection::new(reason::MALFORMED, e.to_string()))?;
+        let parts = wire::split_batch(&d.data).map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
         if parts.len() > self.batch_items {
             return Err(Rejection::new(
-                reason::TOO_LARGE,
+                Reason::TooLarge,
                 format!(
                     "batch of {} documents, over the limit of {} (max_batch_items)",
                     parts.len(),
@@ -529,7 +529,7 @@ impl Hub {
         let count = wire::header_str(&d.properties, header::COUNT);
         if count.as_deref() != Some(parts.len().to_string().as_str()) {
             return Err(Rejection::new(
-                reason::MALFORMED,
+                Reason::Malformed,
                 format!(
                     "{} says {} but the batch holds {} documents",
                     header::COUNT,
@@ -548,24 +548,24 @@ impl Hub {
         let Some(org) = user.as_deref().and_then(|u| self.orgs_by_user.get(u)) else {
             let shown = wire::excerpt(user.as_deref().unwrap_or(""), 64).into_owned();
             return Err(Rejection::new(
-                reason::UNAUTHENTICATED,
+                Reason::Unauthenticated,
                 format!("a receipt from AMQP user {shown:?}, which is no org's"),
             ));
         };
         let proof = self.verify(d, &[&d.data[..]])?;
         let receipt: wire::Receipt = serde_json::from_slice(&d.data)
-            .map_err(|e| Rejection::new(reason::MALFORMED, format!("not a receipt: {e}")))?;
+            .map_err(|e| Rejection::new(Reason::Malformed, format!("not a receipt: {e}")))?;
         if self.subscriber_orgs.get(&receipt.subscriber) != Some(org) {
             let shown = wire::excerpt(&receipt.subscriber, 64).into_owned();
             return Err(Rejection::new(
-                reason::UNAUTHORIZED,
+                Reason::Unauthorized,
                 format!("org {org:?} sent a receipt for subscriber {shown:?}, which is not its own"),
             ));
         }
         let entries = receipt.applied.len() + receipt.refused.len();
         if entries > MAX_RECEIPT_ENTRIES {
             return Err(Rejection::new(
-                reason::TOO_LARGE,
+                Reason::TooLarge,
                 format!("a receipt of {entries} documents, over the limit of {MAX_RECEIPT_ENTRIES}"),
             ));
         }
@@ -573,7 +573,7 @@ impl Hub {
         let row = |id: &str, outcome, reason: Option<String>| -> Result<ReceiptRow, Rejection> {
             let id = uuid::Uuid::parse_str(id).map_err(|_| {
                 Rejection::new(
-                    reason::MALFORMED,
+                    Reason::Malformed,
                     format!("receipt names {:?}, not a document id", wire::excerpt(id, 64)),
                 )
             })?;
@@ -592,16 +592,16 @@ impl Hub {
             rows.push(row(id, crate::archive::APPLIED, None)?);
         }
         for r in &receipt.refused {
-            let Some(code) = reason::FROM_PARTICIPANTS.into_iter().find(|c| *c == r.reason) else {
+            let Some(code) = Reason::from_code(&r.reason).filter(|c| c.from_participants()) else {
                 return Err(Rejection::new(
-                    reason::MALFORMED,
+                    Reason::Malformed,
                     format!(
                         "receipt gives reason {:?}, which is not a participant's",
                         wire::excerpt(&r.reason, 64)
                     ),
                 ));
             };
-            rows.push(row(&r.id, crate::archive::REFUSED, Some(code.to_owned()))?);
+            rows.push(row(&r.id, crate::archive::REFUSED, Some(code.code().to_owned()))?);
         }
         // One outcome per document (a sink may have seen a document twice in one batch); a
         // refusal wins over an application.
@@ -626,7 +626,7 @@ impl Hub {
         let Some(header) = wire::header_str(props, sign::HEADER) else {
             if org.required {
                 return Err(Rejection::new(
-                    reason::SIGNATURE,
+                    Reason::Signature,
                     "unsigned, and the sender's org requires signatures (require_signature)",
                 ));
             }
@@ -641,7 +641,7 @@ impl Hub {
                 signature: header,
                 manifest: String::from_utf8_lossy(&manifest).into_owned(),
             })),
-            Err(e) => Err(Rejection::new(reason::SIGNATURE, e.to_string())),
+            Err(e) => Err(Rejection::new(Reason::Signature, e.to_string())),
         }
     }
 
@@ -665,14 +665,14 @@ impl Hub {
         let Some(org) = org else {
             let shown = wire::excerpt(user.unwrap_or(""), 64);
             return refuse(
-                reason::UNAUTHENTICATED,
+                Reason::Unauthenticated,
                 format!("a dead letter from AMQP user {shown:?}, which is no org's"),
             );
         };
-        let Some(reason) = reason::FROM_PARTICIPANTS.into_iter().find(|r| *r == given) else {
+        let Some(reason) = Reason::from_code(&given).filter(|r| r.from_participants()) else {
             let shown = wire::excerpt(&given, 64);
             return refuse(
-                reason::MALFORMED,
+                Reason::Malformed,
                 format!("a dead letter from org {org:?} with reason {shown:?}, which is not a participant's"),
             );
         };
@@ -682,13 +682,13 @@ impl Hub {
             Some(s) => {
                 let shown = wire::excerpt(s, 64);
                 return refuse(
-                    reason::UNAUTHORIZED,
+                    Reason::Unauthorized,
                     format!("org {org:?} filed a dead letter for subscriber {shown:?}, which is not its own"),
                 );
             }
         };
         tracing::warn!(
-            reason,
+            reason = reason.code(),
             org = %org,
             subscriber = subscriber.as_deref().unwrap_or(""),
             %detail,
@@ -712,7 +712,7 @@ impl Hub {
     /// A refused document on its way to the hub DLQ, with the reason in its headers.
     fn dead_letter(&self, raw: &[u8], props: &BasicProperties, user: Option<&str>, r: &Rejection) -> Outgoing {
         tracing::warn!(
-            reason = r.reason,
+            reason = r.reason.code(),
             detail = %r.detail,
             message_id = props.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
             user = user.unwrap_or(""),

@@ -292,3 +292,18 @@ fn exhub_fails_with(dir: &std::path::Path, graph: &str, args: &[&str]) -> String
     assert!(!err.contains("panicked") && !err.contains("secret"), "{err}");
     err
 }
+
+/// The small routes.toml in README.md is complete and valid.
+#[test]
+fn the_readme_example_config_checks() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("```toml\n[hub]").expect("a routes.toml in README.md") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = scratch("readme-config");
+    let config = dir.join("routes.toml");
+    std::fs::write(&config, &readme[start..end]).unwrap();
+    let out = exhub(&["check", "--config", config.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("2 orgs, 1 sources, 2 subscribers, 1 routes"), "{text}");
+}

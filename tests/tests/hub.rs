@@ -11,20 +11,22 @@ use crate::stdout;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Two subscribers: `all` (JSON, everything) and `nanhai-xml` (XML, only district 南海, no
-/// capital or phone).
+/// Two subscribers that take batches: `all` (JSON, everything) and `nanhai-xml` (XML, only
+/// district 南海, no capital or phone).
 const GRAPH: &str = r#"
 [[subscriber]]
 name = "all"
 org = "nanhai.commerce"
 kind = "amqp"
 format = "json"
+batch = true
 
 [[subscriber]]
 name = "nanhai-xml"
 org = "nanhai.commerce"
 kind = "amqp"
 format = "xml"
+batch = true
 
 [[route]]
 name = "everything"

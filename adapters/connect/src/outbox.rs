@@ -10,7 +10,7 @@ use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{Origin, RowPosition};
-use crate::wire;
+use crate::wire::{self, Reason};
 use crate::{AmqpError, Cell, Mapper, MappingError, Outgoing, Publisher, Topology};
 
 /// Documents per published AMQP message (the batch form).
@@ -128,7 +128,7 @@ impl<'a> Outbox<'a> {
         let payload = body.to_string().into_bytes();
         let detail = e.to_string();
         let letter = wire::DeadLetter {
-            reason: wire::reason::MAPPING,
+            reason: Reason::Mapping,
             detail: &detail,
             subscriber: None,
         };

@@ -111,40 +111,96 @@ pub const HEADER_MAX: usize = 1024;
 
 pub use exhub_schemas::excerpt;
 
-/// Why a document was dead-lettered: every code of `x-exhub-reason`, from the hub, the sources
-/// and the sinks, in one place.
-pub mod reason {
+/// Why a document or message was refused: the DLQ's `x-exhub-reason`, one code each. The
+/// one list of reasons, for the hub, the sources and the sinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
     /// Not a document: bad JSON/XML, bad UTF-8, DOCTYPE, a malformed batch.
-    pub const MALFORMED: &str = "malformed";
-    /// Bigger than `max_document_bytes`.
-    pub const TOO_LARGE: &str = "too_large";
+    Malformed,
+    /// Bigger than `max_document_bytes` (or a batch over its limits).
+    TooLarge,
     /// Nested deeper than the limit.
-    pub const TOO_DEEP: &str = "too_deep";
+    TooDeep,
     /// A header field or typed value is wrong.
-    pub const INVALID: &str = "invalid";
+    Invalid,
     /// No schema for the doc type and version.
-    pub const UNKNOWN_DOC_TYPE: &str = "unknown_doc_type";
+    UnknownDocType,
     /// The body breaks its schema.
-    pub const SCHEMA: &str = "schema";
+    Schema,
     /// The publishing AMQP user does not belong to the sender org (or the org is unknown); at a
     /// sink, a copy not published by the hub.
-    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    Unauthenticated,
     /// The sender org may not publish this doc type.
-    pub const UNAUTHORIZED: &str = "unauthorized";
+    Unauthorized,
     /// `content_hash` does not match the content.
-    pub const INTEGRITY: &str = "integrity";
+    Integrity,
     /// The id was archived before with different content.
-    pub const CONFLICT: &str = "conflict";
+    Conflict,
     /// A source could not map a row to a document (hub DLQ).
-    pub const MAPPING: &str = "mapping";
+    Mapping,
     /// A sink's target database refused the document (subscriber DLQ).
-    pub const APPLY: &str = "apply";
+    Apply,
     /// The message's signature is missing where required, names a key the signer does not
     /// have, or does not match the documents.
-    pub const SIGNATURE: &str = "signature";
+    Signature,
+}
 
-    /// The codes a participant (a source or a sink) may give its own dead letters.
-    pub const FROM_PARTICIPANTS: [&str; 5] = [MAPPING, APPLY, MALFORMED, UNAUTHENTICATED, SIGNATURE];
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 13] = [
+        Reason::Malformed,
+        Reason::TooLarge,
+        Reason::TooDeep,
+        Reason::Invalid,
+        Reason::UnknownDocType,
+        Reason::Schema,
+        Reason::Unauthenticated,
+        Reason::Unauthorized,
+        Reason::Integrity,
+        Reason::Conflict,
+        Reason::Mapping,
+        Reason::Apply,
+        Reason::Signature,
+    ];
+
+    /// Its code, as the DLQ header and the archive write it.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::TooLarge => "too_large",
+            Reason::TooDeep => "too_deep",
+            Reason::Invalid => "invalid",
+            Reason::UnknownDocType => "unknown_doc_type",
+            Reason::Schema => "schema",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::Unauthorized => "unauthorized",
+            Reason::Integrity => "integrity",
+            Reason::Conflict => "conflict",
+            Reason::Mapping => "mapping",
+            Reason::Apply => "apply",
+            Reason::Signature => "signature",
+        }
+    }
+
+    /// The reason with code `code`.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Whether a participant (a source or a sink) may give its own dead letters this reason;
+    /// the others are the hub's to give.
+    pub const fn from_participants(self) -> bool {
+        matches!(
+            self,
+            Reason::Mapping | Reason::Apply | Reason::Malformed | Reason::Unauthenticated | Reason::Signature
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
 }
 
 /// A malformed batch.
@@ -352,7 +408,7 @@ pub fn is_dead_letter(props: &BasicProperties) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter<'a> {
     /// The reason code (`mapping`, `apply`, `schema`, …).
-    pub reason: &'a str,
+    pub reason: Reason,
     /// What exactly is wrong.
     pub detail: &'a str,
     /// The subscriber's DLQ, or `None` for the hub DLQ.
@@ -387,7 +443,7 @@ pub fn dead_letter_properties(
     {
         properties = properties.with_type(t.clone());
     }
-    properties = with_header(properties, header::REASON, letter.reason);
+    properties = with_header(properties, header::REASON, letter.reason.code());
     properties = with_header(properties, header::DETAIL, letter.detail);
     if let Some(s) = letter.subscriber {
         properties = with_header(properties, header::SUBSCRIBER, s);
@@ -432,6 +488,18 @@ fn unix_seconds() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_reason_has_one_code() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+        }
+        let codes: std::collections::HashSet<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        assert_eq!(Reason::from_code("apply"), Some(Reason::Apply));
+        assert!(Reason::Apply.from_participants() && !Reason::Conflict.from_participants());
+        assert_eq!(Reason::from_code("nonsense"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -15,7 +15,7 @@
 //!   sink's MERGE and bookkeeping), built for given tables and tested as text.
 //!
 //! No SQL Server can run on the machines this project is built on: everything here is tested
-//! without a server (see README, "SQL Server").
+//! without a server (see docs/adapters/mssql.md).
 
 pub mod config;
 pub mod connect;

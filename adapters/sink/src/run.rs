@@ -11,7 +11,7 @@ use std::time::Duration;
 use exhub_connect::amqp::{self, AmqpError, Backoff};
 use exhub_connect::consumer::{BatchLimits, next_batch};
 use exhub_connect::publisher::Declare;
-use exhub_connect::wire::{self, reason};
+use exhub_connect::wire::{self, Reason};
 use exhub_connect::{Outgoing, Publisher, Topology};
 use exhub_schemas::{Document, Limits, Registry};
 use lapin::message::Delivery;
@@ -179,25 +179,25 @@ impl DbSink {
                     self.settings.hub_user
                 );
                 tracing::warn!(sink = %self.settings.name, %detail, "refused a message not published by the hub");
-                to_hub.push(self.dead_letter(&d.data, &d.properties, reason::UNAUTHENTICATED, &detail));
+                to_hub.push(self.dead_letter(&d.data, &d.properties, Reason::Unauthenticated, &detail));
                 continue;
             }
             let parts = match wire::documents_of(&d.properties, &d.data) {
                 Ok(parts) => parts,
                 Err(e) => {
-                    to_hub.push(self.dead_letter(&d.data, &d.properties, reason::MALFORMED, &e.to_string()));
+                    to_hub.push(self.dead_letter(&d.data, &d.properties, Reason::Malformed, &e.to_string()));
                     continue;
                 }
             };
             if let Err(detail) = self.signed_by_hub(&d.properties, &parts) {
                 tracing::warn!(sink = %self.settings.name, %detail, "refused a copy without the hub's signature");
-                to_hub.push(self.dead_letter(&d.data, &d.properties, reason::SIGNATURE, &detail));
+                to_hub.push(self.dead_letter(&d.data, &d.properties, Reason::Signature, &detail));
                 continue;
             }
             for raw in parts {
                 match exhub_schemas::decode(raw, &self.registry, &limits) {
                     Ok(doc) => docs.push((doc, raw, &d.properties)),
-                    Err(e) => to_hub.push(self.dead_letter(raw, &d.properties, reason::MALFORMED, &e.to_string())),
+                    Err(e) => to_hub.push(self.dead_letter(raw, &d.properties, Reason::Malformed, &e.to_string())),
                 }
             }
         }
@@ -222,10 +222,10 @@ impl DbSink {
                                 error = %e,
                                 "the target refused a document; sent to the subscriber's DLQ"
                             );
-                            to_hub.push(self.dead_letter(raw, props, reason::APPLY, &e.to_string()));
+                            to_hub.push(self.dead_letter(raw, props, Reason::Apply, &e.to_string()));
                             refused.push(wire::Refused {
                                 id: doc.header.id.to_string(),
-                                reason: reason::APPLY.to_owned(),
+                                reason: Reason::Apply.code().to_owned(),
                             });
                         }
                         Err(e) => return Err(Failure::Db(e)),
@@ -284,7 +284,7 @@ impl DbSink {
     }
 
     /// A refused document on its way, through the hub, to the subscriber's DLQ.
-    fn dead_letter(&self, raw: &[u8], props: &BasicProperties, reason: &str, detail: &str) -> Outgoing {
+    fn dead_letter(&self, raw: &[u8], props: &BasicProperties, reason: Reason, detail: &str) -> Outgoing {
         let letter = wire::DeadLetter {
             reason,
             detail,
