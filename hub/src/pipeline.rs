@@ -326,8 +326,84 @@ impl Hub {
 
     /// Gates, archives and routes one batch of ingress messages: what remains is to publish
     /// the copies and refusals, record the deliveries, and acknowledge.
+    ///
+    /// The stages: [`Hub::unpack`] (what each message is), [`Hub::admit`] (the gate and the
+    /// router, per document), the archive (one transaction), the copies ([`copy_for`], then
+    /// [`pack`] into messages).
     async fn prepare(&self, deliveries: &[Delivery]) -> Result<Prepared, Failure> {
         let mut out: Vec<Outgoing> = Vec::new();
+        let (items, receipts) = self.unpack(deliveries, &mut out);
+        let admitted = self.admit(&items, deliveries, &mut out);
+        let entries: Vec<Entry<'_>> = admitted
+            .iter()
+            .map(|(item, a, targets)| entry(item, a, targets))
+            .collect();
+        // Refusals so far are audited with the archive's writes, in one transaction.
+        let audit = refusals_audit(&out);
+        let stored = if entries.is_empty() && audit.is_empty() {
+            Vec::new()
+        } else {
+            self.archive.store(&entries, &audit).await?
+        };
+        let before_conflicts = out.len();
+        self.archive.record_receipts(&receipts).await?;
+        let mut copies: Vec<Copy<'_>> = Vec::new();
+        let mut confirmed: Vec<(uuid::Uuid, String)> = Vec::new();
+        for ((item, a, targets), stored) in admitted.iter().zip(stored) {
+            let skip = match stored {
+                Stored::New => HashSet::new(),
+                Stored::Duplicate {
+                    same_content: true,
+                    published,
+                } => published,
+                Stored::Duplicate {
+                    same_content: false, ..
+                } => {
+                    let r = Rejection::new(
+                        Reason::Conflict,
+                        format!(
+                            "document {} was archived before with different content",
+                            a.doc.header.id
+                        ),
+                    );
+                    let props = &deliveries[item.delivery].properties;
+                    out.push(self.dead_letter(item.raw, props, item.user.as_deref(), &r));
+                    continue;
+                }
+            };
+            for t in targets.iter().filter(|t| !skip.contains(&t.subscriber)) {
+                copies.push(Copy {
+                    delivery: item.delivery,
+                    target: t,
+                    bytes: copy_for(a, item.raw, t, self.gate.registry()),
+                    properties: wire::document_properties(&a.doc, t.format, &self.user),
+                });
+                confirmed.push((a.doc.header.id, t.subscriber.clone()));
+            }
+        }
+        // Conflicts are known only once stored: audited on their own.
+        let conflicts = refusals_audit(&out[before_conflicts..]);
+        if !conflicts.is_empty() {
+            self.archive.audit(&conflicts).await?;
+        }
+        out.extend(pack(copies, &self.topology, &self.user, self.signer.as_deref()));
+        tracing::debug!(
+            documents = items.len(),
+            archived = admitted.len(),
+            copies = confirmed.len(),
+            "batch archived"
+        );
+        Ok(Prepared {
+            out,
+            confirmed,
+            last_tag: deliveries.last().map(|d| d.delivery_tag),
+        })
+    }
+
+    /// Stage 1: what each ingress message is. Participants' dead letters are filed and
+    /// receipts read; a document or batch is split and its signature verified; what is
+    /// refused goes to `out`. The documents to gate, and the receipts' rows.
+    fn unpack<'d>(&self, deliveries: &'d [Delivery], out: &mut Vec<Outgoing>) -> (Vec<Item<'d>>, Vec<ReceiptRow>) {
         let mut items: Vec<Item<'_>> = Vec::new();
         let mut receipts: Vec<ReceiptRow> = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
@@ -356,10 +432,20 @@ impl Hub {
                 Err(r) => out.push(self.dead_letter(&d.data, &d.properties, user.as_deref(), &r)),
             }
         }
-        // Gate every document; route the admitted ones; drop repeats inside this batch.
+        (items, receipts)
+    }
+
+    /// Stage 2: every document through the gate; the admitted ones routed; repeats inside
+    /// this batch dropped. Refusals go to `out`.
+    fn admit<'i, 'd>(
+        &self,
+        items: &'i [Item<'d>],
+        deliveries: &[Delivery],
+        out: &mut Vec<Outgoing>,
+    ) -> Vec<(&'i Item<'d>, Admitted, Vec<Target>)> {
         let mut seen = HashSet::new();
-        let mut admitted: Vec<(&Item<'_>, Admitted, Vec<Target>)> = Vec::new();
-        for item in &items {
+        let mut admitted = Vec::new();
+        for item in items {
             match self.gate.admit(item.raw, item.user.as_deref()) {
                 Ok(a) => {
                     if seen.insert(a.doc.header.id) {
@@ -373,99 +459,7 @@ impl Hub {
                 }
             }
         }
-        let entries: Vec<Entry<'_>> = admitted
-            .iter()
-            .map(|(item, a, targets)| entry(item, a, targets))
-            .collect();
-        // Refusals so far are audited with the archive's writes, in one transaction.
-        let audit = refusals_audit(&out);
-        let stored = if entries.is_empty() && audit.is_empty() {
-            Vec::new()
-        } else {
-            self.archive.store(&entries, &audit).await?
-        };
-        let before_conflicts = out.len();
-        self.archive.record_receipts(&receipts).await?;
-        // Copies per (ingress message, subscriber): a batch in, a batch out — for subscribers
-        // that take batches; the others get one message per document (numbered in order).
-        let mut copies: BTreeMap<(usize, &str, usize), Pack> = BTreeMap::new();
-        let mut confirmed: Vec<(uuid::Uuid, String)> = Vec::new();
-        for ((item, a, targets), stored) in admitted.iter().zip(stored) {
-            let skip = match stored {
-                Stored::New => HashSet::new(),
-                Stored::Duplicate {
-                    same_content: true,
-                    published,
-                } => published,
-                Stored::Duplicate {
-                    same_content: false, ..
-                } => {
-                    let r = Rejection::new(
-                        Reason::Conflict,
-                        format!(
-                            "document {} was archived before with different content",
-                            a.doc.header.id
-                        ),
-                    );
-                    let props = &deliveries[item.delivery].properties;
-                    out.push(self.dead_letter(item.raw, props, item.user.as_deref(), &r));
-                    continue;
-                }
-            };
-            for t in targets.iter().filter(|t| !skip.contains(&t.subscriber)) {
-                let bytes = copy_for(a, item.raw, t, self.gate.registry());
-                let single = if t.batch { 0 } else { confirmed.len() + 1 };
-                let pack = copies
-                    .entry((item.delivery, t.subscriber.as_str(), single))
-                    .or_insert_with(|| Pack {
-                        format: t.format,
-                        docs: Vec::new(),
-                        first: None,
-                    });
-                if pack.first.is_none() {
-                    pack.first = Some(wire::document_properties(&a.doc, t.format, &self.user));
-                }
-                pack.docs.push(bytes);
-                confirmed.push((a.doc.header.id, t.subscriber.clone()));
-            }
-        }
-        // Conflicts are known only once stored: audited on their own.
-        let conflicts = refusals_audit(&out[before_conflicts..]);
-        if !conflicts.is_empty() {
-            self.archive.audit(&conflicts).await?;
-        }
-        let exchange = self.topology.out_exchange();
-        for ((_, subscriber, _), mut pack) in copies {
-            let signer = self.signer.as_deref();
-            let (payload, properties) = match (pack.docs.len(), pack.first) {
-                (1, Some(props)) => {
-                    let payload = pack.docs.remove(0);
-                    let props = wire::signed(props, signer, &[&payload]);
-                    (payload, props)
-                }
-                (n, _) => (
-                    wire::encode_batch(pack.format, &pack.docs),
-                    wire::signed(wire::batch_properties(pack.format, n, &self.user), signer, &pack.docs),
-                ),
-            };
-            out.push(Outgoing {
-                exchange: exchange.clone(),
-                routing_key: subscriber.to_owned(),
-                payload,
-                properties,
-            });
-        }
-        tracing::debug!(
-            documents = items.len(),
-            archived = admitted.len(),
-            copies = confirmed.len(),
-            "batch archived"
-        );
-        Ok(Prepared {
-            out,
-            confirmed,
-            last_tag: deliveries.last().map(|d| d.delivery_tag),
-        })
+        admitted
     }
 
     /// Publishes a prepared batch with confirms, records its deliveries, acknowledges it.
@@ -786,14 +780,51 @@ struct Prepared {
     last_tag: Option<u64>,
 }
 
-/// The copies for one subscriber out of one ingress message: a single document stays a single
-/// message; a batch in gives a batch out (or a single message, when only one of its documents
-/// goes to that subscriber).
-struct Pack {
-    format: Encoding,
-    docs: Vec<Vec<u8>>,
-    /// Properties of the first document (used when the pack is a single message).
-    first: Option<BasicProperties>,
+/// One document's copy for one subscriber, before it is packed into messages.
+struct Copy<'a> {
+    /// The ingress message it came in.
+    delivery: usize,
+    target: &'a Target,
+    bytes: Vec<u8>,
+    /// Its properties when it travels alone.
+    properties: BasicProperties,
+}
+
+/// The copies of one batch as messages to `<p>.out`, in order: per (ingress message,
+/// subscriber), one batch message — a batch in gives a batch out — for a subscriber that takes
+/// batches, else one message per document; a lone document is always a single message. Each
+/// message is signed with `signer` when there is one.
+fn pack(copies: Vec<Copy<'_>>, topology: &Topology, user: &str, signer: Option<&SigningKey>) -> Vec<Outgoing> {
+    let mut packs: BTreeMap<(usize, &str, usize), Vec<Copy<'_>>> = BTreeMap::new();
+    for (n, copy) in copies.into_iter().enumerate() {
+        let single = if copy.target.batch { 0 } else { n + 1 };
+        packs
+            .entry((copy.delivery, copy.target.subscriber.as_str(), single))
+            .or_default()
+            .push(copy);
+    }
+    let exchange = topology.out_exchange();
+    packs
+        .into_iter()
+        .filter_map(|((_, subscriber, _), mut pack)| {
+            let (payload, properties) = if pack.len() == 1 {
+                let Copy { bytes, properties, .. } = pack.pop()?;
+                let properties = wire::signed(properties, signer, &[&bytes]);
+                (bytes, properties)
+            } else {
+                let format = pack.first()?.target.format;
+                let docs: Vec<Vec<u8>> = pack.into_iter().map(|c| c.bytes).collect();
+                let properties = wire::signed(wire::batch_properties(format, docs.len(), user), signer, &docs);
+                (wire::encode_batch(format, &docs), properties)
+            };
+            Some(Outgoing {
+                exchange: exchange.clone(),
+                routing_key: subscriber.to_owned(),
+                payload,
+                properties,
+            })
+        })
+        .collect()
 }
 
 /// One document of a batch being processed.
@@ -941,4 +972,70 @@ pub fn amqp_user(url: &SecretUrl) -> String {
     Some(url.username())
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "guest".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(subscriber: &str, batch: bool) -> Target {
+        Target {
+            subscriber: subscriber.into(),
+            format: Encoding::Json,
+            mask: Default::default(),
+            batch,
+        }
+    }
+
+    fn copy<'a>(delivery: usize, target: &'a Target, n: u8) -> Copy<'a> {
+        Copy {
+            delivery,
+            target,
+            bytes: format!("{{\"n\":{n}}}").into_bytes(),
+            properties: BasicProperties::default().with_message_id(format!("doc-{n}").as_str().into()),
+        }
+    }
+
+    #[test]
+    fn copies_are_packed_per_message_and_subscriber_as_each_takes_them() {
+        let (sink, feed) = (target("sink", true), target("feed", false));
+        let copies = vec![
+            copy(0, &sink, 1),
+            copy(0, &feed, 1),
+            copy(0, &sink, 2),
+            copy(0, &feed, 2),
+            copy(1, &sink, 3),
+        ];
+        let out = pack(copies, &Topology::new("t"), "hub", None);
+        let shown: Vec<(String, bool, String)> = out
+            .iter()
+            .map(|o| {
+                let id = o
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                (o.routing_key.clone(), wire::is_batch(&o.properties), id)
+            })
+            .collect();
+        // Ingress message 0: the sink gets its two documents as one batch, the feed one message
+        // per document, in order; message 1's lone document goes alone.
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert_eq!(
+            (shown[0].0.as_str(), shown[0].1, shown[0].2.as_str()),
+            ("feed", false, "doc-1")
+        );
+        assert_eq!(
+            (shown[1].0.as_str(), shown[1].1, shown[1].2.as_str()),
+            ("feed", false, "doc-2")
+        );
+        assert_eq!((shown[2].0.as_str(), shown[2].1), ("sink", true));
+        assert_eq!(wire::split_batch(&out[2].payload).unwrap().len(), 2);
+        assert_eq!(
+            (shown[3].0.as_str(), shown[3].1, shown[3].2.as_str()),
+            ("sink", false, "doc-3")
+        );
+        assert!(out.iter().all(|o| o.exchange == "t.out"));
+    }
 }
