@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exhub_schemas::{Registry, Schema};
 
-use exhub_connect::adapter::Catalog;
+use exhub_connect::adapter::{Catalog, Role};
 
 use crate::config::{AMQP_KIND, Config, ConfigFile, Positions, Problem, Seg, Severity, valid_name};
 use crate::filter::Filter;
@@ -454,14 +454,14 @@ fn check_kinds(c: &mut Checker<'_>, config: &Config, catalog: &dyn Catalog) {
     for (i, s) in config.sources.iter().enumerate() {
         let here = |k: &str| vec!["source".into(), i.into(), k.into()];
         let label = format!("source {:?}", s.name);
-        match catalog.source(&s.kind) {
+        match catalog.kind(Role::Source, &s.kind) {
             None => c.error(
                 &here("kind"),
                 format!("{label} → kind"),
                 format!("unknown source kind {:?} (known: {})", s.kind, source_kinds.join(", ")),
             ),
             Some(kind) => {
-                for message in kind.check(s.url.expose(), &s.options) {
+                for message in kind.check(Role::Source, s.url.expose(), &s.options) {
                     let at = unknown_key(&message).map_or_else(|| here("url"), &here);
                     c.error(&at, label.clone(), message);
                 }
@@ -491,7 +491,7 @@ fn check_kinds(c: &mut Checker<'_>, config: &Config, catalog: &dyn Catalog) {
             }
             continue;
         }
-        match catalog.sink(&sub.kind) {
+        match catalog.kind(Role::Sink, &sub.kind) {
             None => c.error(
                 &here("kind"),
                 format!("{label} → kind"),
@@ -504,7 +504,7 @@ fn check_kinds(c: &mut Checker<'_>, config: &Config, catalog: &dyn Catalog) {
             Some(kind) => match &sub.url {
                 None => c.error(&here("kind"), label, "a database subscriber needs its url".into()),
                 Some(url) => {
-                    for message in kind.check(url.expose(), &sub.options) {
+                    for message in kind.check(Role::Sink, url.expose(), &sub.options) {
                         let at = unknown_key(&message).map_or_else(|| here("url"), &here);
                         c.error(&at, label.clone(), message);
                     }
@@ -514,9 +514,13 @@ fn check_kinds(c: &mut Checker<'_>, config: &Config, catalog: &dyn Catalog) {
     }
     // The archive is a PostgreSQL database reached like a PostgreSQL subscriber.
     if matches!(config.hub.archive.scheme().as_deref(), Some("postgres" | "postgresql"))
-        && let Some(kind) = catalog.sink("postgres")
+        && let Some(kind) = catalog.kind(Role::Sink, "postgres")
     {
-        for message in kind.check(config.hub.archive.expose(), &exhub_connect::adapter::Options::new()) {
+        for message in kind.check(
+            Role::Sink,
+            config.hub.archive.expose(),
+            &exhub_connect::adapter::Options::new(),
+        ) {
             c.error(&["hub".into(), "archive".into()], "hub.archive".into(), message);
         }
     }

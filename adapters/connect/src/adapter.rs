@@ -15,15 +15,29 @@ use crate::source::SourceCommon;
 /// that is not common to all kinds.
 pub use toml::Table as Options;
 
+/// The part an entry of a kind plays: a `[[source]]` or a database `[[subscriber]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A source: the database's change log is read.
+    Source,
+    /// A sink: documents are applied to the database.
+    Sink,
+}
+
 /// A database kind as routes.toml names it, with the check of its entries.
 pub trait Kind: Sync {
     /// `kind = "…"` in routes.toml.
     fn kind(&self) -> &'static str;
-    /// Problems of an entry's URL (`url`, its password left out) and of the entry's options
-    /// of this kind (every key that is not common to all kinds): unknown keys, bad values,
-    /// TLS settings that cannot be honoured.
-    fn check(&self, url: &str, options: &Options) -> Vec<String>;
+    /// Problems of an entry in `role`: its URL's (`url`, its password left out) and its
+    /// options' of this kind (every key that is not common to all kinds): unknown keys, bad
+    /// values, TLS settings that cannot be honoured.
+    fn check(&self, role: Role, url: &str, options: &Options) -> Vec<String>;
 }
+
+/// The options of a kind that has none in a role: any key is unknown.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
 
 /// A kind that can be a source.
 pub trait SourceAdapter: Kind {
@@ -39,10 +53,8 @@ pub trait SourceAdapter: Kind {
 
 /// The kinds the binary knows, for [`Kind::check`] by the config check.
 pub trait Catalog {
-    /// The source kind named `kind`.
-    fn source(&self, kind: &str) -> Option<&dyn Kind>;
-    /// The database sink kind named `kind`.
-    fn sink(&self, kind: &str) -> Option<&dyn Kind>;
+    /// The kind named `kind` that can play `role`.
+    fn kind(&self, role: Role, kind: &str) -> Option<&dyn Kind>;
     /// Every source kind, then every sink kind (for messages).
     fn kinds(&self) -> (Vec<&'static str>, Vec<&'static str>);
 }
@@ -51,6 +63,21 @@ pub trait Catalog {
 /// names it.
 pub fn options<T: DeserializeOwned>(options: &Options) -> Result<T, String> {
     T::deserialize(toml::Value::Table(options.clone())).map_err(|e| e.message().trim().replace('\n', " "))
+}
+
+/// The problems of an entry in `role`: its URL's (`url_problems`), then its options' read as
+/// `Source` or `Sink` (a kind's options per role; [`NoOptions`] where it has none).
+pub fn entry_problems<Source: DeserializeOwned, Sink: DeserializeOwned>(
+    role: Role,
+    mut url_problems: Vec<String>,
+    opts: &Options,
+) -> Vec<String> {
+    let options = match role {
+        Role::Source => options::<Source>(opts).err(),
+        Role::Sink => options::<Sink>(opts).err(),
+    };
+    url_problems.extend(options);
+    url_problems
 }
 
 /// `url`'s scheme must be one of `schemes` (the problem, if not).

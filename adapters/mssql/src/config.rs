@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exhub_connect::adapter::{Kind, Options, SourceAdapter, options, scheme_problem};
+use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options, scheme_problem};
 use exhub_connect::runner::AnySource;
 use exhub_connect::source::SourceCommon;
 use exhub_schemas::Registry;
@@ -14,10 +14,7 @@ use serde::Deserialize;
 
 use crate::{MssqlSource, SourceSettings};
 
-/// URL schemes of this kind.
-const SCHEMES: [&str; 2] = ["mssql", "sqlserver"];
-
-/// A SQL Server source's own options.
+/// A SQL Server source's own options (a sink has none).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceOptions {
@@ -26,42 +23,29 @@ pub struct SourceOptions {
     pub poll_ms: Option<u64>,
 }
 
-/// A SQL Server sink's own options (none).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkOptions {}
+/// The SQL Server kind.
+pub struct Mssql;
 
-/// The SQL Server source kind.
-pub struct SourceKind;
-
-/// The SQL Server sink kind.
-pub struct SinkKind;
-
-/// The URL's problems: its scheme and its settings.
-fn url_problems(url: &str) -> Vec<String> {
-    match scheme_problem(url, &SCHEMES) {
-        Some(p) => vec![p],
-        None => crate::connect::config(url)
-            .err()
-            .map(|e| e.to_string())
-            .into_iter()
-            .collect(),
-    }
-}
-
-impl Kind for SourceKind {
+impl Kind for Mssql {
     fn kind(&self) -> &'static str {
         "mssql"
     }
 
-    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
-        let mut problems = url_problems(url);
-        problems.extend(options::<SourceOptions>(opts).err());
-        problems
+    /// The URL's scheme and settings (as tiberius gets them), and the options.
+    fn check(&self, role: Role, url: &str, opts: &Options) -> Vec<String> {
+        let url_problems = match scheme_problem(url, &["mssql", "sqlserver"]) {
+            Some(p) => vec![p],
+            None => crate::connect::config(url)
+                .err()
+                .map(|e| e.to_string())
+                .into_iter()
+                .collect(),
+        };
+        entry_problems::<SourceOptions, NoOptions>(role, url_problems, opts)
     }
 }
 
-impl SourceAdapter for SourceKind {
+impl SourceAdapter for Mssql {
     fn build(
         &self,
         common: SourceCommon,
@@ -78,19 +62,7 @@ impl SourceAdapter for SourceKind {
     }
 }
 
-impl Kind for SinkKind {
-    fn kind(&self) -> &'static str {
-        "mssql"
-    }
-
-    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
-        let mut problems = url_problems(url);
-        problems.extend(options::<SinkOptions>(opts).err());
-        problems
-    }
-}
-
-impl SinkAdapter for SinkKind {
+impl SinkAdapter for Mssql {
     fn connect<'a>(
         &'a self,
         url: &'a str,
@@ -115,16 +87,15 @@ mod tests {
     #[test]
     fn options_of_other_kinds_and_bad_urls_are_refused() {
         let opts: Options = toml::from_str("slot = \"s\"").unwrap();
+        let problems = Mssql.check(Role::Source, "mssql://sa@h/db", &opts);
         assert!(
-            SourceKind
-                .check("mssql://sa@h/db", &opts)
-                .iter()
-                .any(|p| p.contains("unknown field `slot`"))
+            problems.iter().any(|p| p.contains("unknown field `slot`")),
+            "{problems:?}"
         );
-        assert!(SourceKind.check("mssql://sa@h/db", &Options::new()).is_empty());
+        assert!(Mssql.check(Role::Source, "mssql://sa@h/db", &Options::new()).is_empty());
         assert!(
-            !SinkKind
-                .check("mssql://sa@h/db?encrypt=maybe", &Options::new())
+            !Mssql
+                .check(Role::Sink, "mssql://sa@h/db?encrypt=maybe", &Options::new())
                 .is_empty()
         );
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use exhub_connect::adapter::{Kind, Options, SourceAdapter, options, scheme_problem};
+use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options, scheme_problem};
 use exhub_connect::runner::AnySource;
 use exhub_connect::source::SourceCommon;
 use exhub_schemas::Registry;
@@ -15,10 +15,7 @@ use serde::Deserialize;
 use crate::tls::MysqlTls;
 use crate::{MysqlSource, SourceSettings};
 
-/// URL schemes of this kind.
-const SCHEMES: [&str; 2] = ["mysql", "mariadb"];
-
-/// A MySQL source's own options.
+/// A MySQL source's own options (a sink has none).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceOptions {
@@ -27,36 +24,34 @@ pub struct SourceOptions {
     pub server_id: Option<u32>,
 }
 
-/// A MySQL sink's own options (none).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkOptions {}
+/// The MySQL/MariaDB kind.
+pub struct Mysql;
 
-/// The MySQL/MariaDB source kind.
-pub struct SourceKind;
-
-/// The MySQL/MariaDB sink kind.
-pub struct SinkKind;
-
-impl Kind for SourceKind {
+impl Kind for Mysql {
     fn kind(&self) -> &'static str {
         "mysql"
     }
 
-    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
-        let mut problems: Vec<String> = scheme_problem(url, &SCHEMES).into_iter().collect();
-        if problems.is_empty()
-            && let Err(e) =
-                MysqlTls::from_url(url).and_then(|(tls, _)| tls.for_source().and_then(|_| tls.check_files()))
-        {
-            problems.push(e);
-        }
-        problems.extend(options::<SourceOptions>(opts).err());
-        problems
+    /// The URL's scheme and TLS settings (a source's as mysql_async reads them, a sink's as
+    /// sqlx does), and the options.
+    fn check(&self, role: Role, url: &str, opts: &Options) -> Vec<String> {
+        let tls = |tls: MysqlTls| match role {
+            Role::Source => tls.for_source().and_then(|_| tls.check_files()),
+            Role::Sink => tls.check_files(),
+        };
+        let url_problems = match scheme_problem(url, &["mysql", "mariadb"]) {
+            Some(p) => vec![p],
+            None => MysqlTls::from_url(url)
+                .and_then(|(t, _)| tls(t))
+                .err()
+                .into_iter()
+                .collect(),
+        };
+        entry_problems::<SourceOptions, NoOptions>(role, url_problems, opts)
     }
 }
 
-impl SourceAdapter for SourceKind {
+impl SourceAdapter for Mysql {
     fn build(
         &self,
         common: SourceCommon,
@@ -72,24 +67,7 @@ impl SourceAdapter for SourceKind {
     }
 }
 
-impl Kind for SinkKind {
-    fn kind(&self) -> &'static str {
-        "mysql"
-    }
-
-    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
-        let mut problems: Vec<String> = scheme_problem(url, &SCHEMES).into_iter().collect();
-        if problems.is_empty()
-            && let Err(e) = MysqlTls::from_url(url).and_then(|(tls, _)| tls.check_files())
-        {
-            problems.push(e);
-        }
-        problems.extend(options::<SinkOptions>(opts).err());
-        problems
-    }
-}
-
-impl SinkAdapter for SinkKind {
+impl SinkAdapter for Mysql {
     fn connect<'a>(
         &'a self,
         url: &'a str,
@@ -121,17 +99,22 @@ mod tests {
     #[test]
     fn options_of_other_kinds_and_bad_urls_are_refused() {
         let opts: Options = toml::from_str("slot = \"exhub_x\"").unwrap();
-        let problems = SourceKind.check("mysql://u@localhost/db", &opts);
+        let problems = Mysql.check(Role::Source, "mysql://u@localhost/db", &opts);
         assert!(
             problems.iter().any(|p| p.contains("unknown field `slot`")),
             "{problems:?}"
         );
-        let none = Options::new();
-        assert!(SourceKind.check("mysql://u@localhost/db", &none).is_empty());
-        assert!(!SourceKind.check("postgres://u@localhost/db", &none).is_empty());
+        let opts: Options = toml::from_str("server_id = 7").unwrap();
+        assert!(Mysql.check(Role::Source, "mysql://u@localhost/db", &opts).is_empty());
         assert!(
-            !SinkKind
-                .check("mysql://u@localhost/db?ssl-mode=bogus", &none)
+            !Mysql.check(Role::Sink, "mysql://u@localhost/db", &opts).is_empty(),
+            "a sink has no server_id"
+        );
+        let none = Options::new();
+        assert!(!Mysql.check(Role::Source, "postgres://u@localhost/db", &none).is_empty());
+        assert!(
+            !Mysql
+                .check(Role::Sink, "mysql://u@localhost/db?ssl-mode=bogus", &none)
                 .is_empty()
         );
         assert_ne!(server_id("a\nmysql://h/db"), server_id("b\nmysql://h/db"));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use exhub_connect::adapter::{Kind, Options, SourceAdapter, options, scheme_problem};
+use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options, scheme_problem};
 use exhub_connect::runner::AnySource;
 use exhub_connect::source::SourceCommon;
 use exhub_schemas::Registry;
@@ -14,10 +14,7 @@ use serde::Deserialize;
 
 use crate::{PostgresSource, SourceSettings};
 
-/// URL schemes of this kind.
-const SCHEMES: [&str; 2] = ["postgres", "postgresql"];
-
-/// A PostgreSQL source's own options.
+/// A PostgreSQL source's own options (a sink has none).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceOptions {
@@ -30,38 +27,26 @@ pub struct SourceOptions {
     pub lag_warn_mb: Option<u64>,
 }
 
-/// A PostgreSQL sink's own options (none).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkOptions {}
+/// The PostgreSQL kind.
+pub struct Postgres;
 
-/// The PostgreSQL source kind.
-pub struct SourceKind;
-
-/// The PostgreSQL sink kind.
-pub struct SinkKind;
-
-/// The URL's problems: its scheme and its TLS settings.
-fn url_problems(url: &str) -> Vec<String> {
-    match scheme_problem(url, &SCHEMES) {
-        Some(p) => vec![p],
-        None => crate::tls::check_url(url).err().into_iter().collect(),
-    }
-}
-
-impl Kind for SourceKind {
+impl Kind for Postgres {
     fn kind(&self) -> &'static str {
         "postgres"
     }
 
-    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
-        let mut problems = url_problems(url);
-        problems.extend(options::<SourceOptions>(opts).err());
-        problems
+    /// The URL's scheme and TLS settings (the same for queries and the replication stream),
+    /// and the options.
+    fn check(&self, role: Role, url: &str, opts: &Options) -> Vec<String> {
+        let url_problems = match scheme_problem(url, &["postgres", "postgresql"]) {
+            Some(p) => vec![p],
+            None => crate::tls::check_url(url).err().into_iter().collect(),
+        };
+        entry_problems::<SourceOptions, NoOptions>(role, url_problems, opts)
     }
 }
 
-impl SourceAdapter for SourceKind {
+impl SourceAdapter for Postgres {
     fn build(
         &self,
         common: SourceCommon,
@@ -81,19 +66,7 @@ impl SourceAdapter for SourceKind {
     }
 }
 
-impl Kind for SinkKind {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn check(&self, url: &str, opts: &Options) -> Vec<String> {
-        let mut problems = url_problems(url);
-        problems.extend(options::<SinkOptions>(opts).err());
-        problems
-    }
-}
-
-impl SinkAdapter for SinkKind {
+impl SinkAdapter for Postgres {
     fn connect<'a>(
         &'a self,
         url: &'a str,
@@ -129,14 +102,28 @@ mod tests {
     #[test]
     fn options_of_other_kinds_are_refused_and_names_default() {
         let opts: Options = toml::from_str("server_id = 7").unwrap();
-        let problems = SourceKind.check("postgres://u@localhost/db", &opts);
+        let problems = Postgres.check(Role::Source, "postgres://u@localhost/db", &opts);
         assert!(
             problems.iter().any(|p| p.contains("unknown field `server_id`")),
             "{problems:?}"
         );
         let opts: Options = toml::from_str("slot = \"s\"\nlag_warn_mb = 5").unwrap();
-        assert!(SourceKind.check("postgres://u@localhost/db", &opts).is_empty());
-        assert!(!SinkKind.check("mysql://u@localhost/db", &Options::new()).is_empty());
+        assert!(
+            Postgres
+                .check(Role::Source, "postgres://u@localhost/db", &opts)
+                .is_empty()
+        );
+        assert!(
+            !Postgres
+                .check(Role::Sink, "postgres://u@localhost/db", &opts)
+                .is_empty(),
+            "a sink has no slot"
+        );
+        assert!(
+            !Postgres
+                .check(Role::Sink, "mysql://u@localhost/db", &Options::new())
+                .is_empty()
+        );
         assert_eq!(default_name("Tax-CTAIS.1"), "exhub_tax_ctais_1");
     }
 }

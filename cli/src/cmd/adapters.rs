@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use exhub_connect::adapter::{Catalog, Kind, SourceAdapter, parse_offset};
+use exhub_connect::adapter::{Catalog, Kind, Role, SourceAdapter, parse_offset};
 use exhub_connect::runner::AnySource;
 use exhub_connect::source::SourceCommon;
 use exhub_hub::config::{SourceConfig, SubscriberConfig};
@@ -23,9 +23,9 @@ use super::{Loaded, init_logging, load, shutdown_on_signal};
 /// Every source kind, by its name in routes.toml.
 pub fn source_kind(kind: &str) -> Option<&'static dyn SourceAdapter> {
     match kind {
-        "mysql" => Some(&exhub_mysql::config::SourceKind),
-        "postgres" => Some(&exhub_postgres::config::SourceKind),
-        "mssql" => Some(&exhub_mssql::config::SourceKind),
+        "mysql" => Some(&exhub_mysql::config::Mysql),
+        "postgres" => Some(&exhub_postgres::config::Postgres),
+        "mssql" => Some(&exhub_mssql::config::Mssql),
         _ => None,
     }
 }
@@ -33,9 +33,9 @@ pub fn source_kind(kind: &str) -> Option<&'static dyn SourceAdapter> {
 /// Every database sink kind, by its name in routes.toml.
 pub fn sink_kind(kind: &str) -> Option<&'static dyn SinkAdapter> {
     match kind {
-        "mysql" => Some(&exhub_mysql::config::SinkKind),
-        "postgres" => Some(&exhub_postgres::config::SinkKind),
-        "mssql" => Some(&exhub_mssql::config::SinkKind),
+        "mysql" => Some(&exhub_mysql::config::Mysql),
+        "postgres" => Some(&exhub_postgres::config::Postgres),
+        "mssql" => Some(&exhub_mssql::config::Mssql),
         _ => None,
     }
 }
@@ -47,12 +47,11 @@ pub struct Kinds;
 const KNOWN: [&str; 3] = ["mysql", "postgres", "mssql"];
 
 impl Catalog for Kinds {
-    fn source(&self, kind: &str) -> Option<&dyn Kind> {
-        source_kind(kind).map(|k| k as &dyn Kind)
-    }
-
-    fn sink(&self, kind: &str) -> Option<&dyn Kind> {
-        sink_kind(kind).map(|k| k as &dyn Kind)
+    fn kind(&self, role: Role, kind: &str) -> Option<&dyn Kind> {
+        match role {
+            Role::Source => source_kind(kind).map(|k| k as &dyn Kind),
+            Role::Sink => sink_kind(kind).map(|k| k as &dyn Kind),
+        }
     }
 
     fn kinds(&self) -> (Vec<&'static str>, Vec<&'static str>) {
