@@ -187,7 +187,7 @@ pub struct SourceCommon {
     /// The publishing org.
     pub org: String,
     /// The legacy database's URL.
-    pub url: String,
+    pub url: crate::secret::SecretUrl,
     /// Snapshot mode.
     pub snapshot: SnapshotMode,
     /// Tables and their mappings.
@@ -195,7 +195,7 @@ pub struct SourceCommon {
     /// The checkpoint file.
     pub checkpoint: PathBuf,
     /// RabbitMQ URL (the org's own login).
-    pub amqp: String,
+    pub amqp: crate::secret::SecretUrl,
     /// The exchange's AMQP names.
     pub topology: Topology,
     /// The AMQP user in that URL (`user_id` of every message).
@@ -230,7 +230,7 @@ impl SourceCommon {
 
     /// The run loop of this source.
     pub fn retry(&self) -> Retry {
-        Retry::new(&self.name, &self.amqp, &self.topology)
+        Retry::new(&self.name, self.amqp.expose(), &self.topology)
     }
 }
 

@@ -120,7 +120,7 @@ impl MssqlSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<MssqlSource, SourceError> {
         let (config, database) =
-            config(&settings.common.url).map_err(|e| setup(&settings.common.name, e.to_string()))?;
+            config(settings.common.url.expose()).map_err(|e| setup(&settings.common.name, e.to_string()))?;
         Ok(MssqlSource {
             settings,
             registry,

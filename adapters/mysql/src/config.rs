@@ -61,7 +61,7 @@ impl SourceAdapter for Mysql {
         let o: SourceOptions = options(opts)?;
         let server_id = o
             .server_id
-            .unwrap_or_else(|| server_id(&format!("{}\n{}", common.name, common.url)));
+            .unwrap_or_else(|| server_id(&format!("{}\n{}", common.name, common.url.expose())));
         let source = MysqlSource::new(SourceSettings { common, server_id }, registry).map_err(|e| e.to_string())?;
         Ok(Box::new(source))
     }

@@ -121,7 +121,7 @@ pub struct MysqlSource {
 impl MysqlSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<MysqlSource, SourceError> {
-        let opts = crate::tls::source_opts(&settings.common.url).map_err(|message| SourceError::Setup {
+        let opts = crate::tls::source_opts(settings.common.url.expose()).map_err(|message| SourceError::Setup {
             kind: "MySQL",
             source_name: settings.common.name.clone(),
             message,
@@ -276,7 +276,7 @@ impl Source for MysqlSource {
 
 impl MysqlSource {
     async fn connect(&self) -> Result<Conn, SourceError> {
-        let opts = crate::tls::source_opts(&self.settings.common.url).map_err(|e| self.setup(e))?;
+        let opts = crate::tls::source_opts(self.settings.common.url.expose()).map_err(|e| self.setup(e))?;
         let tls = opts.ssl_opts().is_some();
         Conn::new(opts).await.map_err(|e| match &e {
             mysql_async::Error::Server(s) if s.code == 1045 => {

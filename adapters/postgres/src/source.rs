@@ -162,7 +162,7 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// A source with `settings`; documents are typed by `registry`.
     pub fn new(settings: SourceSettings, registry: Arc<Registry>) -> Result<PostgresSource, SourceError> {
-        let connect = PgConnectOptions::from_str(&settings.common.url)
+        let connect = PgConnectOptions::from_str(settings.common.url.expose())
             .map_err(|e| setup(&settings.common.name, format!("bad URL: {e}")))?
             .options(SESSION)
             .application_name(&format!("exhub-source-{}", settings.common.name));
@@ -391,7 +391,7 @@ impl PostgresSource {
 
     fn replication_config(&self, start: Lsn) -> Result<ReplicationConfig, SourceError> {
         let s = &self.settings;
-        let url = url::Url::parse(&s.common.url).map_err(|e| setup(&s.common.name, format!("bad URL: {e}")))?;
+        let url = url::Url::parse(s.common.url.expose()).map_err(|e| setup(&s.common.name, format!("bad URL: {e}")))?;
         let (user, password) = exhub_connect::secret::url_credentials(&url);
         let user = if user.is_empty() { "postgres".to_owned() } else { user };
         let options: Vec<String> = SESSION

@@ -37,7 +37,7 @@ pub struct SinkSettings {
     /// Doc type → table.
     pub tables: Vec<TableTarget>,
     /// RabbitMQ URL.
-    pub amqp: String,
+    pub amqp: exhub_connect::secret::SecretUrl,
     /// The exchange's AMQP names.
     pub topology: Topology,
     /// The AMQP user in that URL (the subscriber's org's).
@@ -100,7 +100,11 @@ impl DbSink {
     /// Consumes until `cancel`; retries passing failures.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SinkError> {
         let name = format!("exhub-sink-{}-{}", self.settings.name, std::process::id());
-        let mut publisher = Publisher::new(self.settings.amqp.clone(), format!("{name}-dlq"), Declare::Nothing);
+        let mut publisher = Publisher::new(
+            self.settings.amqp.expose().to_owned(),
+            format!("{name}-dlq"),
+            Declare::Nothing,
+        );
         let mut backoff = Backoff::default();
         loop {
             match self.session(&name, &mut publisher, cancel).await {
@@ -124,7 +128,7 @@ impl DbSink {
 
     async fn session(&self, name: &str, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), Failure> {
         let topology = &self.settings.topology;
-        let conn = amqp::connect_with_retry(&self.settings.amqp, name, cancel).await?;
+        let conn = amqp::connect_with_retry(self.settings.amqp.expose(), name, cancel).await?;
         let channel = conn.create_channel().await.map_err(AmqpError::from)?;
         // The hub declares the topology (a subscriber's login may not); until it has, consuming
         // fails as NOT_FOUND, a passing failure retried with backoff.

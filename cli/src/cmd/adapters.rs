@@ -176,13 +176,13 @@ fn build_source(loaded: &Loaded, entry: &SourceConfig) -> Result<Box<dyn AnySour
     let common = SourceCommon {
         name: entry.name.clone(),
         org: entry.org.clone(),
-        url: entry.url.expose().to_owned(),
+        url: entry.url.clone(),
         snapshot: entry.snapshot,
         tables: entry.tables.clone(),
         checkpoint,
-        amqp: amqp.expose().to_owned(),
-        topology: config.hub.topology(),
         amqp_user: amqp_user(&amqp),
+        amqp,
+        topology: config.hub.topology(),
         signer: config
             .org_signer(&entry.org, base)
             .with_context(|| format!("{what}: the signing key of org {:?}", entry.org))?
@@ -223,9 +223,9 @@ async fn build_sink(loaded: &Loaded, entry: &SubscriberConfig) -> Result<DbSink>
     let settings = SinkSettings {
         name: entry.name.clone(),
         tables,
-        amqp: amqp.expose().to_owned(),
-        topology: config.hub.topology(),
         amqp_user: amqp_user(&amqp),
+        amqp,
+        topology: config.hub.topology(),
         hub_user: config.hub.user(),
         hub_keys: exhub_connect::sign::Keyring::from_lines(&config.hub.public_keys).context("[hub] public_keys")?,
         signer: config
