@@ -10,15 +10,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use exhub_connect::amqp::{self, AmqpError, Backoff};
-use exhub_connect::consumer::{BatchLimits, next_batch};
+use exhub_connect::amqp::{AmqpError, Backoff};
+use exhub_connect::consumer::{BatchLimits, Subscription};
 use exhub_connect::publisher::Declare;
 use exhub_connect::wire::{self, Reason, header};
 use exhub_connect::{Outgoing, Publisher, Topology};
 use exhub_schemas::{Encoding, Registry, canonical, json, xml};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use lapin::{BasicProperties, Channel};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -236,23 +235,12 @@ impl Hub {
         shutdown: &CancellationToken,
         hard_stop: &CancellationToken,
     ) -> Result<Ended, Failure> {
-        let conn = amqp::connect_with_retry(self.amqp.expose(), name, shutdown).await?;
-        let channel = conn.create_channel().await.map_err(AmqpError::from)?;
-        self.topology.declare_all(&channel, &self.router.subscribers()).await?;
         let prefetch = size.prefetch();
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(AmqpError::from)?;
-        let mut consumer = channel
-            .basic_consume(
-                self.topology.ingress_queue().as_str().into(),
-                name.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::from)?;
+        let declare = Declare::All(self.topology.clone(), self.router.subscribers());
+        let queue = self.topology.ingress_queue();
+        let mut sub = Subscription::open(self.amqp.expose(), name, &declare, &queue, prefetch, shutdown).await?;
+        // Batch n is acknowledged on the channel while batch n + 1 is taken from the consumer.
+        let channel = sub.channel().clone();
         tracing::info!(queue = %self.topology.ingress_queue(), prefetch, "consuming");
         let mut batches = 0u32;
         // Two batches in flight: while one waits for the broker's confirms and is acknowledged
@@ -267,7 +255,7 @@ impl Hub {
             };
             let (next, finished) = tokio::join!(
                 async {
-                    let Some(deliveries) = next_batch(&mut consumer, limits, shutdown).await? else {
+                    let Some(deliveries) = sub.next(limits, shutdown).await? else {
                         return Ok::<_, Failure>(None);
                     };
                     let bytes: usize = deliveries.iter().map(|d| d.data.len()).sum();
@@ -285,8 +273,7 @@ impl Hub {
             finished?;
             let Some(prepared) = next? else {
                 // Stop taking new messages; prefetched ones go back to the queue on close.
-                let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
-                let _ = conn.close(200, "shutdown".into()).await;
+                sub.close("shutdown").await;
                 return Ok(Ended::Shutdown);
             };
             pending = Some(prepared);
@@ -297,7 +284,7 @@ impl Hub {
                 }
                 size.probe = false;
                 tracing::info!("a message went through after the failure; resubscribing with the normal prefetch");
-                let _ = conn.close(200, "resize".into()).await;
+                sub.close("resize").await;
                 return Ok(Ended::Resize);
             }
             let wanted = size.prefetch();
@@ -318,7 +305,7 @@ impl Hub {
                     to = wanted,
                     "message size changed; resubscribing with a new prefetch"
                 );
-                let _ = conn.close(200, "resize".into()).await;
+                sub.close("resize").await;
                 return Ok(Ended::Resize);
             }
         }

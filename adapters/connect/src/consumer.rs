@@ -1,17 +1,90 @@
-//! Taking messages in batches: wait for one, then keep taking what is already there (or arrives
-//! within a short linger) up to a count and a byte budget. The hub and the sinks both work this
-//! way, so that one transaction, one round of confirms and one `ack multiple` cover many
-//! messages.
+//! Consuming a queue in batches, for the hub and the sinks alike: a [`Subscription`] (connect,
+//! declare, prefetch, consume; stop taking and close), and [`next_batch`]: wait for one
+//! message, then keep taking what is already there (or arrives within a short linger) up to a
+//! count and a byte budget, so that one transaction, one round of confirms and one
+//! `ack multiple` cover many messages.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use lapin::Consumer;
 use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::AmqpError;
+use crate::amqp::{self, AmqpError};
+use crate::publisher::Declare;
+
+/// One consumer of one queue on its own connection.
+pub struct Subscription {
+    conn: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    tag: String,
+}
+
+impl Subscription {
+    /// Connects to `url` as `name` (retrying until `cancel`), declares what `declare` says,
+    /// sets the prefetch and consumes `queue` (its consumer tag is `name`). A queue not yet
+    /// declared fails as NOT_FOUND, a passing failure.
+    pub async fn open(
+        url: &str,
+        name: &str,
+        declare: &Declare,
+        queue: &str,
+        prefetch: u16,
+        cancel: &CancellationToken,
+    ) -> Result<Subscription, AmqpError> {
+        let conn = amqp::connect_with_retry(url, name, cancel).await?;
+        let channel = conn.create_channel().await.map_err(AmqpError::from)?;
+        declare.on(&channel).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(AmqpError::from)?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                name.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::from)?;
+        Ok(Subscription {
+            conn,
+            channel,
+            consumer,
+            tag: name.to_owned(),
+        })
+    }
+
+    /// The channel (acknowledgements go on it).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The next batch (see [`next_batch`]).
+    pub async fn next(
+        &mut self,
+        limits: BatchLimits,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Vec<Delivery>>, AmqpError> {
+        next_batch(&mut self.consumer, limits, cancel).await
+    }
+
+    /// Stops taking messages and closes the connection: what was taken and not acknowledged
+    /// goes back to the queue.
+    pub async fn close(self, reason: &str) {
+        let _ = self
+            .channel
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        let _ = self.conn.close(200, reason.into()).await;
+    }
+}
 
 /// How big a batch may grow.
 #[derive(Debug, Clone, Copy)]

@@ -48,6 +48,17 @@ pub struct Publisher {
     backoff: Backoff,
 }
 
+impl Declare {
+    /// Declares (or checks) on `channel` what this says.
+    pub async fn on(&self, channel: &Channel) -> Result<(), AmqpError> {
+        match self {
+            Declare::Nothing => Ok(()),
+            Declare::Ingress(t) => t.expect_ingress(channel).await,
+            Declare::All(t, subscribers) => t.declare_all(channel, subscribers).await,
+        }
+    }
+}
+
 impl Publisher {
     /// A publisher to the broker at `url`; `name` names its connection; `declare` says what it
     /// declares on every connect. Connects lazily, on the first publish.
@@ -151,11 +162,7 @@ impl Publisher {
         self.live = None;
         let conn = amqp::connect_with_retry(&self.url, &self.name, cancel).await?;
         let channel = amqp::confirmed_channel(&conn).await?;
-        match &self.declare {
-            Declare::Nothing => {}
-            Declare::Ingress(t) => t.expect_ingress(&channel).await?,
-            Declare::All(t, subscribers) => t.declare_all(&channel, subscribers).await?,
-        }
+        self.declare.on(&channel).await?;
         self.live = Some((conn, channel.clone()));
         Ok(channel)
     }

@@ -8,15 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exhub_connect::amqp::{self, AmqpError, Backoff};
-use exhub_connect::consumer::{BatchLimits, next_batch};
+use exhub_connect::amqp::{AmqpError, Backoff};
+use exhub_connect::consumer::{BatchLimits, Subscription};
 use exhub_connect::publisher::Declare;
 use exhub_connect::wire::{self, Reason};
 use exhub_connect::{Outgoing, Publisher, Topology};
 use exhub_schemas::{Document, Limits, Registry};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 
@@ -127,25 +126,18 @@ impl DbSink {
     }
 
     async fn session(&self, name: &str, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), Failure> {
-        let topology = &self.settings.topology;
-        let conn = amqp::connect_with_retry(self.settings.amqp.expose(), name, cancel).await?;
-        let channel = conn.create_channel().await.map_err(AmqpError::from)?;
+        let queue = self.settings.topology.subscriber_queue(&self.settings.name);
         // The hub declares the topology (a subscriber's login may not); until it has, consuming
         // fails as NOT_FOUND, a passing failure retried with backoff.
-        channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(AmqpError::from)?;
-        let queue = topology.subscriber_queue(&self.settings.name);
-        let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                name.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::from)?;
+        let mut sub = Subscription::open(
+            self.settings.amqp.expose(),
+            name,
+            &Declare::Nothing,
+            &queue,
+            PREFETCH,
+            cancel,
+        )
+        .await?;
         tracing::info!(sink = %self.settings.name, queue = %queue, "consuming");
         let limits = BatchLimits {
             messages: BATCH,
@@ -153,12 +145,11 @@ impl DbSink {
             linger: LINGER,
         };
         loop {
-            let Some(deliveries) = next_batch(&mut consumer, limits, cancel).await? else {
-                let _ = channel.basic_cancel(name.into(), BasicCancelOptions::default()).await;
-                let _ = conn.close(200, "shutdown".into()).await;
+            let Some(deliveries) = sub.next(limits, cancel).await? else {
+                sub.close("shutdown").await;
                 return Ok(());
             };
-            self.process(&channel, publisher, &deliveries, cancel).await?;
+            self.process(sub.channel(), publisher, &deliveries, cancel).await?;
         }
     }
 
