@@ -168,12 +168,17 @@ pub trait Source: Send + Sync {
     ) -> impl Future<Output = SourceResult<(), Self::Error>> + Send;
 
     /// Retires the source: releases what it holds on the server (PostgreSQL: its slot and
-    /// publication), then forgets the checkpoint. Most kinds hold nothing.
+    /// publication), then forgets the checkpoint. A kind that holds nothing refuses, so that
+    /// the checkpoint is not lost by mistake (`--reset` forgets it on purpose).
     fn retire(&self) -> impl Future<Output = SourceResult<(), Self::Error>> + Send {
         async {
-            let c = self.common();
-            tracing::info!(source = %c.name, kind = Self::KIND, "this kind holds nothing on the server");
-            Ok(c.forget_checkpoint()?)
+            Err(SourceError::Setup {
+                kind: Self::KIND,
+                source_name: self.common().name.clone(),
+                message: "this kind holds nothing on the server to release (--drop-slot is for PostgreSQL \
+                          sources; --reset forgets the checkpoint)"
+                    .into(),
+            })
         }
     }
 }
