@@ -307,3 +307,22 @@ fn the_readme_example_config_checks() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("2 orgs, 1 sources, 2 subscribers, 1 routes"), "{text}");
 }
+
+/// `--drop-slot` retires a PostgreSQL source; on a kind that holds nothing on the server it is
+/// refused, and the checkpoint stays (`--reset` forgets it on purpose).
+#[test]
+fn drop_slot_is_refused_where_there_is_no_slot() {
+    let dir = scratch("mysql-drop-slot");
+    let mapping = std::fs::read_to_string(root().join("examples/legacy/cdc-mysql.toml")).unwrap();
+    let source = mapping
+        .split("[[subscriber]]")
+        .next()
+        .unwrap()
+        .replace("LEGACY_DB", "no_such_db");
+    let checkpoint = dir.join("exhub-state/legacy.json");
+    std::fs::create_dir_all(checkpoint.parent().unwrap()).unwrap();
+    std::fs::write(&checkpoint, r#"{"position":{"file":"mysql-bin.000001","pos":4}}"#).unwrap();
+    let err = exhub_fails_with(&dir, &source, &["source", "legacy", "--drop-slot"]);
+    assert!(err.contains("holds nothing on the server"), "{err}");
+    assert!(checkpoint.exists(), "the checkpoint was kept");
+}
