@@ -135,13 +135,14 @@ impl<'a> Outbox<'a> {
         wire::participant_dead_letter(&s.topology, &properties, &payload, &s.amqp_user, &letter)
     }
 
-    /// Publishes everything pending and waits for the broker's confirms.
+    /// Publishes everything pending and waits for the broker's confirms. On an error nothing
+    /// is forgotten: documents and dead letters stay pending.
     pub async fn flush(&mut self, cancel: &CancellationToken) -> Result<(), AmqpError> {
         if self.pending() == 0 {
             return Ok(());
         }
         let s = &self.source;
-        let mut messages: Vec<Outgoing> = std::mem::take(&mut self.dead);
+        let mut messages: Vec<Outgoing> = self.dead.clone();
         for chunk in batches(&self.docs, DOCS_PER_MESSAGE, BYTES_PER_MESSAGE) {
             let properties = wire::batch_properties(Encoding::Json, chunk.len(), &s.amqp_user);
             messages.push(Outgoing {
@@ -154,6 +155,7 @@ impl<'a> Outbox<'a> {
         self.publisher.publish(&messages, cancel).await?;
         tracing::debug!(source = %s.name, documents = self.docs.len(), messages = messages.len(), "published");
         self.docs.clear();
+        self.dead.clear();
         self.first_at = None;
         self.flushed_at = Some(Instant::now());
         Ok(())
@@ -192,6 +194,49 @@ pub fn snapshot_progress(estimated: u64, table: &str) -> indicatif::ProgressBar 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A flush that fails forgets nothing: an unmappable row's dead letter stays pending, so
+    /// the position cannot move past it (a source that stops then reads the row again).
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_dead_letters() {
+        let registry = exhub_schemas::Registry::builtin().unwrap();
+        let mapping: crate::TableMapping = toml::from_str(
+            r#"
+            table = "nsr_djxx"
+            doc_type = "tax.registration"
+            key = ["nsrsbh"]
+            fields = { taxpayer_id = "nsrsbh", name = "nsrmc", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", capital = "zczb", updated_at = "xgsj" }
+            "#,
+        )
+        .unwrap();
+        let mapper = Mapper::new(&mapping, &registry, 0).unwrap();
+        let identity = SourceIdentity {
+            name: "legacy".into(),
+            org: "nanhai.tax".into(),
+            kind: "mysql",
+            db: "ctais".into(),
+            amqp_user: "nanhai.tax".into(),
+            topology: Topology::new("t"),
+            signer: None,
+        };
+        // Nothing listens there; the token is cancelled: the publish gives up at once.
+        let mut publisher = Publisher::new("amqp://u@127.0.0.1:1/%2f", "test", crate::publisher::Declare::Nothing);
+        let mut out = Outbox::new(identity, &mut publisher);
+        let position = RowPosition {
+            position: "mysql-bin.000001:4".into(),
+            tx: "mysql-bin.000001:4".into(),
+            seq: 1,
+            committed_micros: 0,
+        };
+        out.row(&mapper, Op::Upsert, |_| None, &position);
+        assert_eq!(out.pending(), 1, "the row became a dead letter");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        assert!(out.flush(&cancel).await.is_err());
+        assert_eq!(out.pending(), 1, "the dead letter is still pending");
+    }
+
     #[test]
     fn batches_are_cut_by_count_and_by_bytes() {
         let docs: Vec<Vec<u8>> = [3, 3, 3, 10, 1, 1].iter().map(|n| vec![0u8; *n]).collect();

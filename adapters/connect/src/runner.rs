@@ -59,8 +59,9 @@ pub struct SnapshotState<P> {
     /// ids).
     #[serde(default)]
     pub attempt: u32,
-    /// When the first attempt started (the snapshot rows' commit time), Unix micros.
-    #[serde(default)]
+    /// When the first attempt started (the snapshot rows' commit time), Unix micros (a
+    /// checkpoint written before it was kept: when it is read).
+    #[serde(default = "exhub_schemas::time::unix_micros_now")]
     pub started_micros: i64,
     /// Tables finished.
     #[serde(default)]
@@ -157,9 +158,12 @@ impl<'p, P: Position> Emit<'p, P> {
     }
 
     /// On the way out: publishes what it can, then saves the newest confirmed position and
-    /// returns it.
+    /// returns it. What could not be published stays pending, so the position stays before it
+    /// and the next start reads it again.
     pub async fn finish(&mut self, cancel: &CancellationToken) -> Result<Option<P>, CheckpointError> {
-        self.out.flush(cancel).await.ok();
+        if let Err(e) = self.out.flush(cancel).await {
+            tracing::info!(pending = self.out.pending(), error = %e, "stopping with documents unpublished; the next start reads them again");
+        }
         self.settle(true)?;
         Ok(self.confirmed.clone())
     }
@@ -226,13 +230,21 @@ async fn run_once<S: Source>(
     let mut state: Checkpoint<S::Position> = store.load()?.unwrap_or_default();
     let snapshot = wants_snapshot(common.snapshot, state.position.is_some(), state.snapshot.is_some());
     let opened = source.open(state.position.as_ref(), snapshot).await?;
+    if opened.log_created
+        && let Some(snap) = state.snapshot.take()
+    {
+        tracing::warn!(source = %common.name, start = %snap.start, "the change log was created anew: the snapshot in progress starts over");
+    }
     let mut session = opened.session;
     let out = Outbox::new(common.identity(S::KIND, &opened.db), publisher);
     if snapshot {
         let resume = state.snapshot.as_ref().map(|s| s.start.clone());
         let start = source.begin_snapshot(&mut session, resume.as_ref()).await?;
         match state.snapshot.as_mut() {
-            Some(snap) => snap.attempt += 1,
+            Some(snap) => {
+                snap.attempt += 1;
+                snap.start = start;
+            }
             None => {
                 state.snapshot = Some(SnapshotState {
                     start,
@@ -404,6 +416,18 @@ mod tests {
             text.contains(r#""position":"0/16B3748""#) && text.contains(r#""slot""#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_earlier_mysql_checkpoint_mid_snapshot_resumes() {
+        let text = r#"{"binlog":null,"snapshot":{"start":{"file":"mysql-bin.000003","pos":81233},"done":["a"],
+            "after":{"nsr_djxx":[{"Int":5},{"Text":"A-1"}]}}}"#;
+        let state: Checkpoint<serde_json::Value> = serde_json::from_str(text).unwrap();
+        let snap = state.snapshot.unwrap();
+        assert_eq!(snap.after["nsr_djxx"], [KeyValue::Int(5), KeyValue::Text("A-1".into())]);
+        assert_eq!(snap.attempt, 0);
+        assert!(snap.started_micros > 1_700_000_000_000_000, "not 1970");
+        assert_eq!(state.position, None);
     }
 
     #[test]

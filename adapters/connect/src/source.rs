@@ -45,9 +45,10 @@ pub trait Position:
 
 impl<T: Clone + PartialEq + std::fmt::Display + Serialize + DeserializeOwned + Send + Sync + 'static> Position for T {}
 
-/// A key column's value, kept in the checkpoint to resume a chunked snapshot after it.
+/// A key column's value, kept in the checkpoint to resume a chunked snapshot after it (a JSON
+/// number or string; `{"Int": 5}` as earlier MySQL checkpoints wrote it is read too).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, from = "KeyValueForm")]
 pub enum KeyValue {
     /// A signed integer.
     Int(i64),
@@ -55,6 +56,34 @@ pub enum KeyValue {
     UInt(u64),
     /// Anything else, as the database writes it as text.
     Text(String),
+}
+
+/// Every form a kept key value was written in.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum KeyValueForm {
+    Int(i64),
+    UInt(u64),
+    Text(String),
+    Tagged(TaggedKeyValue),
+}
+
+/// Earlier MySQL checkpoints' form.
+#[derive(serde::Deserialize)]
+enum TaggedKeyValue {
+    Int(i64),
+    UInt(u64),
+    Text(String),
+}
+
+impl From<KeyValueForm> for KeyValue {
+    fn from(form: KeyValueForm) -> Self {
+        match form {
+            KeyValueForm::Int(i) | KeyValueForm::Tagged(TaggedKeyValue::Int(i)) => KeyValue::Int(i),
+            KeyValueForm::UInt(u) | KeyValueForm::Tagged(TaggedKeyValue::UInt(u)) => KeyValue::UInt(u),
+            KeyValueForm::Text(t) | KeyValueForm::Tagged(TaggedKeyValue::Text(t)) => KeyValue::Text(t),
+        }
+    }
 }
 
 impl std::fmt::Display for KeyValue {
@@ -94,6 +123,10 @@ pub struct Opened<S> {
     pub db: String,
     /// The mapped tables.
     pub tables: Vec<TableInfo>,
+    /// Whether the change log the source reads was created anew by this attempt (PostgreSQL:
+    /// its slot): a snapshot in progress was labelled with the old log's positions, so it is
+    /// void and starts over.
+    pub log_created: bool,
 }
 
 /// Why a source stopped, with the adapter's driver error.
@@ -129,8 +162,9 @@ pub trait Source: Send + Sync {
     ) -> impl Future<Output = SourceResult<Opened<Self::Session>, Self::Error>> + Send;
 
     /// Starts the snapshot's consistent read; returns the position streaming continues from
-    /// once it is done. `resume` is that position when an interrupted snapshot resumes (the
-    /// runner keeps it; the read itself is new).
+    /// once it is done. `resume` is that position when an interrupted snapshot resumes: the
+    /// read is new, but the position stays — return `resume`, extended where the source keeps a
+    /// position per table and a table was mapped since (SQL Server).
     fn begin_snapshot(
         &self,
         session: &mut Self::Session,

@@ -174,6 +174,7 @@ impl Source for MssqlSource {
             session: Session { client, tables },
             db: self.database.clone(),
             tables: infos,
+            log_created: false,
         })
     }
 
@@ -185,7 +186,16 @@ impl Source for MssqlSource {
         resume: Option<&Positions>,
     ) -> Result<Positions, SourceError> {
         let start = match resume {
-            Some(p) => p.clone(),
+            // A table mapped since the snapshot began streams from now on, read before the
+            // snapshot's transaction starts like the others were.
+            Some(p) if session.tables.iter().all(|t| p.0.contains_key(&t.name)) => p.clone(),
+            Some(p) => {
+                let mut start = p.clone();
+                for (table, state) in self.now(session).await?.0 {
+                    start.0.entry(table).or_insert(state);
+                }
+                start
+            }
             None => self.now(session).await?,
         };
         session

@@ -173,6 +173,7 @@ impl Source for MysqlSource {
             session: Session { conn, tables },
             db: self.db.clone(),
             tables: infos,
+            log_created: false,
         })
     }
 
@@ -180,7 +181,7 @@ impl Source for MysqlSource {
     async fn begin_snapshot(
         &self,
         session: &mut Session,
-        _resume: Option<&BinlogPos>,
+        resume: Option<&BinlogPos>,
     ) -> Result<BinlogPos, SourceError> {
         let conn = &mut session.conn;
         conn.query_drop("SET SESSION time_zone = '+00:00'")
@@ -201,6 +202,9 @@ impl Source for MysqlSource {
             .await
             .map_err(|e| self.mysql(e))?;
         let status: HashMap<String, String> = rows.into_iter().collect();
+        if let Some(start) = resume {
+            return Ok(start.clone());
+        }
         Ok(
             match (
                 status.get("Binlog_snapshot_file"),

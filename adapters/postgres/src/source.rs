@@ -198,7 +198,9 @@ impl Source for PostgresSource {
         let mut db = self.db().await?;
         let tables = self.check(&mut db).await?;
         self.ensure_publication(&mut db, &tables).await?;
-        let (repl, export, point) = match self.slot(&mut db).await? {
+        let slot = self.slot(&mut db).await?;
+        let log_created = slot.is_none();
+        let (repl, export, point) = match slot {
             Some(confirmed) => (None, None, confirmed),
             None => {
                 if let Some(lsn) = checkpoint
@@ -246,12 +248,13 @@ impl Source for PostgresSource {
             },
             db: self.connect.get_database().unwrap_or_default().to_owned(),
             tables: infos,
+            log_created,
         })
     }
 
     /// A repeatable-read transaction, in the slot's exported snapshot when it was just created
     /// (exactly the data before the slot's first change); labelled with the slot's position.
-    async fn begin_snapshot(&self, session: &mut Session, _resume: Option<&String>) -> Result<String, SourceError> {
+    async fn begin_snapshot(&self, session: &mut Session, resume: Option<&String>) -> Result<String, SourceError> {
         sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut session.db)
             .await
@@ -262,7 +265,7 @@ impl Source for PostgresSource {
                 .await
                 .map_err(|e| self.pg(e))?;
         }
-        Ok(session.point.clone())
+        Ok(resume.unwrap_or(&session.point).clone())
     }
 
     async fn snapshot_chunk(

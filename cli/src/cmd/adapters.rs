@@ -4,6 +4,7 @@
 //! (a new database is one crate and one arm in each). The rest turns a config entry into what
 //! every adapter is told; the adapters do not know routes.toml.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -106,24 +107,26 @@ pub async fn run(path: &Path) -> Result<()> {
     init_logging();
     let loaded = load(path)?;
     let shutdown = shutdown_on_signal();
-    let mut parts: JoinSet<(String, Result<()>)> = JoinSet::new();
+    let mut parts = Parts::default();
     let hub = Arc::new(super::serve::start(&loaded).await?);
     let workers = loaded.config.hub.workers.unwrap_or(2);
     let token = shutdown.clone();
-    parts.spawn(async move { ("hub".to_owned(), hub.run(workers, token).await.context("hub stopped")) });
+    parts.spawn("hub".into(), async move {
+        hub.run(workers, token).await.context("hub stopped")
+    });
     for entry in loaded.config.subscribers.iter().filter(|s| s.is_database()) {
         let sink = build_sink(&loaded, entry).await?;
         let token = shutdown.clone();
         let name = format!("sink {}", entry.name);
-        parts.spawn(async move { (name, sink.run(&token).await.map_err(anyhow::Error::from)) });
+        parts.spawn(name, async move { sink.run(&token).await.map_err(anyhow::Error::from) });
     }
     for entry in &loaded.config.sources {
         let source = build_source(&loaded, entry)?;
         let token = shutdown.clone();
         let name = format!("source {}", entry.name);
-        parts.spawn(async move { (name, source.run(&token).await.map_err(|e| anyhow!(e))) });
+        parts.spawn(name, async move { source.run(&token).await.map_err(|e| anyhow!(e)) });
     }
-    tracing::info!(parts = parts.len(), "exchange running");
+    tracing::info!(parts = parts.tasks.len(), "exchange running");
     let failed = supervise(parts, &shutdown).await;
     match failed {
         Some(e) => Err(e),
@@ -134,16 +137,36 @@ pub async fn run(path: &Path) -> Result<()> {
     }
 }
 
+/// The parts of a running exchange: tasks, and the name of each (by task id, so that a part
+/// that panics is named too).
+#[derive(Default)]
+struct Parts {
+    tasks: JoinSet<Result<()>>,
+    names: HashMap<tokio::task::Id, String>,
+}
+
+impl Parts {
+    fn spawn(&mut self, name: String, part: impl std::future::Future<Output = Result<()>> + Send + 'static) {
+        let handle = self.tasks.spawn(part);
+        self.names.insert(handle.id(), name);
+    }
+}
+
 /// Waits for every part, in the order they end. The first that fails (or panics, or ends
 /// while the others run) is logged with its cause and cancels the rest; its error is returned.
-async fn supervise(mut parts: JoinSet<(String, Result<()>)>, shutdown: &CancellationToken) -> Option<anyhow::Error> {
+async fn supervise(mut parts: Parts, shutdown: &CancellationToken) -> Option<anyhow::Error> {
     let mut failed = None;
-    while let Some(joined) = parts.join_next().await {
+    while let Some(joined) = parts.tasks.join_next_with_id().await {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        let name = parts.names.remove(&id).unwrap_or_else(|| "a part".into());
         let error = match joined {
             Ok((_, Ok(()))) if shutdown.is_cancelled() => continue,
-            Ok((name, Ok(()))) => anyhow!("{name} ended on its own"),
-            Ok((name, Err(e))) => e.context(name),
-            Err(e) => anyhow!("a part panicked: {e}"),
+            Ok((_, Ok(()))) => anyhow!("{name} ended on its own"),
+            Ok((_, Err(e))) => e.context(name),
+            Err(e) => anyhow!("{name} panicked: {e}"),
         };
         if failed.is_none() {
             tracing::error!(
@@ -255,28 +278,38 @@ mod tests {
     #[tokio::test]
     async fn the_first_part_that_fails_stops_the_others() {
         let shutdown = CancellationToken::new();
-        let mut parts: JoinSet<(String, Result<()>)> = JoinSet::new();
+        let mut parts = Parts::default();
         let token = shutdown.clone();
         // A part that runs until told to stop, like the hub.
-        parts.spawn(async move {
+        parts.spawn("hub".into(), async move {
             token.cancelled().await;
-            ("hub".to_owned(), Ok(()))
+            Ok(())
         });
-        parts.spawn(async { ("source legacy".to_owned(), Err(anyhow!("binlog purged"))) });
+        parts.spawn("source legacy".into(), async { Err(anyhow!("binlog purged")) });
         let failed = supervise(parts, &shutdown).await.expect("a failure");
         assert!(shutdown.is_cancelled());
         assert_eq!(format!("{failed:#}"), "source legacy: binlog purged");
     }
 
     #[tokio::test]
+    async fn a_part_that_panics_is_named() {
+        let shutdown = CancellationToken::new();
+        let mut parts = Parts::default();
+        parts.spawn("sink mirror".into(), async { panic!("boom") });
+        let failed = supervise(parts, &shutdown).await.expect("a failure");
+        assert!(format!("{failed:#}").starts_with("sink mirror panicked"), "{failed:#}");
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
     async fn a_signal_drains_every_part_cleanly() {
         let shutdown = CancellationToken::new();
-        let mut parts: JoinSet<(String, Result<()>)> = JoinSet::new();
+        let mut parts = Parts::default();
         for name in ["hub", "sink s"] {
             let token = shutdown.clone();
-            parts.spawn(async move {
+            parts.spawn(name.into(), async move {
                 token.cancelled().await;
-                (name.to_owned(), Ok(()))
+                Ok(())
             });
         }
         shutdown.cancel();
