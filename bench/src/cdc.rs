@@ -24,8 +24,8 @@ use sqlx::Connection as _;
 
 use crate::procs::{AMQP, Exhub, Flags, routes_toml};
 
-const MYSQL: &str = "mysql://root@127.0.0.1:3306";
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+pub const MYSQL: &str = "mysql://root@127.0.0.1:3306";
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 const CTAIS: &str = include_str!("../../examples/legacy/tax_ctais.sql");
 const COMMERCE_MIRROR: &str = include_str!("../../examples/legacy/commerce_mirror.sql");
 const SAIC: &str = include_str!("../../examples/legacy/commerce_saic.sql");
@@ -49,7 +49,7 @@ impl Legacy {
     }
 
     /// What the source logs once it streams.
-    fn streaming(self) -> &'static str {
+    pub fn streaming(self) -> &'static str {
         match self {
             Legacy::Mysql => "streaming the binlog",
             Legacy::Postgres => "streaming the slot",
@@ -87,15 +87,18 @@ pub async fn run(legacy: Legacy, flags: Flags) -> Result<()> {
 }
 
 /// The databases, the scratch directory and the routes.toml of one run.
-struct Bench {
+pub struct Bench {
     legacy: Legacy,
-    name: String,
+    /// The databases' name (and the AMQP prefix).
+    pub name: String,
     dir: PathBuf,
-    config: PathBuf,
+    /// Its routes.toml.
+    pub config: PathBuf,
 }
 
 impl Bench {
-    async fn create(legacy: Legacy, workers: usize, archive: &str) -> Result<Bench> {
+    /// Fresh databases (the legacy table and the target), a fresh AMQP prefix, provisioned.
+    pub async fn create(legacy: Legacy, workers: usize, archive: &str) -> Result<Bench> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let name = format!("exhub_bench_{}", &id[id.len() - 12..]);
         let dir = std::env::temp_dir().join(&name);
@@ -132,7 +135,8 @@ impl Bench {
         })
     }
 
-    fn spawn(&self, args: &[&str], log: &str) -> Result<Exhub> {
+    /// Starts `exhub ARGS` on this run's config, logging to `log` in its directory.
+    pub fn spawn(&self, args: &[&str], log: &str) -> Result<Exhub> {
         Exhub::spawn(&self.config, args, "info", &self.dir.join(log))
     }
 
@@ -212,7 +216,7 @@ impl Bench {
     }
 
     /// Drops the databases, the queues and the scratch directory; reports, never fails.
-    async fn cleanup(&self) {
+    pub async fn cleanup(&self) {
         let drop_my = async {
             let mut my = sqlx::MySqlConnection::connect(MYSQL).await?;
             sql(format!("DROP DATABASE IF EXISTS {}", self.name))
@@ -245,7 +249,7 @@ impl Bench {
 }
 
 /// Generated SQL: names and values made here, not read from anywhere.
-fn sql(text: String) -> sqlx::RawSql {
+pub fn sql(text: String) -> sqlx::RawSql {
     sqlx::raw_sql(sqlx::AssertSqlSafe(text))
 }
 
@@ -269,7 +273,7 @@ async fn backlog(url: &str, tx: u64, rows: u64, insert: impl Fn(u64, u64) -> Str
 }
 
 /// One INSERT of `count` rows from row number `start` (10 columns, about 200 bytes a row).
-fn insert(legacy: Legacy, start: u64, count: u64) -> String {
+pub fn insert(legacy: Legacy, start: u64, count: u64) -> String {
     let mut sql = String::from(match legacy {
         Legacy::Mysql => {
             "INSERT INTO nsr_djxx (nsrsbh, nsrmc, fddbr, djrq, djzclx, nsrzt, ssqx, scjydz, zczb, xgsj) VALUES "

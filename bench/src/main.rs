@@ -5,12 +5,15 @@
 //! - `exhub-bench cdc-mysql [--tx N --rows N --workers N --archive sqlite|postgres]`: a MariaDB
 //!   binlog backlog through source → hub → PostgreSQL sink;
 //! - `exhub-bench cdc-postgres [same flags]`: a PostgreSQL slot backlog through source → hub →
-//!   MariaDB sink.
+//!   MariaDB sink;
+//! - `exhub-bench latency [--rate N --seconds N]`: commit → applied latency of a steady stream of
+//!   single-row transactions (MariaDB → PostgreSQL), p50/p95/p99/max.
 //!
 //! Each prints one `RESULT name=value …` line last. BENCHMARKS.md has the commands and figures.
 
 mod cdc;
 mod hub;
+mod latency;
 mod procs;
 
 use anyhow::{Result, bail};
@@ -26,6 +29,7 @@ async fn main() -> Result<()> {
         "hub" => hub::run(flags).await,
         "cdc-mysql" => cdc::run(cdc::Legacy::Mysql, flags).await,
         "cdc-postgres" => cdc::run(cdc::Legacy::Postgres, flags).await,
-        other => bail!("unknown benchmark `{other}` (known: hub, cdc-mysql, cdc-postgres)"),
+        "latency" => latency::run(flags).await,
+        other => bail!("unknown benchmark `{other}` (known: hub, cdc-mysql, cdc-postgres, latency)"),
     }
 }

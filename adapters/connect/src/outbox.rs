@@ -50,7 +50,6 @@ pub struct Outbox<'a> {
     docs: Vec<Vec<u8>>,
     dead: Vec<Outgoing>,
     first_at: Option<Instant>,
-    flushed_at: Option<Instant>,
 }
 
 impl<'a> Outbox<'a> {
@@ -62,7 +61,6 @@ impl<'a> Outbox<'a> {
             docs: Vec::new(),
             dead: Vec::new(),
             first_at: None,
-            flushed_at: None,
         }
     }
 
@@ -80,11 +78,6 @@ impl<'a> Outbox<'a> {
     /// Whether the oldest pending document has waited long enough.
     pub fn due(&self) -> bool {
         self.first_at.is_some_and(|t| t.elapsed() >= LINGER)
-    }
-
-    /// Whether a flush completed after `t`.
-    pub fn flushed_since(&self, t: Instant) -> bool {
-        self.flushed_at.is_some_and(|f| f > t)
     }
 
     /// Maps one row and queues its document, or its mapping failure for the DLQ.
@@ -157,7 +150,6 @@ impl<'a> Outbox<'a> {
         self.docs.clear();
         self.dead.clear();
         self.first_at = None;
-        self.flushed_at = Some(Instant::now());
         Ok(())
     }
 }

@@ -19,7 +19,8 @@ use crate::{Cell, CheckpointError, CheckpointStore, Publisher};
 
 /// Rows per snapshot chunk (one read, one publish, one checkpoint).
 pub const CHUNK_ROWS: usize = 2000;
-/// A confirmed position is saved at least this often while rows flow (and after each flush).
+/// A confirmed position is saved at most this often while rows flow (and on the way out): after
+/// a crash at most this much is read again, and the checkpoint file is not synced per flush.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// A source's checkpoint file.
@@ -149,11 +150,19 @@ impl<'p, P: Position> Emit<'p, P> {
     /// Publishes when enough is queued or the oldest document lingered long enough; once
     /// nothing is pending, the last boundary is confirmed — returned when it is new, for a
     /// source that tells its server (PostgreSQL confirms its slot) — and saved at most once a
-    /// second, or right after a flush.
+    /// second.
     pub async fn tick(&mut self, cancel: &CancellationToken) -> Result<Option<P>, EmitError> {
         if self.out.pending() >= FLUSH_DOCS || self.out.due() {
             self.out.flush(cancel).await?;
         }
+        Ok(self.settle(false)?)
+    }
+
+    /// The stream has nothing more to read right now: publishes what is queued at once (an
+    /// idle source does not wait for the linger; a busy one, whose log has more ready, keeps
+    /// filling its batches), then settles as [`Emit::tick`] does.
+    pub async fn idle(&mut self, cancel: &CancellationToken) -> Result<Option<P>, EmitError> {
+        self.out.flush(cancel).await?;
         Ok(self.settle(false)?)
     }
 
@@ -175,7 +184,7 @@ impl<'p, P: Position> Emit<'p, P> {
             newly = self.confirmed.clone();
         }
         let changed = self.dirty || self.state.position != self.confirmed;
-        if changed && (force || self.out.flushed_since(self.saved_at) || self.saved_at.elapsed() >= SAVE_EVERY) {
+        if changed && (force || self.saved_at.elapsed() >= SAVE_EVERY) {
             self.state.position = self.confirmed.clone();
             self.store.save(&self.state)?;
             self.saved_at = Instant::now();

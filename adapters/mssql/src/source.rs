@@ -298,6 +298,8 @@ impl Source for MssqlSource {
                     }
                 }
                 emit.boundary(positions.clone());
+                // The change tables are read up to the capture job's end: publish now.
+                emit.idle(cancel).await?;
                 idle = if found == 0 { (idle + 1).min(3) } else { 0 };
                 next_poll = Instant::now() + s.poll * 2u32.pow(idle);
             }

@@ -442,14 +442,27 @@ impl MysqlSource {
         let mut cursor = Cursor::new(start, checksummed == Some(1));
         let mut lag_logged = Instant::now();
         loop {
-            let wait = emit.linger().unwrap_or(HEARTBEAT * 2);
-            let next = tokio::select! {
-                biased;
-                () = cancel.cancelled() => {
-                    emit.finish(cancel).await?;
-                    return Ok(());
+            if cancel.is_cancelled() {
+                emit.finish(cancel).await?;
+                return Ok(());
+            }
+            let next = if emit.pending() > 0 {
+                // Documents wait: take what the binlog already has; when it has nothing more
+                // right now, publish them at once rather than after the linger.
+                match events.try_recv() {
+                    Ok(item) => Ok(Some(item)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                        emit.idle(cancel).await?;
+                        continue;
+                    }
                 }
-                next = tokio::time::timeout(wait, events.recv()) => next,
+            } else {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => continue,
+                    next = tokio::time::timeout(HEARTBEAT * 2, events.recv()) => next,
+                }
             };
             let event = match next {
                 Err(_) => None,

@@ -24,6 +24,7 @@ use exhub_connect::runner::Emit;
 use exhub_connect::source::{DriverError, KeyValue, Opened, SnapshotRow, Source, SourceCommon, TableInfo};
 use exhub_connect::{Cell, Mapper};
 use exhub_schemas::{Op, Registry};
+use futures_util::FutureExt as _;
 use pg_walstream::protocol::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde::{Deserialize, Serialize};
@@ -651,11 +652,27 @@ impl PostgresSource {
         let mut boundary = start;
         let mut slot_at: Option<Instant> = None;
         loop {
-            let wait = emit.linger().unwrap_or(Duration::from_secs(1));
-            let event = tokio::select! {
-                () = cancel.cancelled() => break,
-                e = repl.recv() => Some(e),
-                () = tokio::time::sleep(wait) => None,
+            if cancel.is_cancelled() {
+                break;
+            }
+            let event = if emit.pending() > 0 {
+                // Documents wait: take what the stream already has; when it has nothing more
+                // right now, publish them at once rather than after the linger.
+                match repl.recv().now_or_never() {
+                    Some(e) => Some(e),
+                    None => {
+                        if emit.idle(cancel).await?.is_some() {
+                            repl.update_applied_lsn(boundary);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    e = repl.recv() => Some(e),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => None,
+                }
             };
             match event {
                 None => {}

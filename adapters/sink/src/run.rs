@@ -25,7 +25,8 @@ use crate::apply::{Applier, ApplyError, Outcome, Target};
 /// Messages a batch takes at most (each may be a batch of documents).
 const BATCH: usize = 32;
 const BATCH_BYTES: usize = 1 << 20;
-const LINGER: Duration = Duration::from_millis(10);
+/// A batch takes what the prefetch already holds, without waiting for more (see the hub's).
+const LINGER: Duration = Duration::ZERO;
 const PREFETCH: u16 = 64;
 
 /// What a database sink needs (built by the `exhub` binary from routes.toml).

@@ -1,0 +1,143 @@
+//! Latency from commit to applied: `exhub-bench latency [--rate N --seconds N --archive
+//! sqlite|postgres]`. The exchange
+//! runs (`exhub hub`, `exhub sink mirror`, `exhub source legacy` as three processes: MariaDB
+//! binlog → hub → PostgreSQL sink) while single-row transactions are committed in the legacy
+//! table at a steady `--rate` per second (default 1,000) for `--seconds` (default 60). A row's
+//! latency is from its COMMIT returning to the poll that first sees it in the target table
+//! (polled every millisecond; rows arrive in commit order, so the target's row count tells
+//! which rows are in).
+//!
+//! The last line is `RESULT latency_p50_ms=… latency_p95_ms=… latency_p99_ms=…
+//! latency_max_ms=… rate_per_s=…`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use sqlx::Connection as _;
+
+use crate::cdc::{Bench, Legacy, MYSQL, POSTGRES, insert, sql};
+use crate::procs::Flags;
+
+/// Runs the benchmark with `--rate N --seconds N`.
+pub async fn run(flags: Flags) -> Result<()> {
+    let rate: u64 = flags.get("rate", 1_000)?;
+    let seconds: u64 = flags.get("seconds", 60)?;
+    let archive: String = flags.get("archive", "sqlite".to_owned())?;
+    flags.done(&["rate", "seconds", "archive"])?;
+    if rate == 0 || seconds == 0 {
+        bail!("--rate and --seconds must be more than 0");
+    }
+    let bench = Bench::create(Legacy::Mysql, 2, &archive).await?;
+    let result = measure(&bench, rate, seconds).await;
+    bench.cleanup().await;
+    result
+}
+
+async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
+    let mut procs = [
+        bench.spawn(&["hub"], "hub.log")?,
+        bench.spawn(&["sink", "mirror"], "sink.log")?,
+        bench.spawn(&["source", "legacy"], "source.log")?,
+    ];
+    procs[2]
+        .wait_log(Legacy::Mysql.streaming(), Duration::from_secs(60))
+        .await?;
+    let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{}", bench.name))
+        .await
+        .context("the PostgreSQL target")?;
+    // A first row through every hop (connections up, queues declared) before the clock runs.
+    let mut legacy = sqlx::MySqlConnection::connect(&format!("{MYSQL}/{}", bench.name))
+        .await
+        .context("the MariaDB legacy database")?;
+    sql(insert(Legacy::Mysql, 0, 1)).execute(&mut legacy).await?;
+    wait_count(&mut target, 1, Duration::from_secs(60)).await?;
+
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let (tx, mut committed_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    // The writer: one single-row transaction every `interval`, on schedule (late ones are
+    // committed at once, so the schedule catches up).
+    let writer = tokio::spawn(async move {
+        let start = Instant::now();
+        for n in 1..=total {
+            let due = start + interval.mul_f64(n as f64);
+            tokio::time::sleep_until(due.into()).await;
+            sql(insert(Legacy::Mysql, n, 1)).execute(&mut legacy).await?;
+            if tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(start.elapsed())
+    });
+    let mut committed: Vec<Instant> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut latencies: Vec<Duration> = Vec::with_capacity(committed.capacity());
+    let mut applied: u64 = 0;
+    let deadline = Instant::now() + Duration::from_secs(seconds + 120);
+    while applied < total {
+        while let Ok(at) = committed_rx.try_recv() {
+            committed.push(at);
+        }
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM tax_registration")
+            .fetch_one(&mut target)
+            .await?;
+        let now = Instant::now();
+        // Row 0 was the warm-up; rows 1.. are the measured ones, in commit order.
+        let in_target = u64::try_from(count)
+            .unwrap_or(0)
+            .saturating_sub(1)
+            .min(committed.len() as u64);
+        while applied < in_target {
+            latencies.push(now.duration_since(committed[usize::try_from(applied)?]));
+            applied += 1;
+        }
+        if now > deadline {
+            bail!("only {applied} of {total} rows applied in time");
+        }
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let wrote = writer.await??;
+    for p in procs.iter_mut() {
+        p.stop();
+    }
+    latencies.sort();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    let achieved = total as f64 / wrote.as_secs_f64();
+    println!(
+        "{total} single-row transactions at {achieved:.0}/s (asked {rate}/s): commit → applied p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        at(0.50),
+        at(0.95),
+        at(0.99),
+        at(1.0)
+    );
+    println!(
+        "RESULT latency_p50_ms={:.1} latency_p95_ms={:.1} latency_p99_ms={:.1} latency_max_ms={:.1} rate_per_s={achieved:.0}",
+        at(0.50),
+        at(0.95),
+        at(0.99),
+        at(1.0)
+    );
+    Ok(())
+}
+
+/// Waits until the target holds `n` rows.
+async fn wait_count(target: &mut sqlx::PgConnection, n: i64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM tax_registration")
+            .fetch_one(&mut *target)
+            .await?;
+        if count >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the first row did not arrive within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
