@@ -71,6 +71,15 @@ const ROWS_PER_STATEMENT: u64 = 1_000;
 /// verifies and signs copies, the sink verifies and signs receipts; TLS: every connection of
 /// the exchange, or those named).
 pub async fn run(legacy: Legacy, flags: Flags) -> Result<()> {
+    measure(legacy, false, flags).await
+}
+
+/// Runs the capture-only benchmark from `legacy` (the source alone; same flags).
+pub async fn capture(legacy: Legacy, flags: Flags) -> Result<()> {
+    measure(legacy, true, flags).await
+}
+
+async fn measure(legacy: Legacy, capture: bool, flags: Flags) -> Result<()> {
     let tx: u64 = flags.get("tx", 200)?;
     let rows: u64 = flags.get("rows", 1_000)?;
     let workers: usize = flags.get("workers", 2)?;
@@ -81,7 +90,11 @@ pub async fn run(legacy: Legacy, flags: Flags) -> Result<()> {
     let bench = Bench::create(legacy, workers, &archive).await?;
     crate::procs::enable_signing(&bench.config, &sign)?;
     crate::procs::set_tls(&bench.config, &tls)?;
-    let result = bench.measure(tx, rows).await;
+    let result = if capture {
+        bench.capture(tx, rows).await
+    } else {
+        bench.measure(tx, rows).await
+    };
     bench.cleanup().await;
     result
 }
@@ -202,6 +215,65 @@ impl Bench {
             figures[2],
             figures[0],
             figures[1]
+        );
+        Ok(())
+    }
+
+    /// Capture only: the source alone reads the backlog into the ingress queue (the hub has
+    /// declared it and is stopped); the clock runs from the source's start until the broker
+    /// has confirmed every document (the outbox logs each confirmed flush).
+    async fn capture(&self, tx: u64, rows: u64) -> Result<()> {
+        let mut hub = self.spawn(&["hub"], "declare.log")?;
+        hub.wait_log("consuming", Duration::from_secs(60)).await?;
+        hub.stop();
+        let mut source = self.spawn(&["source", "legacy"], "prime.log")?;
+        source
+            .wait_log(self.legacy.streaming(), Duration::from_secs(60))
+            .await?;
+        source.stop();
+        self.make_backlog(tx, rows).await?;
+        let total = tx * rows;
+        let log = self.dir.join("capture.log");
+        let started = Instant::now();
+        let mut source = Exhub::spawn(
+            &self.config,
+            &["source", "legacy"],
+            "info,exhub_connect::outbox=debug",
+            &log,
+        )?;
+        loop {
+            let published: u64 = std::fs::read_to_string(&log)?
+                .lines()
+                .filter(|l| l.contains("published"))
+                .filter_map(|l| {
+                    l.split("documents=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum();
+            if published >= total {
+                break;
+            }
+            source.check_alive()?;
+            if started.elapsed() > Duration::from_secs(3600) {
+                bail!("only {published} of {total} documents confirmed after an hour");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let (rss, cpu) = (source.peak_rss_mb()?, source.cpu_seconds()?);
+        source.stop();
+        let rate = total as f64 / secs;
+        println!(
+            "{total} rows captured and confirmed by the broker in {secs:.1} s: {rate:.0} events/s; source peak RSS {rss:.1} MB, CPU {cpu:.1} s ({:.0} % of one core)",
+            100.0 * cpu / secs
+        );
+        println!(
+            "RESULT cdc_{}_capture_per_s={rate:.0} source_rss_mb={rss:.1}",
+            self.legacy.name()
         );
         Ok(())
     }

@@ -6,6 +6,9 @@
 //!   binlog backlog through source → hub → PostgreSQL sink;
 //! - `exhub-bench cdc-postgres [same flags]`: a PostgreSQL slot backlog through source → hub →
 //!   MariaDB sink;
+//! - `exhub-bench capture-mysql`, `capture-postgres` [same flags]: the source alone, from the
+//!   backlog to every document confirmed by the broker (the figure beside a capture-only CDC
+//!   engine's);
 //! - `exhub-bench latency [--rate N --seconds N]`: commit → applied latency of a steady stream of
 //!   single-row transactions (MariaDB → PostgreSQL), p50/p95/p99/max.
 //!
@@ -29,7 +32,11 @@ async fn main() -> Result<()> {
         "hub" => hub::run(flags).await,
         "cdc-mysql" => cdc::run(cdc::Legacy::Mysql, flags).await,
         "cdc-postgres" => cdc::run(cdc::Legacy::Postgres, flags).await,
+        "capture-mysql" => cdc::capture(cdc::Legacy::Mysql, flags).await,
+        "capture-postgres" => cdc::capture(cdc::Legacy::Postgres, flags).await,
         "latency" => latency::run(flags).await,
-        other => bail!("unknown benchmark `{other}` (known: hub, cdc-mysql, cdc-postgres, latency)"),
+        other => bail!(
+            "unknown benchmark `{other}` (known: hub, cdc-mysql, cdc-postgres, capture-mysql, capture-postgres, latency)"
+        ),
     }
 }
