@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use exhub_connect::amqp::{AmqpError, Backoff};
@@ -101,6 +102,68 @@ pub struct Hub {
     /// Most documents and bytes of one batch message.
     batch_items: usize,
     batch_bytes: usize,
+    /// Where the workers' time goes, reported every [`STAGES_EVERY`].
+    stages: Stages,
+}
+
+/// How often the hub reports its stages' times (when it did work).
+const STAGES_EVERY: Duration = Duration::from_secs(10);
+
+/// Time the workers spent per stage (summed over workers, nanoseconds) and what they did, since
+/// the last report: the measurement the archive's and the gate's design choices rest on.
+#[derive(Default)]
+struct Stages {
+    /// Unpacking messages, verifying signatures, the gate and the router.
+    gate: AtomicU64,
+    /// The archive's transaction (documents, keys, deliveries, audit) and receipts.
+    archive: AtomicU64,
+    /// Encoding the copies and packing them into messages.
+    copies: AtomicU64,
+    /// Publishing copies and refusals until the broker confirmed them.
+    publish: AtomicU64,
+    /// Recording the deliveries and acknowledging.
+    record: AtomicU64,
+    batches: AtomicU64,
+    messages: AtomicU64,
+    documents: AtomicU64,
+}
+
+impl Stages {
+    fn add(counter: &AtomicU64, since: Instant) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Logs the times since the last report (per document, and each stage's share), and
+    /// starts over; nothing when there was no work.
+    fn report(&self) {
+        let batches = self.batches.swap(0, Ordering::Relaxed);
+        if batches == 0 {
+            return;
+        }
+        let messages = self.messages.swap(0, Ordering::Relaxed);
+        let documents = self.documents.swap(0, Ordering::Relaxed).max(1);
+        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
+        let (gate, archive, copies, publish, record) = (
+            take(&self.gate),
+            take(&self.archive),
+            take(&self.copies),
+            take(&self.publish),
+            take(&self.record),
+        );
+        let per_doc = |nanos: u64| nanos as f64 / documents as f64 / 1000.0;
+        tracing::info!(
+            batches,
+            messages,
+            documents,
+            gate_us_per_doc = format!("{:.1}", per_doc(gate)),
+            archive_us_per_doc = format!("{:.1}", per_doc(archive)),
+            copies_us_per_doc = format!("{:.1}", per_doc(copies)),
+            publish_us_per_doc = format!("{:.1}", per_doc(publish)),
+            record_us_per_doc = format!("{:.1}", per_doc(record)),
+            "hub stages"
+        );
+    }
 }
 
 impl Hub {
@@ -140,6 +203,7 @@ impl Hub {
                 .collect(),
             signatures,
             signer,
+            stages: Stages::default(),
             batch_items: config.hub.batch_limits().0,
             batch_bytes: config.hub.batch_limits().1,
         })
@@ -161,6 +225,15 @@ impl Hub {
             watchdog_shutdown.cancelled().await;
             tokio::time::sleep(GRACE).await;
             hard.cancel();
+        });
+        let hub = Arc::clone(&self);
+        let reporter = tokio::spawn(async move {
+            let mut every = tokio::time::interval(STAGES_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                hub.stages.report();
+            }
         });
         let tracker = TaskTracker::new();
         let mut handles = Vec::new();
@@ -185,6 +258,8 @@ impl Hub {
         }
         tracker.wait().await;
         watchdog.abort();
+        reporter.abort();
+        self.stages.report();
         self.archive.close().await;
         result
     }
@@ -320,9 +395,12 @@ impl Hub {
     /// router, per document), the archive (one transaction), the copies ([`copy_for`], then
     /// [`pack`] into messages).
     async fn prepare(&self, deliveries: &[Delivery]) -> Result<Prepared, Failure> {
+        let started = Instant::now();
         let mut out: Vec<Outgoing> = Vec::new();
         let (items, receipts) = self.unpack(deliveries, &mut out);
         let admitted = self.admit(&items, deliveries, &mut out);
+        Stages::add(&self.stages.gate, started);
+        let started = Instant::now();
         let entries: Vec<Entry<'_>> = admitted
             .iter()
             .map(|(item, a, targets)| entry(item, a, targets))
@@ -336,6 +414,8 @@ impl Hub {
         };
         let before_conflicts = out.len();
         self.archive.record_receipts(&receipts).await?;
+        Stages::add(&self.stages.archive, started);
+        let started = Instant::now();
         let mut copies: Vec<Copy<'_>> = Vec::new();
         let mut confirmed: Vec<(uuid::Uuid, String)> = Vec::new();
         for ((item, a, targets), stored) in admitted.iter().zip(stored) {
@@ -376,6 +456,12 @@ impl Hub {
             self.archive.audit(&conflicts).await?;
         }
         out.extend(pack(copies, &self.topology, &self.user, self.signer.as_deref()));
+        Stages::add(&self.stages.copies, started);
+        self.stages.batches.fetch_add(1, Ordering::Relaxed);
+        self.stages
+            .messages
+            .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+        self.stages.documents.fetch_add(items.len() as u64, Ordering::Relaxed);
         tracing::debug!(
             documents = items.len(),
             archived = admitted.len(),
@@ -459,7 +545,10 @@ impl Hub {
         batch: Prepared,
         hard_stop: &CancellationToken,
     ) -> Result<(), Failure> {
+        let started = Instant::now();
         publisher.publish(&batch.out, hard_stop).await?;
+        Stages::add(&self.stages.publish, started);
+        let started = Instant::now();
         let confirmed: Vec<(uuid::Uuid, &str)> = batch.confirmed.iter().map(|(id, s)| (*id, s.as_str())).collect();
         self.archive.mark_published(&confirmed, &self.user).await?;
         if let Some(tag) = batch.last_tag {
@@ -468,6 +557,7 @@ impl Hub {
                 .await
                 .map_err(AmqpError::from)?;
         }
+        Stages::add(&self.stages.record, started);
         Ok(())
     }
 
