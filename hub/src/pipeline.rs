@@ -1076,6 +1076,19 @@ mod tests {
     }
 
     #[test]
+    fn stage_times_are_reported_and_start_over() {
+        let stages = Stages::default();
+        stages.report(); // nothing done: nothing reported, nothing fails
+        stages.batches.store(2, Ordering::Relaxed);
+        stages.documents.store(10, Ordering::Relaxed);
+        Stages::add(&stages.archive, Instant::now() - Duration::from_millis(5));
+        assert!(stages.archive.load(Ordering::Relaxed) >= 5_000_000);
+        stages.report();
+        assert_eq!(stages.archive.load(Ordering::Relaxed), 0);
+        assert_eq!(stages.batches.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn copies_are_packed_per_message_and_subscriber_as_each_takes_them() {
         let (sink, feed) = (target("sink", true), target("feed", false));
         let copies = vec![
