@@ -84,22 +84,48 @@ pub async fn run(flags: Flags) -> Result<()> {
     Ok(())
 }
 
-/// A fresh topology with one subscriber.
+/// A fresh topology with one subscriber. Declaring is retried as the exchange retries it: the
+/// broker may refuse a quorum queue declared right after others (`INTERNAL_ERROR`), a passing
+/// failure.
 async fn topology() -> Result<Topology> {
     let t = Topology::new(format!("bench{}", uuid::Uuid::now_v7().simple()));
-    let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
-    let ch = conn.create_channel().await?;
-    t.declare_all(&ch, &[SUBSCRIBER]).await?;
-    conn.close(200, "".into()).await?;
-    Ok(t)
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let declared = async {
+            let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
+            let ch = conn.create_channel().await?;
+            t.declare_all(&ch, &[SUBSCRIBER]).await?;
+            conn.close(200, "".into()).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match declared {
+            Ok(()) => return Ok(t),
+            Err(e) if attempt < 5 => {
+                eprintln!("declaring the bench topology failed ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => {
+                cleanup(&t).await;
+                return Err(e.context("declaring the bench topology"));
+            }
+        }
+    }
 }
 
-async fn cleanup(t: &Topology) -> Result<()> {
-    let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
-    let ch = conn.create_channel().await?;
-    t.delete_all(&ch, &[SUBSCRIBER]).await?;
-    conn.close(200, "".into()).await?;
-    Ok(())
+/// Deletes the run's queues and exchanges; reports, never fails (a run's error matters more).
+async fn cleanup(t: &Topology) {
+    let deleted = async {
+        let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
+        let ch = conn.create_channel().await?;
+        t.delete_all(&ch, &[SUBSCRIBER]).await?;
+        conn.close(200, "".into()).await?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = deleted.await {
+        eprintln!("cleanup of {}: {e:#} (delete its queues by hand)", t.prefix());
+    }
 }
 
 /// Fills the ingress queue: `batch` documents per message, published by AMQP user `user`
@@ -184,7 +210,13 @@ async fn drain(t: &Topology, want: u64) -> Result<()> {
 /// The raw relay: as many workers as the hub, same batching, same confirms, no hub logic.
 async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
     let t = topology().await?;
-    preload(&t, docs, batch, AMQP, "guest", None).await?;
+    let result = relay_on(&t, docs, batch, n_workers).await;
+    cleanup(&t).await;
+    result
+}
+
+async fn relay_on(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
+    preload(t, docs, batch, AMQP, "guest", None).await?;
     let started = Instant::now();
     let stop = CancellationToken::new();
     let relayed = Arc::new(AtomicU64::new(0));
@@ -193,13 +225,13 @@ async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -
         let (t, stop, relayed) = (t.clone(), stop.clone(), Arc::clone(&relayed));
         workers.push(tokio::spawn(async move { relay(&t, n, &stop, &relayed).await }));
     }
-    drain(&t, docs.len() as u64).await?;
+    let drained = drain(t, docs.len() as u64).await;
     let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
     stop.cancel();
     for w in workers {
         w.await??;
     }
-    cleanup(&t).await?;
+    drained?;
     Ok(rate)
 }
 
@@ -272,6 +304,19 @@ async fn run_hub(
     sign: &str,
 ) -> Result<(f64, f64)> {
     let t = topology().await?;
+    let result = hub_on(&t, dir, docs, batch, workers, sign).await;
+    cleanup(&t).await;
+    result
+}
+
+async fn hub_on(
+    t: &Topology,
+    dir: &Path,
+    docs: &[(String, Vec<u8>)],
+    batch: usize,
+    workers: usize,
+    sign: &str,
+) -> Result<(f64, f64)> {
     // A directory per run: its own config, archive, passwords and keys.
     let dir = &dir.join(t.prefix());
     std::fs::create_dir_all(dir)?;
@@ -282,6 +327,7 @@ async fn run_hub(
 name = "{SUBSCRIBER}"
 org = "nanhai.tax"
 kind = "amqp"
+batch = true
 
 [[route]]
 name = "all"
@@ -300,13 +346,12 @@ to = ["{SUBSCRIBER}"]
         )?),
     };
     let tax = login(dir, t.prefix(), "tax")?;
-    preload(&t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
+    preload(t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
     let started = Instant::now();
     let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;
-    drain(&t, docs.len() as u64).await?;
+    drain(t, docs.len() as u64).await?;
     let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
     let rss = hub.peak_rss_mb()?;
     hub.stop();
-    cleanup(&t).await?;
     Ok((rate, rss))
 }
