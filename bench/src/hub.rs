@@ -12,6 +12,7 @@
 //!
 //! The last line is `RESULT hub_docs_per_s=… raw_relay_per_s=… ratio=… hub_rss_mb=… …`.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,46 +85,55 @@ pub async fn run(flags: Flags) -> Result<()> {
     Ok(())
 }
 
-/// A fresh topology with one subscriber. Declaring is retried as the exchange retries it: the
-/// broker may refuse a quorum queue declared right after others (`INTERNAL_ERROR`), a passing
-/// failure.
-async fn topology() -> Result<Topology> {
-    let t = Topology::new(format!("bench{}", uuid::Uuid::now_v7().simple()));
-    let mut attempt = 0;
+/// Runs `f` until it succeeds, at most five times with a growing pause, as the exchange
+/// retries passing failures: the broker may refuse a connection or a quorum queue declared
+/// right after others with `INTERNAL_ERROR`.
+async fn retried<T, F: Future<Output = Result<T>>>(what: &str, mut f: impl FnMut() -> F) -> Result<T> {
+    let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let declared = async {
-            let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
-            let ch = conn.create_channel().await?;
-            t.declare_all(&ch, &[SUBSCRIBER]).await?;
-            conn.close(200, "".into()).await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match declared {
-            Ok(()) => return Ok(t),
+        match f().await {
+            Ok(v) => return Ok(v),
             Err(e) if attempt < 5 => {
-                eprintln!("declaring the bench topology failed ({e:#}); retrying");
-                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                eprintln!("{what} failed ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_millis(500) * attempt).await;
             }
-            Err(e) => {
-                cleanup(&t).await;
-                return Err(e.context("declaring the bench topology"));
-            }
+            Err(e) => return Err(e.context(format!("{what}, {attempt} attempts"))),
+        }
+    }
+}
+
+/// A fresh topology with one subscriber.
+async fn topology() -> Result<Topology> {
+    let t = Topology::new(format!("bench{}", uuid::Uuid::now_v7().simple()));
+    let declared = retried("declaring the bench topology", || async {
+        let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
+        let ch = conn.create_channel().await?;
+        t.declare_all(&ch, &[SUBSCRIBER]).await?;
+        conn.close(200, "".into()).await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match declared {
+        Ok(()) => Ok(t),
+        Err(e) => {
+            cleanup(&t).await;
+            Err(e)
         }
     }
 }
 
 /// Deletes the run's queues and exchanges; reports, never fails (a run's error matters more).
 async fn cleanup(t: &Topology) {
-    let deleted = async {
+    let deleted = retried("deleting the bench topology", || async {
         let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
         let ch = conn.create_channel().await?;
         t.delete_all(&ch, &[SUBSCRIBER]).await?;
         conn.close(200, "".into()).await?;
         anyhow::Ok(())
-    };
-    if let Err(e) = deleted.await {
+    })
+    .await;
+    if let Err(e) = deleted {
         eprintln!("cleanup of {}: {e:#} (delete its queues by hand)", t.prefix());
     }
 }
