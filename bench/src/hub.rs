@@ -106,14 +106,7 @@ async fn retried<T, F: Future<Output = Result<T>>>(what: &str, mut f: impl FnMut
 /// A fresh topology with one subscriber.
 async fn topology() -> Result<Topology> {
     let t = Topology::new(format!("bench{}", uuid::Uuid::now_v7().simple()));
-    let declared = retried("declaring the bench topology", || async {
-        let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
-        let ch = conn.create_channel().await?;
-        t.declare_all(&ch, &[SUBSCRIBER]).await?;
-        conn.close(200, "".into()).await?;
-        anyhow::Ok(())
-    })
-    .await;
+    let declared = retried("declaring the bench topology", || on_topology(&t, Op::Declare)).await;
     match declared {
         Ok(()) => Ok(t),
         Err(e) => {
@@ -125,17 +118,29 @@ async fn topology() -> Result<Topology> {
 
 /// Deletes the run's queues and exchanges; reports, never fails (a run's error matters more).
 async fn cleanup(t: &Topology) {
-    let deleted = retried("deleting the bench topology", || async {
-        let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
-        let ch = conn.create_channel().await?;
-        t.delete_all(&ch, &[SUBSCRIBER]).await?;
-        conn.close(200, "".into()).await?;
-        anyhow::Ok(())
-    })
-    .await;
+    let deleted = retried("deleting the bench topology", || on_topology(t, Op::Delete)).await;
     if let Err(e) = deleted {
         eprintln!("cleanup of {}: {e:#} (delete its queues by hand)", t.prefix());
     }
+}
+
+/// What to do with a run's topology.
+#[derive(Clone, Copy)]
+enum Op {
+    Declare,
+    Delete,
+}
+
+/// Declares or deletes `t` on a connection of its own.
+async fn on_topology(t: &Topology, op: Op) -> Result<()> {
+    let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
+    let ch = conn.create_channel().await?;
+    match op {
+        Op::Declare => t.declare_all(&ch, &[SUBSCRIBER]).await?,
+        Op::Delete => t.delete_all(&ch, &[SUBSCRIBER]).await?,
+    }
+    conn.close(200, "".into()).await?;
+    Ok(())
 }
 
 /// Fills the ingress queue: `batch` documents per message, published by AMQP user `user`
@@ -219,8 +224,13 @@ async fn drain(t: &Topology, want: u64) -> Result<()> {
 
 /// The raw relay: as many workers as the hub, same batching, same confirms, no hub logic.
 async fn run_relay(docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
+    with_topology(|t| async move { relay_on(&t, docs, batch, n_workers).await }).await
+}
+
+/// Runs `run` on a fresh topology, and deletes it afterwards whatever happened.
+async fn with_topology<T, F: Future<Output = Result<T>>>(run: impl FnOnce(Topology) -> F) -> Result<T> {
     let t = topology().await?;
-    let result = relay_on(&t, docs, batch, n_workers).await;
+    let result = run(t.clone()).await;
     cleanup(&t).await;
     result
 }
@@ -313,27 +323,15 @@ async fn run_hub(
     workers: usize,
     sign: &str,
 ) -> Result<(f64, f64)> {
-    let t = topology().await?;
-    let result = hub_on(&t, dir, docs, batch, workers, sign).await;
-    cleanup(&t).await;
-    result
-}
-
-async fn hub_on(
-    t: &Topology,
-    dir: &Path,
-    docs: &[(String, Vec<u8>)],
-    batch: usize,
-    workers: usize,
-    sign: &str,
-) -> Result<(f64, f64)> {
-    // A directory per run: its own config, archive, passwords and keys.
-    let dir = &dir.join(t.prefix());
-    std::fs::create_dir_all(dir)?;
-    let config = dir.join("routes.toml");
-    let archive = dir.join("archive.db");
-    let graph = format!(
-        r#"[[subscriber]]
+    with_topology(|t| async move {
+        let t = &t;
+        // A directory per run: its own config, archive, passwords and keys.
+        let dir = &dir.join(t.prefix());
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("routes.toml");
+        let archive = dir.join("archive.db");
+        let graph = format!(
+            r#"[[subscriber]]
 name = "{SUBSCRIBER}"
 org = "nanhai.tax"
 kind = "amqp"
@@ -344,24 +342,26 @@ name = "all"
 doc_types = ["tax.registration"]
 to = ["{SUBSCRIBER}"]
 "#
-    );
-    let archive = format!("sqlite://{}", archive.display());
-    std::fs::write(&config, routes_toml(&archive, t.prefix(), workers, &graph))?;
-    provision(&config)?;
-    crate::procs::enable_signing(&config, sign)?;
-    let signer = match sign {
-        "none" => None,
-        _ => Some(exhub_connect::sign::SigningKey::read_file(
-            &dir.join("secrets/nanhai.tax.signing-key"),
-        )?),
-    };
-    let tax = login(dir, t.prefix(), "tax")?;
-    preload(t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
-    let started = Instant::now();
-    let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;
-    drain(t, docs.len() as u64).await?;
-    let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
-    let rss = hub.peak_rss_mb()?;
-    hub.stop();
-    Ok((rate, rss))
+        );
+        let archive = format!("sqlite://{}", archive.display());
+        std::fs::write(&config, routes_toml(&archive, t.prefix(), workers, &graph))?;
+        provision(&config)?;
+        crate::procs::enable_signing(&config, sign)?;
+        let signer = match sign {
+            "none" => None,
+            _ => Some(exhub_connect::sign::SigningKey::read_file(
+                &dir.join("secrets/nanhai.tax.signing-key"),
+            )?),
+        };
+        let tax = login(dir, t.prefix(), "tax")?;
+        preload(t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
+        let started = Instant::now();
+        let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;
+        drain(t, docs.len() as u64).await?;
+        let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
+        let rss = hub.peak_rss_mb()?;
+        hub.stop();
+        Ok((rate, rss))
+    })
+    .await
 }
