@@ -65,23 +65,30 @@ pub fn options<T: DeserializeOwned>(options: &Options) -> Result<T, String> {
     T::deserialize(toml::Value::Table(options.clone())).map_err(|e| e.message().trim().replace('\n', " "))
 }
 
-/// The problems of an entry in `role`: its URL's (`url_problems`), then its options' read as
-/// `Source` or `Sink` (a kind's options per role; [`NoOptions`] where it has none).
+/// The problems of an entry in `role`: its URL's scheme must be one of `schemes`, and then
+/// `read_url` (how the kind's driver reads the URL: its settings, its TLS files) must accept
+/// it; then its options are read as `Source` or `Sink` (a kind's options per role;
+/// [`NoOptions`] where it has none).
 pub fn entry_problems<Source: DeserializeOwned, Sink: DeserializeOwned>(
     role: Role,
-    mut url_problems: Vec<String>,
+    url: &str,
+    schemes: &[&str],
+    read_url: impl FnOnce(&str) -> Result<(), String>,
     opts: &Options,
 ) -> Vec<String> {
+    let url_problem = match scheme_problem(url, schemes) {
+        Some(p) => Some(p),
+        None => read_url(url).err(),
+    };
     let options = match role {
         Role::Source => options::<Source>(opts).err(),
         Role::Sink => options::<Sink>(opts).err(),
     };
-    url_problems.extend(options);
-    url_problems
+    url_problem.into_iter().chain(options).collect()
 }
 
 /// `url`'s scheme must be one of `schemes` (the problem, if not).
-pub fn scheme_problem(url: &str, schemes: &[&str]) -> Option<String> {
+fn scheme_problem(url: &str, schemes: &[&str]) -> Option<String> {
     let scheme = url.split_once("://").map(|(s, _)| s)?;
     (!schemes.contains(&scheme)).then(|| format!("URL scheme {scheme:?} is not one of {}", schemes.join(", ")))
 }

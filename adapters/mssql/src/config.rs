@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options, scheme_problem};
+use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options};
 use exhub_connect::runner::AnySource;
 use exhub_connect::source::SourceCommon;
 use exhub_schemas::Registry;
@@ -33,15 +33,8 @@ impl Kind for Mssql {
 
     /// The URL's scheme and settings (as tiberius gets them), and the options.
     fn check(&self, role: Role, url: &str, opts: &Options) -> Vec<String> {
-        let url_problems = match scheme_problem(url, &["mssql", "sqlserver"]) {
-            Some(p) => vec![p],
-            None => crate::connect::config(url)
-                .err()
-                .map(|e| e.to_string())
-                .into_iter()
-                .collect(),
-        };
-        entry_problems::<SourceOptions, NoOptions>(role, url_problems, opts)
+        let read_url = |url: &str| crate::connect::config(url).map(drop).map_err(|e| e.to_string());
+        entry_problems::<SourceOptions, NoOptions>(role, url, &["mssql", "sqlserver"], read_url, opts)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options, scheme_problem};
+use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options};
 use exhub_connect::runner::AnySource;
 use exhub_connect::source::SourceCommon;
 use exhub_schemas::Registry;
@@ -35,19 +35,14 @@ impl Kind for Mysql {
     /// The URL's scheme and TLS settings (a source's as mysql_async reads them, a sink's as
     /// sqlx does), and the options.
     fn check(&self, role: Role, url: &str, opts: &Options) -> Vec<String> {
-        let tls = |tls: MysqlTls| match role {
-            Role::Source => tls.for_source().and_then(|_| tls.check_files()),
-            Role::Sink => tls.check_files(),
+        let read_url = |url: &str| {
+            let (tls, _) = MysqlTls::from_url(url)?;
+            match role {
+                Role::Source => tls.for_source().and_then(|_| tls.check_files()),
+                Role::Sink => tls.check_files(),
+            }
         };
-        let url_problems = match scheme_problem(url, &["mysql", "mariadb"]) {
-            Some(p) => vec![p],
-            None => MysqlTls::from_url(url)
-                .and_then(|(t, _)| tls(t))
-                .err()
-                .into_iter()
-                .collect(),
-        };
-        entry_problems::<SourceOptions, NoOptions>(role, url_problems, opts)
+        entry_problems::<SourceOptions, NoOptions>(role, url, &["mysql", "mariadb"], read_url, opts)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options, scheme_problem};
+use exhub_connect::adapter::{Kind, NoOptions, Options, Role, SourceAdapter, entry_problems, options};
 use exhub_connect::runner::AnySource;
 use exhub_connect::source::SourceCommon;
 use exhub_schemas::Registry;
@@ -38,11 +38,7 @@ impl Kind for Postgres {
     /// The URL's scheme and TLS settings (the same for queries and the replication stream),
     /// and the options.
     fn check(&self, role: Role, url: &str, opts: &Options) -> Vec<String> {
-        let url_problems = match scheme_problem(url, &["postgres", "postgresql"]) {
-            Some(p) => vec![p],
-            None => crate::tls::check_url(url).err().into_iter().collect(),
-        };
-        entry_problems::<SourceOptions, NoOptions>(role, url_problems, opts)
+        entry_problems::<SourceOptions, NoOptions>(role, url, &["postgres", "postgresql"], crate::tls::check_url, opts)
     }
 }
 
