@@ -100,12 +100,11 @@ pub struct Session {
 struct Table {
     /// Its place among the mapped tables.
     index: usize,
-    mapper: Mapper,
+    /// Its mapping and the server's row count.
+    info: TableInfo,
     name: String,
     key: Vec<String>,
     columns: Vec<sql::Column>,
-    /// The server's row count (for the progress bar).
-    estimated_rows: u64,
 }
 
 /// The SQL Server source adapter.
@@ -163,13 +162,7 @@ impl Source for MssqlSource {
             ));
         }
         let tables = self.describe(&mut client).await?;
-        let infos = tables
-            .iter()
-            .map(|t| TableInfo {
-                mapper: t.mapper.clone(),
-                estimated_rows: t.estimated_rows,
-            })
-            .collect();
+        let infos = tables.iter().map(|t| t.info.clone()).collect();
         Ok(Opened {
             session: Session { client, tables },
             db: self.database.clone(),
@@ -395,11 +388,10 @@ impl MssqlSource {
                 .unwrap_or(0);
             tables.push(Table {
                 index: tables.len(),
-                mapper,
+                info: TableInfo { mapper, estimated_rows },
                 name: mapping.table.clone(),
                 key: mapping.key.clone(),
                 columns,
-                estimated_rows,
             });
         }
         Ok(tables)

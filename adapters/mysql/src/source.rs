@@ -98,11 +98,10 @@ fn key_param(k: &KeyValue) -> Value {
 
 /// One mapped table, as the server describes it.
 struct Table {
-    mapper: Mapper,
+    /// Its mapping and the server's row estimate (`information_schema.TABLES`).
+    info: TableInfo,
     /// Key columns (the mapping's), in order.
     key: Vec<String>,
-    /// The server's row estimate (`information_schema.TABLES`), for the progress bar.
-    estimated_rows: u64,
 }
 
 /// One attempt: the connection (snapshot reads) and the tables.
@@ -162,13 +161,7 @@ impl Source for MysqlSource {
             }
         };
         let tables = self.describe(&mut conn, offset).await?;
-        let infos = tables
-            .iter()
-            .map(|t| TableInfo {
-                mapper: t.mapper.clone(),
-                estimated_rows: t.estimated_rows,
-            })
-            .collect();
+        let infos = tables.iter().map(|t| t.info.clone()).collect();
         Ok(Opened {
             session: Session { conn, tables },
             db: self.db.clone(),
@@ -229,8 +222,8 @@ impl Source for MysqlSource {
         let Some(t) = session.tables.get(table) else {
             return Ok(Vec::new());
         };
-        let columns: Vec<&str> = t.mapper.columns().collect();
-        let text = crate::sql::snapshot_chunk(t.mapper.table(), &columns, &t.key, after.is_some(), limit);
+        let columns: Vec<&str> = t.info.mapper.columns().collect();
+        let text = crate::sql::snapshot_chunk(t.info.mapper.table(), &columns, &t.key, after.is_some(), limit);
         let params: Vec<Value> = after.into_iter().flatten().map(key_param).collect();
         let rows: Vec<Row> = session.conn.exec(text, params).await.map_err(|e| self.mysql(e))?;
         let width = columns.len();
@@ -387,9 +380,11 @@ impl MysqlSource {
                 .await
                 .map_err(|e| self.mysql(e))?;
             tables.push(Table {
-                mapper: Mapper::new(mapping, &self.registry, offset)?,
+                info: TableInfo {
+                    mapper: Mapper::new(mapping, &self.registry, offset)?,
+                    estimated_rows: estimated.flatten().unwrap_or(0),
+                },
                 key: mapping.key.clone(),
-                estimated_rows: estimated.flatten().unwrap_or(0),
             });
         }
         Ok(tables)
@@ -414,7 +409,11 @@ impl MysqlSource {
             .query_first(crate::sql::CHECKSUMMED)
             .await
             .map_err(|e| self.mysql(e))?;
-        let by_name: HashMap<&str, usize> = tables.iter().enumerate().map(|(i, t)| (t.mapper.table(), i)).collect();
+        let by_name: HashMap<&str, usize> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.info.mapper.table(), i))
+            .collect();
         let request = BinlogStreamRequest::new(self.settings.server_id)
             .with_filename(start.file.as_bytes())
             .with_pos(start.pos);

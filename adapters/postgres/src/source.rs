@@ -116,7 +116,8 @@ struct Column {
 
 /// One mapped table.
 struct Table {
-    mapper: Mapper,
+    /// Its mapping and the server's row estimate (`reltuples`).
+    info: TableInfo,
     /// `schema.table`, quoted.
     qualified: String,
     /// (schema, table) as the stream's Relation messages name them.
@@ -124,7 +125,6 @@ struct Table {
     key: Vec<Column>,
     /// Mapped columns (the key among them).
     columns: Vec<Column>,
-    estimated_rows: i64,
 }
 
 /// A relation announced on the stream: its columns, and the mapped table it is, if any.
@@ -232,13 +232,7 @@ impl Source for PostgresSource {
                 (Some(repl), field(2).filter(|_| snapshot), point)
             }
         };
-        let infos = tables
-            .iter()
-            .map(|t| TableInfo {
-                mapper: t.mapper.clone(),
-                estimated_rows: u64::try_from(t.estimated_rows).unwrap_or(0),
-            })
-            .collect();
+        let infos = tables.iter().map(|t| t.info.clone()).collect();
         Ok(Opened {
             session: Session {
                 db,
@@ -538,12 +532,14 @@ impl PostgresSource {
             let columns = mapper.columns().map(column).collect::<Result<Vec<_>, _>>()?;
             let key = mapping.key.iter().map(|k| column(k)).collect::<Result<Vec<_>, _>>()?;
             tables.push(Table {
-                mapper,
+                info: TableInfo {
+                    mapper,
+                    estimated_rows: reltuples.max(0.0) as u64,
+                },
                 qualified,
                 names: (schema, name),
                 key,
                 columns,
-                estimated_rows: reltuples.max(0.0) as i64,
             });
         }
         Ok(tables)
