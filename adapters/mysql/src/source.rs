@@ -185,19 +185,20 @@ impl Source for MysqlSource {
             .map_err(|e| self.mysql(e))?;
         // MySQL has no snapshot position: read the position first. Changes between it and the
         // snapshot are then streamed again, which per-key ordering at the sinks makes harmless
-        // (the opposite order could lose them). MariaDB tells the snapshot's own position.
+        // (the opposite order could lose them). MariaDB tells the snapshot's own position. A
+        // resumed snapshot keeps its first position and reads neither.
+        let consistent = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
+        if let Some(start) = resume {
+            conn.query_drop(consistent).await.map_err(|e| self.mysql(e))?;
+            return Ok(start.clone());
+        }
         let before = self.master_position(conn).await?;
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-            .await
-            .map_err(|e| self.mysql(e))?;
+        conn.query_drop(consistent).await.map_err(|e| self.mysql(e))?;
         let rows: Vec<(String, String)> = conn
             .query(crate::sql::SNAPSHOT_POSITION)
             .await
             .map_err(|e| self.mysql(e))?;
         let status: HashMap<String, String> = rows.into_iter().collect();
-        if let Some(start) = resume {
-            return Ok(start.clone());
-        }
         Ok(
             match (
                 status.get("Binlog_snapshot_file"),
