@@ -208,12 +208,8 @@ impl Bench {
             figures.push(rss);
             p.stop();
         }
-        // Where the hub's time went (it reports its stages every 10 s and when it stops).
-        for line in std::fs::read_to_string(self.dir.join("hub.log"))?.lines() {
-            if line.contains("hub stages") {
-                println!("  {}", line.split("hub stages").nth(1).unwrap_or(line).trim());
-            }
-        }
+        // Where the hub's time went.
+        procs[0].1.print_stages()?;
         println!("{total} rows in {secs:.1} s: {rate:.0} events/s end to end");
         println!(
             "RESULT cdc_{}_events_per_s={rate:.0} source_rss_mb={:.1} hub_rss_mb={:.1} sink_rss_mb={:.1}",

@@ -356,11 +356,12 @@ to = ["{SUBSCRIBER}"]
         let tax = login(dir, t.prefix(), "tax")?;
         preload(t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
         let started = Instant::now();
-        let mut hub = Exhub::spawn(&config, &["hub"], "warn", &dir.join("hub.log"))?;
+        let mut hub = Exhub::spawn(&config, &["hub"], "warn,exhub_hub::pipeline=info", &dir.join("hub.log"))?;
         drain(t, docs.len() as u64).await?;
         let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
         let rss = hub.peak_rss_mb()?;
         hub.stop();
+        hub.print_stages()?;
         Ok((rate, rss))
     })
     .await

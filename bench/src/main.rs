@@ -25,6 +25,15 @@ use crate::procs::Flags;
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The library's own warnings (a publisher retrying, a connection lost) to stderr, so that a
+    // run that stalls says why; `RUST_LOG` as for `exhub`.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_default();
     let flags = Flags::parse(args)?;

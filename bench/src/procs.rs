@@ -280,6 +280,17 @@ impl Exhub {
             .status();
         let _ = self.child.wait();
     }
+
+    /// Prints the `hub stages` lines of a hub's log (logged at `info` every 10 s and when it
+    /// stops): where its time went.
+    pub fn print_stages(&self) -> Result<()> {
+        for line in std::fs::read_to_string(&self.log)?.lines() {
+            if let Some(stages) = line.split("hub stages").nth(1) {
+                println!("  {}", stages.trim());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Exhub {

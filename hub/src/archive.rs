@@ -19,7 +19,8 @@ use std::path::Path;
 use exhub_connect::sign::{Keyring, SigningKey};
 use exhub_schemas::time::unix_micros_now;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Executor as _, Row as _};
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire as _, Any, AnyPool, AssertSqlSafe, Executor as _, Row as _};
 use uuid::Uuid;
 
 /// Delivery status of a document for one subscriber.
@@ -170,6 +171,20 @@ pub struct Query {
     pub key: Option<(String, String)>,
 }
 
+/// When a transaction's commit is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// Before the commit returns (SQLite `synchronous = FULL`, PostgreSQL's default): what the
+    /// hub acknowledges on the strength of it — archived documents, receipts, operators' actions.
+    Durable,
+    /// With the next durable commit, or within a moment (SQLite `synchronous = NORMAL` in WAL
+    /// mode, PostgreSQL `synchronous_commit = off`). A crash of the hub loses nothing: the commit
+    /// is in the database's log already. A crash of the machine may lose the last few, whole and
+    /// in order (the log is sequential, so the audit chain stays a valid prefix). Only for the
+    /// `published` marks, whose loss costs at most one more copy to an idempotent subscriber.
+    Lazy,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Sqlite,
@@ -314,6 +329,34 @@ impl Archive {
         Ok(archive)
     }
 
+    /// A connection ready for a transaction that commits as `commit` says. SQLite's setting
+    /// belongs to the connection (set before each transaction, since the one connection serves
+    /// both kinds); PostgreSQL's is set inside the transaction ([`Archive::begin`]).
+    async fn connection(&self, commit: Commit) -> Result<PoolConnection<Any>, ArchiveError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Sqlite {
+            let level = match commit {
+                Commit::Durable => "PRAGMA synchronous = FULL",
+                Commit::Lazy => "PRAGMA synchronous = NORMAL",
+            };
+            conn.execute(level).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Begins a transaction on `conn` (from [`Archive::connection`] with the same `commit`).
+    async fn begin<'c>(
+        &self,
+        conn: &'c mut PoolConnection<Any>,
+        commit: Commit,
+    ) -> Result<sqlx::Transaction<'c, Any>, ArchiveError> {
+        let mut tx = conn.begin().await?;
+        if self.backend == Backend::Postgres && commit == Commit::Lazy {
+            tx.execute("SET LOCAL synchronous_commit = off").await?;
+        }
+        Ok(tx)
+    }
+
     async fn migrate(&self) -> Result<(), ArchiveError> {
         let blob = match self.backend {
             Backend::Sqlite => "BLOB",
@@ -420,15 +463,23 @@ impl Archive {
         Ok(())
     }
 
-    /// Archives a batch in one transaction and says, per entry, whether it is new. Entries must
-    /// have distinct ids. New documents get a `pending` delivery row per subscriber; known ones
-    /// get rows for subscribers they did not have, and report where they were published.
+    /// Writes one hub batch in one durable transaction — the hub's one write on its hot path —
+    /// and says, per entry, whether it is new. Entries must have distinct ids. New documents get
+    /// a `pending` delivery row per subscriber; known ones get rows for subscribers they did not
+    /// have, and report where they were published.
     ///
-    /// `audit` is appended to the audit log in the same transaction, after a record of the
-    /// documents accepted (new ones), one per publishing AMQP user.
-    pub async fn store(&self, entries: &[Entry<'_>], audit: &[AuditEntry]) -> Result<Vec<Stored>, ArchiveError> {
+    /// `receipts` (subscribers' receipts that came in the same batch) are recorded as
+    /// `write_receipts` says. `audit` is appended to the audit log after a record of
+    /// the documents accepted (new ones) per publishing AMQP user, and before the receipts'.
+    pub async fn store(
+        &self,
+        entries: &[Entry<'_>],
+        receipts: &[ReceiptRow],
+        audit: &[AuditEntry],
+    ) -> Result<Vec<Stored>, ArchiveError> {
         let now = unix_micros_now();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.connection(Commit::Durable).await?;
+        let mut tx = self.begin(&mut conn, Commit::Durable).await?;
         let mut new: HashSet<String> = HashSet::new();
         for chunk in entries.chunks(CHUNK) {
             let rows = chunk.iter().map(|e| {
@@ -504,6 +555,7 @@ impl Archive {
             records.push(AuditEntry::accepted(user, &docs));
         }
         records.extend_from_slice(audit);
+        records.extend(self.write_receipts(&mut tx, receipts, now).await?);
         append_audit(&mut tx, self.backend, self.signer.as_deref(), &records, now).await?;
         // What the archive already knew about the documents seen before.
         let known: Vec<&str> = ids.iter().filter(|id| !new.contains(*id)).map(String::as_str).collect();
@@ -548,12 +600,18 @@ impl Archive {
     /// Records that the broker confirmed these documents in these subscribers' queues (the
     /// pipeline, and replay — which may deliver to a subscriber the document never had).
     /// `actor` (the AMQP user that published the copies) is recorded in the audit log.
+    ///
+    /// The commit is lazy ([`Commit::Lazy`]): the marks are on disk with the next batch's store.
+    /// Nothing waits on them but the acknowledgement of messages already archived, and losing
+    /// the last few in a crash of the machine costs at most a second copy of a document its
+    /// publisher sends again, which the subscriber applies idempotently.
     pub async fn mark_published(&self, done: &[(Uuid, &str)], actor: &str) -> Result<(), ArchiveError> {
         if done.is_empty() {
             return Ok(());
         }
         let now = unix_micros_now();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.connection(Commit::Lazy).await?;
+        let mut tx = self.begin(&mut conn, Commit::Lazy).await?;
         append_audit(
             &mut tx,
             self.backend,
@@ -614,12 +672,18 @@ impl Archive {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Records subscribers' receipts for the documents the archive routed to them: each one's
-    /// outcome, and its delivery status (`applied` or `refused`). Documents a receipt names that
-    /// were never routed to its subscriber are left out.
-    pub async fn record_receipts(&self, receipts: &[ReceiptRow]) -> Result<(), ArchiveError> {
+    /// Records, inside `tx`, subscribers' receipts for the documents the archive routed to
+    /// them: each one's outcome, and its delivery status (`applied` or `refused`). Documents a
+    /// receipt names that were never routed to its subscriber are left out. Returns the audit
+    /// records to append.
+    async fn write_receipts(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        receipts: &[ReceiptRow],
+        now: i64,
+    ) -> Result<Vec<AuditEntry>, ArchiveError> {
         if receipts.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // One row per (document, subscriber) per statement, or PostgreSQL refuses the upsert;
         // of several receipts for one pair in a batch, a refusal wins.
@@ -633,8 +697,6 @@ impl Archive {
             ))
         });
         receipts.dedup_by(|a, b| a.subscriber == b.subscriber && a.document_id == b.document_id);
-        let now = unix_micros_now();
-        let mut tx = self.pool.begin().await?;
         // Only documents the archive routed to that subscriber: a receipt is the subscriber's
         // word on what it was sent, not a way to claim others.
         let mut routed: HashSet<(String, String)> = HashSet::new();
@@ -646,21 +708,17 @@ impl Archive {
                 );
                 sql.bind(text(&chunk[0].subscriber)).push(" AND document_id IN ");
                 sql.tuple(chunk.iter().map(|r| text(&r.document_id)));
-                for row in sql.query().fetch_all(&mut *tx).await? {
+                for row in sql.query().fetch_all(&mut **tx).await? {
                     routed.insert((chunk[0].subscriber.clone(), row.try_get(0)?));
                 }
             }
         }
         receipts.retain(|r| routed.contains(&(r.subscriber.clone(), r.document_id.clone())));
-        if receipts.is_empty() {
-            return Ok(());
-        }
         let receipts = receipts.as_slice();
         let records: Vec<AuditEntry> = receipts
             .chunk_by(|a, b| a.amqp_user == b.amqp_user && a.subscriber == b.subscriber)
             .map(AuditEntry::receipts)
             .collect();
-        append_audit(&mut tx, self.backend, self.signer.as_deref(), &records, now).await?;
         for chunk in receipts.chunks(CHUNK) {
             let rows = chunk.iter().map(|r| {
                 [
@@ -682,7 +740,7 @@ impl Archive {
                  reason = excluded.reason, received_at = excluded.received_at, amqp_user = excluded.amqp_user, \
                  key_id = excluded.key_id",
             );
-            sql.query().execute(&mut *tx).await?;
+            sql.query().execute(&mut **tx).await?;
             for outcome in [APPLIED, REFUSED] {
                 let ids: Vec<&ReceiptRow> = chunk.iter().filter(|r| r.outcome == outcome).collect();
                 for same in ids.chunk_by(|a, b| a.subscriber == b.subscriber) {
@@ -694,12 +752,11 @@ impl Archive {
                         .bind(text(&same[0].subscriber))
                         .push(" AND document_id IN ");
                     sql.tuple(same.iter().map(|r| text(&r.document_id)));
-                    sql.query().execute(&mut *tx).await?;
+                    sql.query().execute(&mut **tx).await?;
                 }
             }
         }
-        tx.commit().await?;
-        Ok(())
+        Ok(records)
     }
 
     /// The receipts recorded for a document, per subscriber.
@@ -729,7 +786,8 @@ impl Archive {
     /// Appends records to the audit log (in a transaction of their own: for operators'
     /// actions such as replays, DLQ retries and provisioning).
     pub async fn audit(&self, records: &[AuditEntry]) -> Result<(), ArchiveError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.connection(Commit::Durable).await?;
+        let mut tx = self.begin(&mut conn, Commit::Durable).await?;
         append_audit(
             &mut tx,
             self.backend,

@@ -407,13 +407,12 @@ impl Hub {
             .collect();
         // Refusals so far are audited with the archive's writes, in one transaction.
         let audit = refusals_audit(&out);
-        let stored = if entries.is_empty() && audit.is_empty() {
+        let stored = if entries.is_empty() && audit.is_empty() && receipts.is_empty() {
             Vec::new()
         } else {
-            self.archive.store(&entries, &audit).await?
+            self.archive.store(&entries, &receipts, &audit).await?
         };
         let before_conflicts = out.len();
-        self.archive.record_receipts(&receipts).await?;
         Stages::add(&self.stages.archive, started);
         let started = Instant::now();
         let mut copies: Vec<Copy<'_>> = Vec::new();

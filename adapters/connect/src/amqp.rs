@@ -97,9 +97,19 @@ pub const FRAME_MAX: u32 = 32 * 1024;
 /// Anything else about TLS (`verify=verify_none`, `server_name_indication`, `depth`, a key
 /// `password`) is refused, and so are TLS settings on an `amqp://` URL: a setting exhub cannot
 /// honour is an error, never a quiet connection in clear text.
+///
+/// A RabbitMQ cluster is one URL with the other nodes' addresses in exhub's own parameter
+/// `failover=host:port,host:port` (taken out before lapin reads the URL): [`connect`] tries the
+/// URL's own host first, then each of these in order, with the same login, vhost and TLS
+/// settings; the broker's certificate must then name each host it is reached by. One string
+/// rather than a list of URLs, so that the login is written once and every place an AMQP URL is
+/// read (routes.toml, `--amqp`, the provisioning of per-department logins, which rewrites the
+/// login) carries the cluster's addresses without knowing of them.
 pub struct Target {
     uri: AMQPUri,
     tls: TlsFiles,
+    /// The other nodes of a cluster (`failover=`), tried in order after the URL's own host.
+    failover: Vec<(String, u16)>,
 }
 
 /// Without the password.
@@ -113,6 +123,7 @@ impl std::fmt::Debug for Target {
             .field("port", &a.port)
             .field("vhost", &self.uri.vhost)
             .field("tls", &self.tls)
+            .field("failover", &self.failover)
             .finish()
     }
 }
@@ -137,8 +148,10 @@ impl Target {
         let tls_error = |m: String| Err(AmqpError::Tls(m));
         let mut tls = TlsFiles::default();
         let mut rest: Vec<(String, String)> = Vec::new();
+        let mut failover = Vec::new();
         for (key, value) in parsed.query_pairs() {
             match &*key {
+                "failover" => failover = failover_addresses(&value)?,
                 "cacertfile" => tls.ca = Some(value.as_ref().into()),
                 "certfile" => tls.cert = Some(value.as_ref().into()),
                 "keyfile" => tls.key = Some(value.as_ref().into()),
@@ -187,7 +200,14 @@ impl Target {
         if uri.query.frame_max.is_none() {
             uri.query.frame_max = Some(FRAME_MAX);
         }
-        Ok(Target { uri, tls })
+        Ok(Target { uri, tls, failover })
+    }
+
+    /// The broker's addresses, in the order [`connect`] tries them: the URL's host, then
+    /// `failover=`.
+    pub fn addresses(&self) -> Vec<(String, u16)> {
+        let own = (self.uri.authority.host.clone(), self.uri.authority.port);
+        std::iter::once(own).chain(self.failover.iter().cloned()).collect()
     }
 
     /// Whether the connection is TLS (`amqps://`).
@@ -219,20 +239,67 @@ impl Target {
     }
 }
 
+/// `failover=host:port,host:port`: each address with its port (5672 when left out).
+fn failover_addresses(value: &str) -> Result<Vec<(String, u16)>, AmqpError> {
+    let bad = |a: &str| AmqpError::Url(format!("failover address {a:?} is not host:port"));
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let port = |p: &str| p.parse::<u16>().map_err(|_| bad(a));
+            // `[::1]:5672` for IPv6, as in a URL.
+            let (host, port) = match a.strip_prefix('[') {
+                Some(v6) => match v6.split_once(']') {
+                    Some((h, "")) => (h, 5672),
+                    Some((h, p)) => (h, port(p.strip_prefix(':').ok_or_else(|| bad(a))?)?),
+                    None => return Err(bad(a)),
+                },
+                None => match a.split_once(':') {
+                    Some((h, p)) => (h, port(p)?),
+                    None => (a, 5672),
+                },
+            };
+            if host.is_empty() || host.contains(['/', '@', '?', '#', ' ', '[', ']']) {
+                return Err(bad(a));
+            }
+            Ok((host.to_owned(), port))
+        })
+        .collect()
+}
+
 /// Opens a connection named `name` (shown in RabbitMQ's connection list); over TLS for
-/// `amqps://` (see [`Target`]).
+/// `amqps://` (see [`Target`]). With `failover=` addresses, a node that cannot be reached is
+/// passed over for the next; the error is the last node's when none can be.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let target = Target::parse(url)?;
+    let mut last = None;
+    for (host, port) in target.addresses() {
+        match connect_to(&target, &host, port, name).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if e.is_passing() => {
+                if !target.failover.is_empty() {
+                    tracing::debug!(connection = name, node = %format!("{host}:{port}"), error = %e, "cannot reach this RabbitMQ node; trying the next");
+                }
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(AmqpError::Url("no address to connect to".into())))
+}
+
+/// One attempt at one node of `target`.
+async fn connect_to(target: &Target, host: &str, port: u16, name: &str) -> Result<Connection, AmqpError> {
     let tls = target.tls_config()?;
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()?;
     let client_cert = target.tls.cert.is_some();
-    let (is_tls, host, port) = (
-        target.is_tls(),
-        target.uri.authority.host.clone(),
-        target.uri.authority.port,
-    );
-    match target.uri.connect_with_config(props, tls, runtime).await {
+    let is_tls = target.is_tls();
+    let mut uri = target.uri.clone();
+    uri.authority.host = host.to_owned();
+    uri.authority.port = port;
+    match uri.connect_with_config(props, tls, runtime).await {
         Ok(conn) => Ok(conn),
         // rustls reports a failed handshake as invalid data: an untrusted certificate, a name
         // that does not match, or a port that answers in clear text. Retrying cannot help.
@@ -323,6 +390,49 @@ mod tests {
             Err(AmqpError::Tls(m)) => m,
             other => panic!("{url}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_cluster_is_one_url_with_its_other_nodes_tried_in_order() {
+        let t = Target::parse(
+            "amqp://u:p@127.0.0.1:5701/%2f?heartbeat=7&failover=127.0.0.1:5702,%20localhost:5703,[::1]:5704,node4",
+        )
+        .unwrap();
+        assert_eq!(
+            t.addresses(),
+            [
+                ("127.0.0.1".to_owned(), 5701),
+                ("127.0.0.1".to_owned(), 5702),
+                ("localhost".to_owned(), 5703),
+                ("::1".to_owned(), 5704),
+                ("node4".to_owned(), 5672),
+            ]
+        );
+        // lapin never sees the parameter; the others stay.
+        assert_eq!(t.uri.query.heartbeat, Some(7));
+        assert_eq!(Target::parse("amqp://u@h/%2f").unwrap().addresses().len(), 1);
+        for bad in ["h:notaport", "h:70000", "u@h:1", ":5672", "h:1:2", "[::1", "[::1]5672"] {
+            let url = format!("amqp://u@h/%2f?failover={bad}");
+            assert!(
+                matches!(Target::parse(&url), Err(AmqpError::Url(m)) if m.contains("failover")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_be_reached_is_passed_over_for_the_next() {
+        // Nothing listens on port 1; the machine's broker does on 5672.
+        let url = "amqp://guest:guest@127.0.0.1:1/%2f?failover=127.0.0.1:5672";
+        let conn = connect(url, "failover-test").await.unwrap();
+        assert!(conn.status().connected());
+        conn.close(200, "done".into()).await.unwrap();
+        let none = connect(
+            "amqp://guest:guest@127.0.0.1:1/%2f?failover=127.0.0.1:2",
+            "failover-test",
+        )
+        .await;
+        assert!(matches!(none, Err(e) if e.is_passing()));
     }
 
     #[test]
