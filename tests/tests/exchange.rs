@@ -27,6 +27,53 @@ use crate::{exhub_bin, scratch};
 /// (misconfigured) participant would be.
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The RabbitMQ an exchange runs on: the machine's broker, or the three-node cluster of
+/// `scripts/cluster.sh`.
+#[derive(Clone, Copy, Debug)]
+pub struct Broker {
+    /// `host:port` of the node tried first.
+    pub address: &'static str,
+    /// The other nodes (`failover=` of exhub's AMQP URLs), or "".
+    pub failover: &'static str,
+    /// The management API.
+    pub management: &'static str,
+}
+
+/// The machine's broker.
+pub const LOCAL: Broker = Broker {
+    address: "127.0.0.1:5672",
+    failover: "",
+    management: "http://127.0.0.1:15672",
+};
+
+/// The cluster `scripts/cluster.sh start` runs.
+pub const CLUSTER: Broker = Broker {
+    address: "127.0.0.1:5701",
+    failover: "127.0.0.1:5702,127.0.0.1:5703",
+    management: "http://127.0.0.1:15701",
+};
+
+impl Broker {
+    /// The AMQP URL logging in as `login` (`user` or `user:password`), with the failover nodes.
+    pub fn url(&self, login: &str) -> String {
+        let failover = match self.failover {
+            "" => String::new(),
+            nodes => format!("?failover={nodes}"),
+        };
+        format!("amqp://{login}@{}/%2f{failover}", self.address)
+    }
+
+    /// A connection as the broker's administrator (guest), failing over like exhub's own.
+    pub async fn admin(&self) -> Result<Connection, exhub_connect::amqp::AmqpError> {
+        exhub_connect::amqp::connect(&self.url("guest:guest"), "exhub-test-admin").await
+    }
+
+    /// The management API as the broker's administrator.
+    pub fn management(&self) -> Result<exhub_hub::provision::Management, exhub_hub::provision::ProvisionError> {
+        exhub_hub::provision::Management::new(self.management, "guest", &exhub_hub::secret::Secret::new("guest"))
+    }
+}
+
 /// Where the archive lives.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveKind {
@@ -47,6 +94,8 @@ pub struct Exchange {
     owner: bool,
     /// The AMQP prefix, which the exchange's user names start with.
     prefix: String,
+    /// The RabbitMQ it runs on.
+    pub broker: Broker,
 }
 
 /// Orgs every test exchange has: `nanhai.tax` (AMQP user `<prefix>-tax`; tax.registration),
@@ -83,6 +132,11 @@ impl Exchange {
     /// A new exchange whose `[hub]` gets `hub_extra` lines and whose subscribers and routes
     /// are `graph` (TOML).
     pub fn new(tag: &str, archive: ArchiveKind, hub_extra: &str, graph: &str) -> Exchange {
+        Exchange::on(LOCAL, tag, archive, hub_extra, graph)
+    }
+
+    /// [`Exchange::new`] on `broker`.
+    pub fn on(broker: Broker, tag: &str, archive: ArchiveKind, hub_extra: &str, graph: &str) -> Exchange {
         let dir = scratch(tag);
         let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
         let (archive_url, pg_db) = match archive {
@@ -94,9 +148,14 @@ impl Exchange {
             }
         };
         let config = dir.join("routes.toml");
+        let management = match broker.management {
+            m if m == LOCAL.management => String::new(),
+            m => format!("management = \"{m}\"\n"),
+        };
         let toml = format!(
-            "[hub]\namqp = {{ url = \"amqp://{prefix}-hub@127.0.0.1:5672/%2f\", password_file = \"secrets/hub.password\" }}\n\
+            "[hub]\namqp = {{ url = \"{}\", password_file = \"secrets/hub.password\" }}\n{management}\
              secrets = \"secrets\"\narchive = \"{archive_url}\"\nprefix = \"{prefix}\"\n{hub_extra}\n{}\n{graph}",
+            broker.url(&format!("{prefix}-hub")),
             orgs(&prefix)
         );
         std::fs::write(&config, toml).unwrap();
@@ -117,6 +176,7 @@ impl Exchange {
             started: 0,
             owner: true,
             prefix,
+            broker,
         };
         let out = ex.exhub(&["provision"]);
         assert!(
@@ -140,7 +200,7 @@ impl Exchange {
             _ => format!("{}.password", self.user(short)),
         };
         let password = std::fs::read_to_string(self.dir.join("secrets").join(file)).unwrap();
-        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.user(short), password.trim())
+        self.broker.url(&format!("{}:{}", self.user(short), password.trim()))
     }
 
     /// Properties of a tax registration published by the tax bureau's AMQP user.
@@ -162,6 +222,7 @@ impl Exchange {
             started: 0,
             owner: false,
             prefix: self.prefix.clone(),
+            broker: self.broker,
         }
     }
 
@@ -217,6 +278,13 @@ impl Exchange {
         std::fs::read_to_string(self.dir.join(format!("hub-{n}.log"))).unwrap_or_default()
     }
 
+    /// Sends SIGKILL to hub `n` (started `n`-th), leaving the others running.
+    pub fn kill_hub(&mut self, n: usize) {
+        let h = &mut self.hubs[n];
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+
     /// Sends SIGKILL to every hub.
     pub fn kill_hubs(&mut self) {
         for mut h in self.hubs.drain(..) {
@@ -238,7 +306,7 @@ impl Exchange {
 
     /// Messages waiting in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let conn = connect().await.unwrap();
+        let conn = self.broker.admin().await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         let passive = QueueDeclareOptions {
             passive: true,
@@ -276,7 +344,7 @@ impl Exchange {
     /// Takes messages from `queue` (acknowledging them) until `want` is true of what was taken,
     /// or `timeout` passes.
     pub async fn take(&self, queue: &str, timeout: Duration, want: impl Fn(&Taken) -> bool) -> Taken {
-        let conn = connect().await.unwrap();
+        let conn = self.broker.admin().await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         ch.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
         let mut consumer = ch
@@ -354,6 +422,7 @@ impl Drop for Exchange {
         let topology = self.topology.clone();
         let subscribers = self.subscribers.clone();
         let users: Vec<String> = ORG_USERS.iter().chain(&["hub"]).map(|u| self.user(u)).collect();
+        let broker = self.broker;
         // Drop may run inside a runtime: clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -361,12 +430,12 @@ impl Drop for Exchange {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok(conn) = connect().await
+                if let Ok(conn) = broker.admin().await
                     && let Ok(ch) = conn.create_channel().await
                 {
                     let _ = topology.delete_all(&ch, &subscribers).await;
                 }
-                if let Ok(api) = management() {
+                if let Ok(api) = broker.management() {
                     for u in users {
                         let _ = api.delete(&format!("users/{u}")).await;
                     }
@@ -413,13 +482,9 @@ pub fn doc_id(doc: &[u8]) -> Option<String> {
     Some(v["header"]["id"].as_str()?.to_owned())
 }
 
-/// The management API as the broker's administrator.
+/// The management API of the machine's broker as its administrator.
 pub fn management() -> Result<exhub_hub::provision::Management, exhub_hub::provision::ProvisionError> {
-    exhub_hub::provision::Management::new(
-        "http://127.0.0.1:15672",
-        "guest",
-        &exhub_hub::secret::Secret::new("guest"),
-    )
+    LOCAL.management()
 }
 
 pub async fn connect() -> lapin::Result<Connection> {

@@ -1,6 +1,8 @@
 //! Nothing is lost when the broker restarts or the hub is killed: 20,000 documents go in, and
 //! afterwards every one is archived exactly once and in its subscriber's queue at least once.
-//! Tests named `restart_*` restart a shared service and run alone (see .config/nextest.toml).
+//! Tests named `restart_*` restart a shared service and run alone (see .config/nextest.toml);
+//! `restart_cluster_*` runs on the three-node RabbitMQ cluster of scripts/cluster.sh, which it
+//! starts, and stops when done.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -8,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::exchange::{ArchiveKind, Exchange, tax_doc};
+use crate::exchange::{ArchiveKind, CLUSTER, Exchange, tax_doc};
+use crate::services::psql;
 
 const DOCS: u64 = 20_000;
 const CHUNK: usize = 500;
@@ -120,4 +123,135 @@ async fn hub_killed_mid_stream_loses_nothing() {
     ex.start_hub().await;
     publishing.await.unwrap();
     assert_nothing_lost(&ex, &docs).await;
+}
+
+/// `scripts/cluster.sh ARGS`, asserting success.
+fn cluster(args: &[&str]) {
+    let out = Command::new("bash")
+        .arg(crate::root().join("scripts/cluster.sh"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/cluster.sh {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// On a three-node RabbitMQ cluster, 20,000 documents go in while a second hub joins, the node
+/// every participant connected to first is stopped and started again, and the first hub is
+/// SIGKILLed: every document is archived exactly once, reaches the AMQP subscriber, and is
+/// applied by the PostgreSQL sink — one row per document, each receipted `applied`.
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_cluster_node_and_hubs_lose_nothing() {
+    cluster(&["start"]);
+    let db = format!("exhub_ledger_{}", uuid::Uuid::now_v7().simple());
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    let table = std::fs::read_to_string(crate::root().join("examples/legacy/commerce_mirror.sql")).unwrap();
+    crate::services::psql_with(&db, &["-c", &table]);
+    let graph = format!(
+        r#"
+[[subscriber]]
+name = "mirror"
+org = "nanhai.commerce"
+kind = "amqp"
+
+[[subscriber]]
+name = "ledger"
+org = "nanhai.commerce"
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:5432/{db}"
+  [[subscriber.apply]]
+  doc_type = "tax.registration"
+  table = "tax_registration"
+
+[[route]]
+name = "all"
+doc_types = ["tax.registration"]
+to = ["mirror", "ledger"]
+"#
+    );
+    {
+        // Two hub processes share one archive: PostgreSQL's.
+        let mut ex = Exchange::on(CLUSTER, "cluster", ArchiveKind::Postgres, "", &graph);
+        ex.start_hub().await;
+        let sink_log = std::fs::File::create(ex.dir.join("sink.log")).unwrap();
+        let mut sink = Command::new(crate::exhub_bin())
+            .args(["sink", "ledger"])
+            .env("EXHUB_CONFIG", &ex.config)
+            .env("EXHUB_LOG", "info")
+            .current_dir(&ex.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(sink_log)
+            .spawn()
+            .unwrap();
+        let docs = documents(3_000_000);
+        let mut node = None;
+        for (i, chunk) in docs.chunks(CHUNK).enumerate() {
+            match i * CHUNK {
+                // A second hub joins.
+                5_000 => ex.start_hub().await,
+                // The node everyone reached first stops, while documents keep coming, and
+                // comes back.
+                10_000 => {
+                    node = Some(std::thread::spawn(|| {
+                        cluster(&["stop-node", "1"]);
+                        cluster(&["start-node", "1"]);
+                    }))
+                }
+                // The first hub dies mid-stream.
+                15_000 => ex.kill_hub(0),
+                _ => {}
+            }
+            ex.publish(chunk.iter().map(|(id, d)| (d.clone(), ex.props(id))).collect())
+                .await;
+        }
+        node.unwrap().join().unwrap();
+        assert_nothing_lost(&ex, &docs).await;
+        // Applied: one row per document (every document has its own key), each receipted.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let count = || crate::services::psql(&db, "SELECT COUNT(*) FROM tax_registration");
+        while count() != DOCS.to_string() {
+            assert!(
+                Instant::now() < deadline,
+                "{} rows applied of {DOCS}; sink log: {}",
+                count(),
+                std::fs::read_to_string(ex.dir.join("sink.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let applied = crate::services::psql(&db, "SELECT COUNT(*) FROM exhub_applied");
+        assert_eq!(applied, DOCS.to_string(), "one exhub_applied row per document");
+        // And the archive knows: the sink's receipts say `applied` for every one.
+        let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
+        let archive = ex.archive().await;
+        loop {
+            let status = archive.deliveries(&ids).await.unwrap();
+            let receipted = status
+                .values()
+                .filter(|subs| subs.iter().any(|(s, st)| s == "ledger" && st == "applied"))
+                .count();
+            if receipted == ids.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{receipted} of {DOCS} receipted as applied"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        archive.close().await;
+        let logs = ex.hub_log(0) + &ex.hub_log(1);
+        assert!(
+            logs.contains("connection lost"),
+            "the hubs saw the node stop: {logs}"
+        );
+        let _ = sink.kill();
+        let _ = sink.wait();
+    }
+    psql("postgres", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    cluster(&["stop"]);
 }

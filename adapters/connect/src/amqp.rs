@@ -37,6 +37,10 @@ pub enum AmqpError {
     /// The operation was cancelled by shutdown.
     #[error("cancelled by shutdown")]
     Cancelled,
+    /// A node took the connection but did not complete the AMQP handshake in time (a node
+    /// shutting down or still booting keeps its port open).
+    #[error("RabbitMQ at {0} did not complete the connection handshake within {CONNECT_TIMEOUT:?}")]
+    Unanswered(String),
     /// The URL does not parse (the text is not repeated: it may hold a password).
     #[error("invalid AMQP URL: {0}")]
     Url(String),
@@ -76,6 +80,11 @@ impl From<lapin::Error> for AmqpError {
         }
     }
 }
+
+/// How long a node may take to complete the AMQP handshake before the next is tried. Normally
+/// milliseconds; a node that is shutting down or booting may accept the TCP connection and then
+/// say nothing, which without a limit would hold a participant there instead of failing over.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest AMQP frame asked for unless the URL says otherwise (`?frame_max=`). lapin keeps
 /// 32 frames of buffer each way per connection, so RabbitMQ's default of 128 KiB costs 8 MiB a
@@ -299,7 +308,11 @@ async fn connect_to(target: &Target, host: &str, port: u16, name: &str) -> Resul
     let mut uri = target.uri.clone();
     uri.authority.host = host.to_owned();
     uri.authority.port = port;
-    match uri.connect_with_config(props, tls, runtime).await {
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, uri.connect_with_config(props, tls, runtime));
+    let Ok(connected) = attempt.await else {
+        return Err(AmqpError::Unanswered(format!("{host}:{port}")));
+    };
+    match connected {
         Ok(conn) => Ok(conn),
         // rustls reports a failed handshake as invalid data: an untrusted certificate, a name
         // that does not match, or a port that answers in clear text. Retrying cannot help.
