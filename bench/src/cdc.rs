@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use exhub_connect::{Topology, amqp};
 use sqlx::Connection as _;
 
-use crate::procs::{AMQP, Exhub, Flags, routes_toml};
+use crate::procs::{Exhub, Flags, admin_url, routes_toml};
 
 pub const MYSQL: &str = "mysql://root@127.0.0.1:3306";
 pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
@@ -309,7 +309,7 @@ impl Bench {
                     .execute(&mut pg)
                     .await?;
             }
-            let conn = amqp::connect(AMQP, "exhub-bench-cleanup").await?;
+            let conn = amqp::connect(&admin_url(), "exhub-bench-cleanup").await?;
             let ch = conn.create_channel().await?;
             Topology::new(self.name.clone()).delete_all(&ch, &["mirror"]).await?;
             conn.close(200, "".into()).await?;

@@ -11,6 +11,11 @@
 //!   SQLite, route, encode, publish with confirms, acknowledge).
 //!
 //! The last line is `RESULT hub_docs_per_s=… raw_relay_per_s=… ratio=… hub_rss_mb=… …`.
+//!
+//! Scaling out: `--broker cluster` runs on the three-node cluster of scripts/cluster.sh (every
+//! connection with its `failover=` nodes), `--hubs N` runs N hub processes side by side on the
+//! same queues, and `--archive postgres` gives them one PostgreSQL archive (a fresh database,
+//! dropped afterwards) instead of a SQLite file.
 
 use std::future::Future;
 use std::path::Path;
@@ -27,11 +32,15 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::procs::{AMQP, Exhub, Flags, login, provision, routes_toml};
+use crate::procs::{Broker, Exhub, Flags, admin_url, login, provision, routes_toml, use_broker};
 
 const SUBSCRIBER: &str = "bench";
 
 struct Args {
+    /// Hub processes side by side.
+    hubs: usize,
+    /// `sqlite` or `postgres`.
+    archive: String,
     docs: u64,
     batch: usize,
     workers: usize,
@@ -45,8 +54,11 @@ pub async fn run(flags: Flags) -> Result<()> {
         batch: flags.get("batch", 100)?,
         workers: flags.get("workers", 4)?,
         sign: flags.get("sign", "none".to_owned())?,
+        hubs: flags.get("hubs", 1)?,
+        archive: flags.get("archive", "sqlite".to_owned())?,
     };
-    flags.done(&["docs", "batch", "workers", "sign"])?;
+    use_broker(Broker::named(&flags.get("broker", "local".to_owned())?)?);
+    flags.done(&["docs", "batch", "workers", "sign", "hubs", "archive", "broker"])?;
     let dir = std::env::temp_dir().join(format!("exhub-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let docs: Vec<(String, Vec<u8>)> = (0..args.docs)
@@ -69,7 +81,7 @@ pub async fn run(flags: Flags) -> Result<()> {
         let form = if batch == 1 { "single" } else { "batch" };
         let relay = run_relay(&docs, batch, args.workers).await?;
         println!("raw relay ({form}): {relay:.0} docs/s");
-        let (hub, rss) = run_hub(&dir, &docs, batch, args.workers, &args.sign).await?;
+        let (hub, rss) = run_hub(&dir, &docs, batch, &args).await?;
         println!("hub ({form}): {hub:.0} docs/s, peak RSS {rss:.1} MB");
         results.push((relay, hub, rss));
     }
@@ -77,8 +89,9 @@ pub async fn run(flags: Flags) -> Result<()> {
     let (relay, hub, rss) = results[0];
     let (relay_b, hub_b, rss_b) = results[1];
     println!(
-        "RESULT hub_docs_per_s={hub:.0} raw_relay_per_s={relay:.0} ratio={:.2} hub_rss_mb={rss:.1} \
+        "RESULT hubs={} hub_docs_per_s={hub:.0} raw_relay_per_s={relay:.0} ratio={:.2} hub_rss_mb={rss:.1} \
          hub_batch_docs_per_s={hub_b:.0} raw_relay_batch_per_s={relay_b:.0} batch_ratio={:.2} hub_batch_rss_mb={rss_b:.1}",
+        args.hubs,
         hub / relay,
         hub_b / relay_b
     );
@@ -133,7 +146,7 @@ enum Op {
 
 /// Declares or deletes `t` on a connection of its own.
 async fn on_topology(t: &Topology, op: Op) -> Result<()> {
-    let conn = amqp::connect(AMQP, "exhub-bench-setup").await?;
+    let conn = amqp::connect(&admin_url(), "exhub-bench-setup").await?;
     let ch = conn.create_channel().await?;
     match op {
         Op::Declare => t.declare_all(&ch, &[SUBSCRIBER]).await?,
@@ -191,7 +204,7 @@ async fn preload(
 
 /// Consumes the subscriber queue, acknowledging in groups, until `want` documents arrived.
 async fn drain(t: &Topology, want: u64) -> Result<()> {
-    let conn = amqp::connect(AMQP, "exhub-bench-drain").await?;
+    let conn = amqp::connect(&admin_url(), "exhub-bench-drain").await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(2_000, BasicQosOptions::default()).await?;
     let mut consumer = ch
@@ -236,7 +249,7 @@ async fn with_topology<T, F: Future<Output = Result<T>>>(run: impl FnOnce(Topolo
 }
 
 async fn relay_on(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize, n_workers: usize) -> Result<f64> {
-    preload(t, docs, batch, AMQP, "guest", None).await?;
+    preload(t, docs, batch, &admin_url(), "guest", None).await?;
     let started = Instant::now();
     let stop = CancellationToken::new();
     let relayed = Arc::new(AtomicU64::new(0));
@@ -256,8 +269,8 @@ async fn relay_on(t: &Topology, docs: &[(String, Vec<u8>)], batch: usize, n_work
 }
 
 async fn relay(t: &Topology, n: usize, stop: &CancellationToken, relayed: &AtomicU64) -> Result<()> {
-    let conn = amqp::connect(AMQP, &format!("exhub-bench-relay-{n}")).await?;
-    let publish_conn = amqp::connect(AMQP, &format!("exhub-bench-relay-{n}-publish")).await?;
+    let conn = amqp::connect(&admin_url(), &format!("exhub-bench-relay-{n}")).await?;
+    let publish_conn = amqp::connect(&admin_url(), &format!("exhub-bench-relay-{n}-publish")).await?;
     let out = amqp::confirmed_channel(&publish_conn).await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(1000, BasicQosOptions::default()).await?;
@@ -315,21 +328,15 @@ async fn relay(t: &Topology, n: usize, stop: &CancellationToken, relayed: &Atomi
     Ok(())
 }
 
-/// The real hub process on the same kind of topology; returns (docs/s, peak RSS in MB).
-async fn run_hub(
-    dir: &Path,
-    docs: &[(String, Vec<u8>)],
-    batch: usize,
-    workers: usize,
-    sign: &str,
-) -> Result<(f64, f64)> {
+/// The real hub processes (`--hubs`) on the same kind of topology; returns (docs/s, the
+/// largest peak RSS of one hub in MB).
+async fn run_hub(dir: &Path, docs: &[(String, Vec<u8>)], batch: usize, args: &Args) -> Result<(f64, f64)> {
     with_topology(|t| async move {
         let t = &t;
         // A directory per run: its own config, archive, passwords and keys.
         let dir = &dir.join(t.prefix());
         std::fs::create_dir_all(dir)?;
         let config = dir.join("routes.toml");
-        let archive = dir.join("archive.db");
         let graph = format!(
             r#"[[subscriber]]
 name = "{SUBSCRIBER}"
@@ -343,26 +350,61 @@ doc_types = ["tax.registration"]
 to = ["{SUBSCRIBER}"]
 "#
         );
-        let archive = format!("sqlite://{}", archive.display());
-        std::fs::write(&config, routes_toml(&archive, t.prefix(), workers, &graph))?;
-        provision(&config)?;
-        crate::procs::enable_signing(&config, sign)?;
-        let signer = match sign {
-            "none" => None,
-            _ => Some(exhub_connect::sign::SigningKey::read_file(
-                &dir.join("secrets/nanhai.tax.signing-key"),
-            )?),
+        let archive_db = format!("{}_archive", t.prefix());
+        let archive = match args.archive.as_str() {
+            "sqlite" => format!("sqlite://{}", dir.join("archive.db").display()),
+            "postgres" => {
+                postgres(&format!("CREATE DATABASE {archive_db}")).await?;
+                format!("{}/{archive_db}", crate::cdc::POSTGRES)
+            }
+            other => bail!("--archive {other}: sqlite or postgres"),
         };
-        let tax = login(dir, t.prefix(), "tax")?;
-        preload(t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
-        let started = Instant::now();
-        let mut hub = Exhub::spawn(&config, &["hub"], "warn,exhub_hub::pipeline=info", &dir.join("hub.log"))?;
-        drain(t, docs.len() as u64).await?;
-        let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
-        let rss = hub.peak_rss_mb()?;
-        hub.stop();
-        hub.print_stages()?;
-        Ok((rate, rss))
+        let run = async {
+            std::fs::write(&config, routes_toml(&archive, t.prefix(), args.workers, &graph))?;
+            provision(&config)?;
+            crate::procs::enable_signing(&config, &args.sign)?;
+            let signer = match args.sign.as_str() {
+                "none" => None,
+                _ => Some(exhub_connect::sign::SigningKey::read_file(
+                    &dir.join("secrets/nanhai.tax.signing-key"),
+                )?),
+            };
+            let tax = login(dir, t.prefix(), "tax")?;
+            preload(t, docs, batch, &tax, &format!("{}-tax", t.prefix()), signer.as_ref()).await?;
+            let started = Instant::now();
+            let mut hubs = (0..args.hubs.max(1))
+                .map(|n| {
+                    let log = dir.join(format!("hub-{n}.log"));
+                    Exhub::spawn(&config, &["hub"], "warn,exhub_hub::pipeline=info", &log)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            drain(t, docs.len() as u64).await?;
+            let rate = docs.len() as f64 / started.elapsed().as_secs_f64();
+            let mut rss: f64 = 0.0;
+            for (n, hub) in hubs.iter_mut().enumerate() {
+                rss = rss.max(hub.peak_rss_mb()?);
+                hub.stop();
+                println!("  hub {n}:");
+                hub.print_stages()?;
+            }
+            Ok((rate, rss))
+        };
+        let result = run.await;
+        if args.archive == "postgres"
+            && let Err(e) = postgres(&format!("DROP DATABASE IF EXISTS {archive_db} WITH (FORCE)")).await
+        {
+            eprintln!("dropping the archive database {archive_db}: {e:#}");
+        }
+        result
     })
     .await
+}
+
+/// Runs `statement` on the machine's PostgreSQL.
+async fn postgres(statement: &str) -> Result<()> {
+    use sqlx::{Connection as _, Executor as _};
+    let mut pg = sqlx::PgConnection::connect(crate::cdc::POSTGRES).await?;
+    pg.execute(sqlx::AssertSqlSafe(statement.to_owned())).await?;
+    pg.close().await?;
+    Ok(())
 }

@@ -11,17 +11,82 @@ use anyhow::{Context as _, Result, bail};
 
 /// The local broker's administrator, as scripts/services.sh leaves it: what the benchmarks set
 /// up, observe and clean up with (never what the exchange runs as).
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The RabbitMQ a benchmark runs on.
+#[derive(Clone, Copy, Debug)]
+pub struct Broker {
+    /// `host:port` of the node tried first.
+    pub address: &'static str,
+    /// The other nodes (`failover=` of exhub's AMQP URLs), or "".
+    pub failover: &'static str,
+    /// The management API, when not at the AMQP host's port 15672.
+    pub management: Option<&'static str>,
+}
+
+impl Broker {
+    /// `--broker local` (the machine's broker, the default) or `cluster` (scripts/cluster.sh).
+    pub fn named(name: &str) -> Result<Broker> {
+        match name {
+            "local" => Ok(Broker {
+                address: "127.0.0.1:5672",
+                failover: "",
+                management: None,
+            }),
+            "cluster" => Ok(Broker {
+                address: "127.0.0.1:5701",
+                failover: "127.0.0.1:5702,127.0.0.1:5703",
+                management: Some("http://127.0.0.1:15701"),
+            }),
+            other => anyhow::bail!("--broker {other}: local or cluster (start it with scripts/cluster.sh start)"),
+        }
+    }
+
+    /// The AMQP URL logging in as `login` (`user` or `user:password`), with the failover nodes.
+    pub fn url(&self, login: &str) -> String {
+        let failover = match self.failover {
+            "" => String::new(),
+            nodes => format!("?failover={nodes}"),
+        };
+        format!("amqp://{login}@{}/%2f{failover}", self.address)
+    }
+}
+
+/// The broker this run uses: the machine's unless a benchmark chose with [`use_broker`].
+static BROKER: std::sync::OnceLock<Broker> = std::sync::OnceLock::new();
+
+/// Chooses the broker for the whole run (before anything connects).
+pub fn use_broker(broker: Broker) {
+    let _ = BROKER.set(broker);
+}
+
+/// The broker this run uses.
+pub fn broker() -> Broker {
+    *BROKER.get_or_init(|| Broker {
+        address: "127.0.0.1:5672",
+        failover: "",
+        management: None,
+    })
+}
+
+/// The broker's administrator (guest): what benchmarks declare, relay and observe with.
+pub fn admin_url() -> String {
+    broker().url("guest:guest")
+}
 
 /// A routes.toml for a benchmark: a hub with `workers` workers archiving at `archive` under AMQP
 /// prefix `prefix`, logging in as `<prefix>-hub`; the tax and commerce orgs (users
 /// `<prefix>-tax`, `<prefix>-commerce`; passwords in `secrets/` beside the file, written by
 /// [`provision`]); and `graph` (sources, subscribers, routes).
 pub fn routes_toml(archive: &str, prefix: &str, workers: usize, graph: &str) -> String {
+    let broker = broker();
+    let hub_url = broker.url(&format!("{prefix}-hub"));
+    let management = broker
+        .management
+        .map(|m| format!("management = \"{m}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"[hub]
-amqp = {{ url = "amqp://{prefix}-hub@127.0.0.1:5672/%2f", password_file = "secrets/{prefix}-hub.password" }}
-secrets = "secrets"
+amqp = {{ url = "{hub_url}", password_file = "secrets/{prefix}-hub.password" }}
+{management}secrets = "secrets"
 archive = "{archive}"
 prefix = "{prefix}"
 workers = {workers}
@@ -153,7 +218,7 @@ pub fn login(dir: &Path, prefix: &str, short: &str) -> Result<String> {
     let user = format!("{prefix}-{short}");
     let file = dir.join("secrets").join(format!("{user}.password"));
     let password = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    Ok(format!("amqp://{user}:{}@127.0.0.1:5672/%2f", password.trim()))
+    Ok(broker().url(&format!("{user}:{}", password.trim())))
 }
 
 /// `--name value` flags, taken one by one; [`Flags::done`] refuses the ones nobody took.

@@ -237,18 +237,12 @@ to = ["mirror", "ledger"]
             if receipted == ids.len() {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{receipted} of {DOCS} receipted as applied"
-            );
+            assert!(Instant::now() < deadline, "{receipted} of {DOCS} receipted as applied");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         archive.close().await;
         let logs = ex.hub_log(0) + &ex.hub_log(1);
-        assert!(
-            logs.contains("connection lost"),
-            "the hubs saw the node stop: {logs}"
-        );
+        assert!(logs.contains("connection lost"), "the hubs saw the node stop: {logs}");
         let _ = sink.kill();
         let _ = sink.wait();
     }
