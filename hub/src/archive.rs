@@ -612,18 +612,16 @@ impl Archive {
         let now = unix_micros_now();
         let mut conn = self.connection(Commit::Lazy).await?;
         let mut tx = self.begin(&mut conn, Commit::Lazy).await?;
-        append_audit(
-            &mut tx,
-            self.backend,
-            self.signer.as_deref(),
-            &[AuditEntry::published(actor, done)],
-            now,
-        )
-        .await?;
-        for chunk in done.chunks(CHUNK) {
+        // Locks in the order every writer takes them — delivery rows (by subscriber, then
+        // document), then the audit head — or two PostgreSQL transactions could wait on each
+        // other (a receipt's update in `store` against these marks).
+        let mut rows: Vec<(&str, String)> = done.iter().map(|(id, s)| (*s, id.to_string())).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        for chunk in rows.chunks(CHUNK) {
             let rows = chunk
                 .iter()
-                .map(|(id, s)| [Arg::Text(id.to_string()), text(s), text(PUBLISHED), Arg::Int(now)]);
+                .map(|(s, id)| [text(id), text(s), text(PUBLISHED), Arg::Int(now)]);
             let mut sql = self.insert(DELIVERIES, rows);
             // A receipt may have come first (the subscriber can be faster than the hub's
             // bookkeeping): `published` only replaces `pending`.
@@ -633,6 +631,14 @@ impl Archive {
             );
             sql.query().execute(&mut *tx).await?;
         }
+        append_audit(
+            &mut tx,
+            self.backend,
+            self.signer.as_deref(),
+            &[AuditEntry::published(actor, done)],
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1245,7 +1251,8 @@ fn docs_digest(docs: &[(&str, &str)]) -> String {
 }
 
 /// Appends `records` to the chain inside `tx`: takes the head (which locks it), writes each
-/// record linked to the one before, moves the head.
+/// record linked to the one before, moves the head. Callers append last in their transaction,
+/// after the delivery rows they lock, so that every writer takes its locks in one order.
 async fn append_audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: Backend,

@@ -278,24 +278,30 @@ fn failover_addresses(value: &str) -> Result<Vec<(String, u16)>, AmqpError> {
 }
 
 /// Opens a connection named `name` (shown in RabbitMQ's connection list); over TLS for
-/// `amqps://` (see [`Target`]). With `failover=` addresses, a node that cannot be reached is
-/// passed over for the next; the error is the last node's when none can be.
+/// `amqps://` (see [`Target`]). With `failover=` addresses, a node that cannot be reached, or
+/// that refuses (one node's certificate or vhost may be wrong while the others are right), is
+/// passed over for the next. When none connects, the error is the first fatal one if any (so
+/// that a wrong password is not retried forever as "unreachable"), else the last node's.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let target = Target::parse(url)?;
-    let mut last = None;
+    let (mut fatal, mut passing) = (None, None);
     for (host, port) in target.addresses() {
         match connect_to(&target, &host, port, name).await {
             Ok(conn) => return Ok(conn),
-            Err(e) if e.is_passing() => {
+            Err(e) => {
                 if !target.failover.is_empty() {
-                    tracing::debug!(connection = name, node = %format!("{host}:{port}"), error = %e, "cannot reach this RabbitMQ node; trying the next");
+                    tracing::debug!(connection = name, node = %format!("{host}:{port}"), error = %e, "cannot connect to this RabbitMQ node; trying the next");
                 }
-                last = Some(e);
+                match e.is_passing() {
+                    true => passing = Some(e),
+                    false => fatal = fatal.or(Some(e)),
+                }
             }
-            Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or(AmqpError::Url("no address to connect to".into())))
+    Err(fatal
+        .or(passing)
+        .unwrap_or(AmqpError::Url("no address to connect to".into())))
 }
 
 /// One attempt at one node of `target`.
@@ -446,6 +452,22 @@ mod tests {
         )
         .await;
         assert!(matches!(none, Err(e) if e.is_passing()));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_takes_the_connection_and_says_nothing_is_passed_over() {
+        // Accepts TCP and never speaks AMQP, as a node shutting down or booting may.
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = mute.local_addr().unwrap().port();
+        let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f?failover=127.0.0.1:5672");
+        let started = std::time::Instant::now();
+        let conn = connect(&url, "failover-test").await.unwrap();
+        assert!(conn.status().connected());
+        assert!(started.elapsed() >= CONNECT_TIMEOUT, "the mute node was given its time");
+        conn.close(200, "done".into()).await.unwrap();
+        drop(mute);
+        // Alone, such a node is a passing failure: retried, never fatal.
+        assert!(AmqpError::Unanswered(format!("127.0.0.1:{port}")).is_passing());
     }
 
     #[test]
