@@ -402,9 +402,9 @@ to = ["{SUBSCRIBER}"]
 
 /// Runs `statement` on the machine's PostgreSQL.
 async fn postgres(statement: &str) -> Result<()> {
-    use sqlx::{Connection as _, Executor as _};
+    use sqlx::Connection as _;
     let mut pg = sqlx::PgConnection::connect(crate::cdc::POSTGRES).await?;
-    pg.execute(sqlx::AssertSqlSafe(statement.to_owned())).await?;
+    crate::cdc::sql(statement.to_owned()).execute(&mut pg).await?;
     pg.close().await?;
     Ok(())
 }

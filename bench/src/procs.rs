@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The local broker's administrator, as scripts/services.sh leaves it: what the benchmarks set
-/// up, observe and clean up with (never what the exchange runs as).
 /// The RabbitMQ a benchmark runs on.
 #[derive(Clone, Copy, Debug)]
 pub struct Broker {
@@ -26,11 +24,7 @@ impl Broker {
     /// `--broker local` (the machine's broker, the default) or `cluster` (scripts/cluster.sh).
     pub fn named(name: &str) -> Result<Broker> {
         match name {
-            "local" => Ok(Broker {
-                address: "127.0.0.1:5672",
-                failover: "",
-                management: None,
-            }),
+            "local" => Ok(LOCAL),
             "cluster" => Ok(Broker {
                 address: "127.0.0.1:5701",
                 failover: "127.0.0.1:5702,127.0.0.1:5703",
@@ -50,6 +44,13 @@ impl Broker {
     }
 }
 
+/// The machine's broker, as scripts/services.sh leaves it.
+const LOCAL: Broker = Broker {
+    address: "127.0.0.1:5672",
+    failover: "",
+    management: None,
+};
+
 /// The broker this run uses: the machine's unless a benchmark chose with [`use_broker`].
 static BROKER: std::sync::OnceLock<Broker> = std::sync::OnceLock::new();
 
@@ -60,14 +61,11 @@ pub fn use_broker(broker: Broker) {
 
 /// The broker this run uses.
 pub fn broker() -> Broker {
-    *BROKER.get_or_init(|| Broker {
-        address: "127.0.0.1:5672",
-        failover: "",
-        management: None,
-    })
+    *BROKER.get_or_init(|| LOCAL)
 }
 
-/// The broker's administrator (guest): what benchmarks declare, relay and observe with.
+/// The broker's administrator (guest): what the benchmarks set up, relay, observe and clean up
+/// with (never what the exchange runs as).
 pub fn admin_url() -> String {
     broker().url("guest:guest")
 }

@@ -191,6 +191,24 @@ enum Backend {
     Postgres,
 }
 
+/// A pooled connection set up for one kind of commit ([`Archive::writer`]).
+struct Writer {
+    conn: PoolConnection<Any>,
+    commit: Commit,
+    backend: Backend,
+}
+
+impl Writer {
+    /// Begins a transaction that commits as this writer was set up to.
+    async fn begin(&mut self) -> Result<sqlx::Transaction<'_, Any>, ArchiveError> {
+        let mut tx = self.conn.begin().await?;
+        if self.backend == Backend::Postgres && self.commit == Commit::Lazy {
+            tx.execute("SET LOCAL synchronous_commit = off").await?;
+        }
+        Ok(tx)
+    }
+}
+
 /// A bind parameter.
 enum Arg {
     Text(String),
@@ -329,10 +347,10 @@ impl Archive {
         Ok(archive)
     }
 
-    /// A connection ready for a transaction that commits as `commit` says. SQLite's setting
-    /// belongs to the connection (set before each transaction, since the one connection serves
-    /// both kinds); PostgreSQL's is set inside the transaction ([`Archive::begin`]).
-    async fn connection(&self, commit: Commit) -> Result<PoolConnection<Any>, ArchiveError> {
+    /// A connection for transactions that commit as `commit` says. SQLite's setting belongs
+    /// to the connection, so it is set here, before each transaction: the one connection serves
+    /// both kinds. PostgreSQL's is set inside the transaction ([`Writer::begin`]).
+    async fn writer(&self, commit: Commit) -> Result<Writer, ArchiveError> {
         let mut conn = self.pool.acquire().await?;
         if self.backend == Backend::Sqlite {
             let level = match commit {
@@ -341,20 +359,11 @@ impl Archive {
             };
             conn.execute(level).await?;
         }
-        Ok(conn)
-    }
-
-    /// Begins a transaction on `conn` (from [`Archive::connection`] with the same `commit`).
-    async fn begin<'c>(
-        &self,
-        conn: &'c mut PoolConnection<Any>,
-        commit: Commit,
-    ) -> Result<sqlx::Transaction<'c, Any>, ArchiveError> {
-        let mut tx = conn.begin().await?;
-        if self.backend == Backend::Postgres && commit == Commit::Lazy {
-            tx.execute("SET LOCAL synchronous_commit = off").await?;
-        }
-        Ok(tx)
+        Ok(Writer {
+            conn,
+            commit,
+            backend: self.backend,
+        })
     }
 
     async fn migrate(&self) -> Result<(), ArchiveError> {
@@ -478,8 +487,8 @@ impl Archive {
         audit: &[AuditEntry],
     ) -> Result<Vec<Stored>, ArchiveError> {
         let now = unix_micros_now();
-        let mut conn = self.connection(Commit::Durable).await?;
-        let mut tx = self.begin(&mut conn, Commit::Durable).await?;
+        let mut writer = self.writer(Commit::Durable).await?;
+        let mut tx = writer.begin().await?;
         let mut new: HashSet<String> = HashSet::new();
         for chunk in entries.chunks(CHUNK) {
             let rows = chunk.iter().map(|e| {
@@ -610,8 +619,8 @@ impl Archive {
             return Ok(());
         }
         let now = unix_micros_now();
-        let mut conn = self.connection(Commit::Lazy).await?;
-        let mut tx = self.begin(&mut conn, Commit::Lazy).await?;
+        let mut writer = self.writer(Commit::Lazy).await?;
+        let mut tx = writer.begin().await?;
         // Locks in the order every writer takes them — delivery rows (by subscriber, then
         // document), then the audit head — or two PostgreSQL transactions could wait on each
         // other (a receipt's update in `store` against these marks).
@@ -792,8 +801,8 @@ impl Archive {
     /// Appends records to the audit log (in a transaction of their own: for operators'
     /// actions such as replays, DLQ retries and provisioning).
     pub async fn audit(&self, records: &[AuditEntry]) -> Result<(), ArchiveError> {
-        let mut conn = self.connection(Commit::Durable).await?;
-        let mut tx = self.begin(&mut conn, Commit::Durable).await?;
+        let mut writer = self.writer(Commit::Durable).await?;
+        let mut tx = writer.begin().await?;
         append_audit(
             &mut tx,
             self.backend,

@@ -115,7 +115,7 @@ const STAGES_EVERY: Duration = Duration::from_secs(10);
 struct Stages {
     /// Unpacking messages, verifying signatures, the gate and the router.
     gate: AtomicU64,
-    /// The archive's transaction (documents, keys, deliveries, audit) and receipts.
+    /// The archive's one durable transaction (documents, keys, deliveries, receipts, audit).
     archive: AtomicU64,
     /// Encoding the copies and packing them into messages.
     copies: AtomicU64,

@@ -263,7 +263,7 @@ to = ["mirror", "ledger"]
     assert_nothing_lost(&ex, &docs).await;
     // Applied: one row per document (every document has its own key), each receipted.
     let deadline = Instant::now() + Duration::from_secs(180);
-    let count = || crate::services::psql(&db, "SELECT COUNT(*) FROM tax_registration");
+    let count = || psql(&db, "SELECT COUNT(*) FROM tax_registration");
     while count() != DOCS.to_string() {
         assert!(
             Instant::now() < deadline,
@@ -273,7 +273,7 @@ to = ["mirror", "ledger"]
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let applied = crate::services::psql(&db, "SELECT COUNT(*) FROM exhub_applied");
+    let applied = psql(&db, "SELECT COUNT(*) FROM exhub_applied");
     assert_eq!(applied, DOCS.to_string(), "one exhub_applied row per document");
     // And the archive knows: the sink's receipts say `applied` for every one.
     let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
