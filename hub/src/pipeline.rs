@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::archive::{Archive, ArchiveError, Entry, Stored};
+use crate::archive::{Archive, ArchiveError, BatchId, Entry, Stored, StoredBatch};
 use exhub_connect::sign::{self, KeyError, Keyring, SigningKey};
 
 use crate::archive::{AuditEntry, Proof, ReceiptRow};
@@ -408,7 +408,10 @@ impl Hub {
         // Refusals so far are audited with the archive's writes, in one transaction.
         let audit = refusals_audit(&out);
         let stored = if entries.is_empty() && audit.is_empty() && receipts.is_empty() {
-            Vec::new()
+            StoredBatch {
+                batch: None,
+                entries: Vec::new(),
+            }
         } else {
             self.archive.store(&entries, &receipts, &audit).await?
         };
@@ -417,7 +420,7 @@ impl Hub {
         let started = Instant::now();
         let mut copies: Vec<Copy<'_>> = Vec::new();
         let mut confirmed: Vec<(uuid::Uuid, String)> = Vec::new();
-        for ((item, a, targets), stored) in admitted.iter().zip(stored) {
+        for ((item, a, targets), stored) in admitted.iter().zip(stored.entries) {
             let skip = match stored {
                 Stored::New => HashSet::new(),
                 Stored::Duplicate {
@@ -469,6 +472,7 @@ impl Hub {
         );
         Ok(Prepared {
             out,
+            batch: stored.batch,
             confirmed,
             last_tag: deliveries.last().map(|d| d.delivery_tag),
         })
@@ -548,8 +552,10 @@ impl Hub {
         publisher.publish(&batch.out, hard_stop).await?;
         Stages::add(&self.stages.publish, started);
         let started = Instant::now();
-        let confirmed: Vec<(uuid::Uuid, &str)> = batch.confirmed.iter().map(|(id, s)| (*id, s.as_str())).collect();
-        self.archive.mark_published(&confirmed, &self.user).await?;
+        if let Some(id) = batch.batch {
+            let confirmed: Vec<(uuid::Uuid, &str)> = batch.confirmed.iter().map(|(id, s)| (*id, s.as_str())).collect();
+            self.archive.confirm(id, &confirmed, &self.user).await?;
+        }
         if let Some(tag) = batch.last_tag {
             channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
@@ -852,7 +858,9 @@ fn refusals_audit(out: &[Outgoing]) -> Vec<AuditEntry> {
 struct Prepared {
     /// Copies and refusals to publish.
     out: Vec<Outgoing>,
-    /// (document, subscriber) pairs delivered once `out` is confirmed.
+    /// The archive's number for the batch, whose copies are `published` once `out` is confirmed.
+    batch: Option<BatchId>,
+    /// (document, subscriber) pairs of the copies in `out`, for the audit log.
     confirmed: Vec<(uuid::Uuid, String)>,
     /// The batch's last delivery tag (acknowledged with `multiple`).
     last_tag: Option<u64>,

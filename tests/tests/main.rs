@@ -2,6 +2,7 @@
 //! services as scripts/services.sh leaves them.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod archive;
 mod cdc;
 mod cli;
 mod exchange;
