@@ -254,6 +254,13 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// `<head>(…)`: a statement ending in `IN` and the ids it lists.
+    fn select_in(backend: Backend, head: &str, ids: &[&'a str]) -> Self {
+        let mut sql = Sql::new(backend, head);
+        sql.tuple(ids.iter().map(|id| text(id)));
+        sql
+    }
+
     fn push(&mut self, s: &str) -> &mut Self {
         self.text.push_str(s);
         self
@@ -981,11 +988,11 @@ impl Archive {
             .unwrap_or_default();
         let mut hashes: HashMap<String, String> = HashMap::new();
         for chunk in ids.chunks(CHUNK) {
-            let mut sql = Sql::new(
+            let sql = Sql::select_in(
                 self.backend,
                 "SELECT id, content_hash FROM exhub_documents WHERE id IN ",
+                chunk,
             );
-            sql.tuple(chunk.iter().map(|id| text(id)));
             for row in sql.query().fetch_all(&self.pool).await? {
                 hashes.insert(row.try_get(0)?, row.try_get(1)?);
             }
@@ -1224,12 +1231,12 @@ async fn known(
 ) -> Result<HashMap<String, Known>, ArchiveError> {
     let mut out: HashMap<String, Known> = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
-        let mut sql = Sql::new(
+        let sql = Sql::select_in(
             backend,
             "SELECT d.id, d.content_hash, d.subscribers, b.confirmed_at FROM exhub_documents d \
              LEFT JOIN exhub_batches b ON b.id = d.batch_id WHERE d.id IN ",
+            chunk,
         );
-        sql.tuple(chunk.iter().map(|id| text(id)));
         for row in sql.query().fetch_all(&mut *conn).await? {
             let subscribers: Option<String> = row.try_get(2)?;
             let confirmed = row.try_get::<Option<i64>, _>(3)?.is_some();
@@ -1244,12 +1251,12 @@ async fn known(
             }
             out.insert(row.try_get(0)?, k);
         }
-        let mut sql = Sql::new(
+        let sql = Sql::select_in(
             backend,
             "SELECT x.document_id, x.subscriber, x.status, b.confirmed_at FROM exhub_deliveries x \
              LEFT JOIN exhub_batches b ON b.id = x.batch_id WHERE x.document_id IN ",
+            chunk,
         );
-        sql.tuple(chunk.iter().map(|id| text(id)));
         for row in sql.query().fetch_all(&mut *conn).await? {
             let id: String = row.try_get(0)?;
             let subscriber: String = row.try_get(1)?;
@@ -1262,17 +1269,18 @@ async fn known(
         if !receipts {
             continue;
         }
-        let mut sql = Sql::new(
+        let sql = Sql::select_in(
             backend,
             "SELECT document_id, subscriber, outcome FROM exhub_receipts WHERE document_id IN ",
+            chunk,
         );
-        sql.tuple(chunk.iter().map(|id| text(id)));
         for row in sql.query().fetch_all(&mut *conn).await? {
             let id: String = row.try_get(0)?;
             let subscriber: String = row.try_get(1)?;
             let outcome: String = row.try_get(2)?;
             if let Some(k) = out.get_mut(&id) {
-                k.status.insert(subscriber, if outcome == APPLIED { APPLIED } else { REFUSED });
+                k.status
+                    .insert(subscriber, if outcome == APPLIED { APPLIED } else { REFUSED });
             }
         }
     }

@@ -93,18 +93,30 @@ async fn delivery_status_follows_batches(kind: ArchiveKind) {
     assert_eq!(first.entries, [Stored::New, Stored::New]);
     let b1 = first.batch.expect("a batch with documents has a number");
     let s = status(&archive, &[a, b]).await;
-    assert_eq!((s[&a].as_str(), s[&b].as_str()), ("s1:pending s2:pending", "s1:pending"));
+    assert_eq!(
+        (s[&a].as_str(), s[&b].as_str()),
+        ("s1:pending s2:pending", "s1:pending")
+    );
 
     // The batch was never confirmed (the hub died): the publisher sends `a` again, and its
     // copies go out in the new batch, which is confirmed.
-    let again = archive.store(&[entry(a, "h-a", &["s1", "s2"])], &[], &[]).await.unwrap();
+    let again = archive
+        .store(&[entry(a, "h-a", &["s1", "s2"])], &[], &[])
+        .await
+        .unwrap();
     assert!(published(&again.entries[0]).is_empty(), "nothing was confirmed yet");
     let b2 = again.batch.unwrap();
     assert_ne!(b1, b2);
     archive.confirm(b2, &[(a, "s1"), (a, "s2")], "hub").await.unwrap();
     let s = status(&archive, &[a, b]).await;
-    assert_eq!((s[&a].as_str(), s[&b].as_str()), ("s1:published s2:published", "s1:pending"));
-    archive.confirm(b1, &[(a, "s1"), (a, "s2"), (b, "s1")], "hub").await.unwrap();
+    assert_eq!(
+        (s[&a].as_str(), s[&b].as_str()),
+        ("s1:published s2:published", "s1:pending")
+    );
+    archive
+        .confirm(b1, &[(a, "s1"), (a, "s2"), (b, "s1")], "hub")
+        .await
+        .unwrap();
     assert_eq!(status(&archive, &[b]).await[&b], "s1:published");
 
     // A receipt's outcome wins; a receipt for a document never routed to its sender is dropped.
@@ -113,14 +125,26 @@ async fn delivery_status_follows_batches(kind: ArchiveKind) {
         .await
         .unwrap();
     let s = status(&archive, &[a, b]).await;
-    assert_eq!((s[&a].as_str(), s[&b].as_str()), ("s1:applied s2:published", "s1:published"));
+    assert_eq!(
+        (s[&a].as_str(), s[&b].as_str()),
+        ("s1:applied s2:published", "s1:published")
+    );
     assert!(archive.receipts(&b.to_string()).await.unwrap().is_empty());
 
     // Seen again: routed nowhere new; with other content: a conflict.
-    let again = archive.store(&[entry(a, "h-a", &["s1", "s2"])], &[], &[]).await.unwrap();
+    let again = archive
+        .store(&[entry(a, "h-a", &["s1", "s2"])], &[], &[])
+        .await
+        .unwrap();
     assert_eq!(published(&again.entries[0]), HashSet::from(["s1".into(), "s2".into()]));
     let other = archive.store(&[entry(a, "h-other", &["s1"])], &[], &[]).await.unwrap();
-    assert!(matches!(other.entries[0], Stored::Duplicate { same_content: false, .. }));
+    assert!(matches!(
+        other.entries[0],
+        Stored::Duplicate {
+            same_content: false,
+            ..
+        }
+    ));
 
     // A replay to a subscriber the document never had.
     archive.mark_published(&[(b, "s3")], "operator").await.unwrap();
