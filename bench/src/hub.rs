@@ -401,7 +401,7 @@ to = ["{SUBSCRIBER}"]
 }
 
 /// Runs `statement` on the machine's PostgreSQL.
-async fn postgres(statement: &str) -> Result<()> {
+pub async fn postgres(statement: &str) -> Result<()> {
     use sqlx::Connection as _;
     let mut pg = sqlx::PgConnection::connect(crate::cdc::POSTGRES).await?;
     crate::cdc::sql(statement.to_owned()).execute(&mut pg).await?;

@@ -2,6 +2,8 @@
 //! binary next to this one (build both with `--release`).
 //!
 //! - `exhub-bench hub [--docs N --batch N --workers N]`: the hub against a raw relay.
+//! - `exhub-bench archive [--docs N --batch N --writers N --archive sqlite|postgres]`: the
+//!   archive's store and confirm alone, as hub workers call them, no broker.
 //! - `exhub-bench cdc-mysql [--tx N --rows N --workers N --archive sqlite|postgres]`: a MariaDB
 //!   binlog backlog through source → hub → PostgreSQL sink;
 //! - `exhub-bench cdc-postgres [same flags]`: a PostgreSQL slot backlog through source → hub →
@@ -14,6 +16,7 @@
 //!
 //! Each prints one `RESULT name=value …` line last. BENCHMARKS.md has the commands and figures.
 
+mod archive;
 mod cdc;
 mod hub;
 mod latency;
@@ -39,13 +42,14 @@ async fn main() -> Result<()> {
     let flags = Flags::parse(args)?;
     match which.as_str() {
         "hub" => hub::run(flags).await,
+        "archive" => archive::run(flags).await,
         "cdc-mysql" => cdc::run(cdc::Legacy::Mysql, flags).await,
         "cdc-postgres" => cdc::run(cdc::Legacy::Postgres, flags).await,
         "capture-mysql" => cdc::capture(cdc::Legacy::Mysql, flags).await,
         "capture-postgres" => cdc::capture(cdc::Legacy::Postgres, flags).await,
         "latency" => latency::run(flags).await,
         other => bail!(
-            "unknown benchmark `{other}` (known: hub, cdc-mysql, cdc-postgres, capture-mysql, capture-postgres, latency)"
+            "unknown benchmark `{other}` (known: hub, archive, cdc-mysql, cdc-postgres, capture-mysql, capture-postgres, latency)"
         ),
     }
 }
