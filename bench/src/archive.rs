@@ -3,6 +3,9 @@
 //! and confirm each one (`Archive::confirm`), as hub workers do, until `--docs` are archived in a
 //! fresh SQLite file or PostgreSQL database (`--archive sqlite|postgres`).
 //!
+//! `--receipts true` adds, to each store, the subscriber's receipts for a batch stored before
+//! (every document applied), as a database sink's receipts reach the hub in a CDC run.
+//!
 //! The figure is the archive's ceiling under the hub: if the hub gets close to it, the archive
 //! is what holds the hub back. The last line is `RESULT archive_docs_per_s=… store_us_per_doc=…
 //! confirm_us_per_doc=…` (wall time inside each call, summed over the writers, per document).
@@ -12,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use exhub_hub::archive::{Archive, Entry};
+use exhub_hub::archive::{APPLIED, Archive, Entry, ReceiptRow};
 use uuid::Uuid;
 
 use crate::procs::Flags;
@@ -31,7 +34,8 @@ pub async fn run(flags: Flags) -> Result<()> {
     let batch: usize = flags.get("batch", 600)?;
     let writers: usize = flags.get("writers", 4)?;
     let kind = flags.get("archive", "sqlite".to_owned())?;
-    flags.done(&["docs", "batch", "writers", "archive"])?;
+    let receipts: bool = flags.get("receipts", false)?;
+    flags.done(&["docs", "batch", "writers", "archive", "receipts"])?;
     let dir = std::env::temp_dir().join(format!("exhub-bench-archive-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = format!("exhub_bench_archive_{}", std::process::id());
@@ -43,7 +47,7 @@ pub async fn run(flags: Flags) -> Result<()> {
         }
         other => bail!("--archive {other}: sqlite or postgres"),
     };
-    let result = measure(&url, docs, batch.max(1), writers.max(1)).await;
+    let result = measure(&url, docs, batch.max(1), writers.max(1), receipts).await;
     if kind == "postgres"
         && let Err(e) = crate::hub::postgres(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await
     {
@@ -51,8 +55,9 @@ pub async fn run(flags: Flags) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let (rate, store_us, confirm_us) = result?;
+    let with = if receipts { " with receipts" } else { "" };
     println!(
-        "{docs} documents in batches of {batch}, {writers} writers, {kind} archive: {rate:.0} docs/s \
+        "{docs} documents in batches of {batch}{with}, {writers} writers, {kind} archive: {rate:.0} docs/s \
          (store {store_us:.1} µs, confirm {confirm_us:.1} µs per document, summed over the writers)"
     );
     println!("RESULT archive_docs_per_s={rate:.0} store_us_per_doc={store_us:.1} confirm_us_per_doc={confirm_us:.1}");
@@ -60,7 +65,7 @@ pub async fn run(flags: Flags) -> Result<()> {
 }
 
 /// Stores and confirms every document; docs/s and the µs per document inside each call.
-async fn measure(url: &str, docs: usize, batch: usize, writers: usize) -> Result<(f64, f64, f64)> {
+async fn measure(url: &str, docs: usize, batch: usize, writers: usize, receipts: bool) -> Result<(f64, f64, f64)> {
     let archive = Archive::open(url).await?;
     let all: Arc<Vec<Doc>> = Arc::new(
         (0..docs)
@@ -91,8 +96,13 @@ async fn measure(url: &str, docs: usize, batch: usize, writers: usize) -> Result
                     }
                     let docs = &all[from..(from + batch).min(all.len())];
                     let entries: Vec<Entry<'_>> = docs.iter().map(entry).collect();
+                    // The receipts for the batch stored `writers` batches ago (stored by now).
+                    let receipts: Vec<ReceiptRow> = match from.checked_sub(batch * writers) {
+                        Some(earlier) if receipts => all[earlier..earlier + batch].iter().map(receipt).collect(),
+                        _ => Vec::new(),
+                    };
                     let t = Instant::now();
-                    let stored = archive.store(&entries, &[], &[]).await?;
+                    let stored = archive.store(&entries, &receipts, &[]).await?;
                     store_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                     let copies: Vec<(Uuid, &str)> = docs.iter().map(|d| (d.id, "bench")).collect();
                     let t = Instant::now();
@@ -111,6 +121,18 @@ async fn measure(url: &str, docs: usize, batch: usize, writers: usize) -> Result
     archive.close().await;
     let per_doc = |us: &AtomicU64| us.load(Ordering::Relaxed) as f64 / docs.max(1) as f64;
     Ok((rate, per_doc(&store_us), per_doc(&confirm_us)))
+}
+
+fn receipt(d: &Doc) -> ReceiptRow {
+    ReceiptRow {
+        document_id: d.id.to_string(),
+        subscriber: "bench".into(),
+        outcome: APPLIED,
+        reason: None,
+        amqp_user: "bench-sink".into(),
+        key_id: None,
+        received_at: 0,
+    }
 }
 
 fn entry(d: &Doc) -> Entry<'_> {

@@ -359,6 +359,12 @@ impl Archive {
                     if backend == Backend::Sqlite {
                         // WAL: readers (search, other hub processes) do not block the writer;
                         // FULL: a commit is on disk before the hub acknowledges the broker.
+                        // 16 KiB pages for a new archive (an existing file keeps its own): ~1 KB
+                        // documents and their indexes then take a quarter of the pages, WAL
+                        // frames and writes per batch. Measured in `cdc-mysql`: the hub's CPU
+                        // −16 %, throughput +10–20 %, RSS unchanged (BENCHMARKS.md). Must come
+                        // before WAL mode, which fixes the page size.
+                        conn.execute("PRAGMA page_size = 16384").await?;
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
