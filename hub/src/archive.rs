@@ -39,7 +39,6 @@ const DELIVERIES: &str = "exhub_deliveries (document_id, subscriber, status, upd
 /// Between the names in a document row's `subscribers` (a space is never in a name).
 const SUBSCRIBER_SEPARATOR: &str = " ";
 
-
 /// Most rows written by one statement (keeps bind parameters well under both databases' limits).
 const CHUNK: usize = 300;
 
@@ -1087,7 +1086,11 @@ impl Archive {
     /// and SQLite keeps a statement journal of every page it changes (7 % of the hub's CPU in
     /// `perf`). `OR IGNORE` covers every constraint, so no statement journal is needed; the hub
     /// binds every `NOT NULL` column, so it ignores nothing else.
-    fn insert_new<'a, R: IntoIterator<Item = Arg<'a>>>(&self, into: &str, rows: impl IntoIterator<Item = R>) -> Sql<'a> {
+    fn insert_new<'a, R: IntoIterator<Item = Arg<'a>>>(
+        &self,
+        into: &str,
+        rows: impl IntoIterator<Item = R>,
+    ) -> Sql<'a> {
         let head = match self.backend {
             Backend::Sqlite => "INSERT OR IGNORE INTO ",
             Backend::Postgres => "INSERT INTO ",

@@ -347,6 +347,23 @@ proptest! {
         assert_round_trip(&d);
     }
 
+    /// The canonical form, written straight from the document, is RFC 8785 of its JSON
+    /// encoding without `content_hash` and `signature`.
+    #[test]
+    fn canonical_bytes_are_jcs_of_the_json_encoding(d in random_doc()) {
+        let mut json = exhub_schemas::json::document_to_json(&d);
+        if let Some(h) = json.get_mut("header").and_then(serde_json::Value::as_object_mut) {
+            h.remove("content_hash");
+            h.remove("signature");
+        }
+        let mut want = Vec::new();
+        exhub_schemas::canonical::write_jcs(&json, &mut want);
+        prop_assert_eq!(
+            String::from_utf8(exhub_schemas::canonical::canonical_bytes(&d)).unwrap(),
+            String::from_utf8(want).unwrap()
+        );
+    }
+
     #[test]
     fn any_value_survives_xml(values in prop::collection::btree_map("x_[a-z0-9_]{1,6}", any_value(), 0..4)) {
         let r = registry();
