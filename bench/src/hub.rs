@@ -52,7 +52,8 @@ pub async fn run(flags: Flags) -> Result<()> {
     let args = Args {
         docs: flags.get("docs", 200_000)?,
         batch: flags.get("batch", 100)?,
-        workers: flags.get("workers", 4)?,
+        // The hub's own default (`[hub] workers`), so that the figure is the hub as shipped.
+        workers: flags.get("workers", 2)?,
         sign: flags.get("sign", "none".to_owned())?,
         hubs: flags.get("hubs", 1)?,
         archive: flags.get("archive", "sqlite".to_owned())?,
