@@ -470,6 +470,13 @@ impl Archive {
                     stored_at BIGINT NOT NULL,
                     confirmed_at BIGINT)"
             ),
+            // Copies of a document seen before, sent again in a later batch: one row per batch.
+            "CREATE TABLE IF NOT EXISTS exhub_resends (
+                document_id TEXT NOT NULL,
+                subscriber TEXT NOT NULL,
+                batch_id BIGINT NOT NULL,
+                PRIMARY KEY (document_id, subscriber, batch_id))"
+                .into(),
             "CREATE TABLE IF NOT EXISTS exhub_deliveries (
                 document_id TEXT NOT NULL,
                 subscriber TEXT NOT NULL,
@@ -489,7 +496,6 @@ impl Archive {
         // which batch; a delivery row's batch.
         self.add_column("exhub_documents", "subscribers", "TEXT").await?;
         self.add_column("exhub_documents", "batch_id", "BIGINT").await?;
-        self.add_column("exhub_deliveries", "batch_id", "BIGINT").await?;
         Ok(())
     }
 
@@ -547,8 +553,12 @@ impl Archive {
         let batch_arg = || batch.map_or(Arg::Null, |b| Arg::Int(b.0));
         let ids: Vec<String> = entries.iter().map(|e| e.id.to_string()).collect();
         let mut new: HashSet<String> = HashSet::new();
-        for (chunk, chunk_ids) in entries.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
-            let rows = chunk.iter().zip(chunk_ids).map(|(e, id)| {
+        // Inserted in id order, as every writer locks them, so that two hubs storing the same
+        // documents at once on PostgreSQL wait for each other instead of deadlocking.
+        let mut order: Vec<(&str, &Entry<'_>)> = ids.iter().map(String::as_str).zip(entries).collect();
+        order.sort_unstable_by_key(|(id, _)| *id);
+        for chunk in order.chunks(CHUNK) {
+            let rows = chunk.iter().map(|(id, e)| {
                 [
                     text(id),
                     text(e.doc_type),
@@ -609,22 +619,13 @@ impl Archive {
                 again.extend(e.subscribers.iter().filter(|s| !k.has(s)).map(|s| (*s, id.as_str())));
             }
         }
-        // Locks in the order every writer takes them: delivery rows by subscriber, then document.
+        // A row per re-sent copy and batch, never one row re-pointed: a batch still in flight
+        // may yet be confirmed, and its confirmation must count. In the order every writer
+        // locks rows: by subscriber, then document.
         again.sort_unstable();
-        for chunk in again.chunks(CHUNK) {
-            let rows = chunk
-                .iter()
-                .map(|(s, id)| [text(id), text(s), text(PENDING), Arg::Int(now), batch_arg()]);
-            let mut sql = self.insert(
-                "exhub_deliveries (document_id, subscriber, status, updated_at, batch_id)",
-                rows,
-            );
-            sql.push(
-                " ON CONFLICT (document_id, subscriber) DO UPDATE SET batch_id = excluded.batch_id, \
-                 updated_at = excluded.updated_at WHERE exhub_deliveries.status = 'pending'",
-            );
-            sql.query().execute(&mut *tx).await?;
-        }
+        let rows = again.iter().map(|(s, id)| [text(id), text(s), batch_arg()]).collect();
+        self.insert_all_new(&mut tx, "exhub_resends (document_id, subscriber, batch_id)", rows)
+            .await?;
         // The audit records: accepted documents per publisher, then what the caller adds.
         let mut records: Vec<AuditEntry> = Vec::new();
         let mut by_user: std::collections::BTreeMap<&str, Vec<(&str, &str)>> = std::collections::BTreeMap::new();
@@ -1283,19 +1284,22 @@ async fn known(
             }
             out.insert(row.try_get(0)?, k);
         }
-        let sql = Sql::select_in(
-            backend,
-            "SELECT x.document_id, x.subscriber, x.status, b.confirmed_at FROM exhub_deliveries x \
-             LEFT JOIN exhub_batches b ON b.id = x.batch_id WHERE x.document_id IN ",
-            chunk,
-        );
-        for row in sql.query().fetch_all(&mut *conn).await? {
-            let id: String = row.try_get(0)?;
-            let subscriber: String = row.try_get(1)?;
-            let stored: String = row.try_get(2)?;
-            let confirmed = row.try_get::<Option<i64>, _>(3)?.is_some();
-            if let Some(k) = out.get_mut(&id) {
-                k.raise(&subscriber, status(&stored, confirmed));
+        // Delivery rows (a status each), then re-sent copies (published once their batch is).
+        let heads = [
+            "SELECT document_id, subscriber, status, CAST(NULL AS BIGINT) FROM exhub_deliveries WHERE document_id IN ",
+            "SELECT r.document_id, r.subscriber, 'pending', b.confirmed_at FROM exhub_resends r \
+             LEFT JOIN exhub_batches b ON b.id = r.batch_id WHERE r.document_id IN ",
+        ];
+        for head in heads {
+            let sql = Sql::select_in(backend, head, chunk);
+            for row in sql.query().fetch_all(&mut *conn).await? {
+                let id: String = row.try_get(0)?;
+                let subscriber: String = row.try_get(1)?;
+                let stored: String = row.try_get(2)?;
+                let confirmed = row.try_get::<Option<i64>, _>(3)?.is_some();
+                if let Some(k) = out.get_mut(&id) {
+                    k.raise(&subscriber, status(&stored, confirmed));
+                }
             }
         }
         if !receipts {

@@ -1,6 +1,6 @@
 //! The archive's delivery status, on SQLite and on PostgreSQL: a document routed in a batch is
 //! `pending` until the batch is confirmed and `published` after; a copy sent again in a later
-//! batch follows that batch; a receipt's outcome wins; a replay adds a subscriber; a receipt
+//! batch follows that batch, whichever of several re-sends is confirmed; a receipt's outcome wins; a replay adds a subscriber; a receipt
 //! for a document never routed to its sender is dropped; the audit chain holds throughout.
 
 use std::collections::{HashMap, HashSet};
@@ -107,6 +107,13 @@ async fn delivery_status_follows_batches(kind: ArchiveKind) {
     assert!(published(&again.entries[0]).is_empty(), "nothing was confirmed yet");
     let b2 = again.batch.unwrap();
     assert_ne!(b1, b2);
+    // And once more while that batch is still in flight; this third batch is never confirmed,
+    // and must not hide the second's confirmation.
+    let third = archive
+        .store(&[entry(a, "h-a", &["s1", "s2"])], &[], &[])
+        .await
+        .unwrap();
+    assert!(published(&third.entries[0]).is_empty());
     archive.confirm(b2, &[(a, "s1"), (a, "s2")], "hub").await.unwrap();
     let s = status(&archive, &[a, b]).await;
     assert_eq!(
