@@ -1,9 +1,11 @@
 //! The sink's consumer: batches from the subscriber's queue, only copies the hub published
-//! (`user_id` = the hub's user) and, when the hub has keys, signed by it; decoded (batch messages split), applied in one transaction,
-//! refused documents to the subscriber's DLQ with the reason (through the hub: a subscriber's
-//! login may write only to the ingress exchange) and a receipt of what was applied and refused
-//! to the hub, then one `ack multiple`. A lost connection (RabbitMQ or the database) ends the session without
-//! acknowledging; the broker redelivers and the bookkeeping makes the second pass harmless.
+//! (`user_id` = the hub's user) and, when the hub has keys, signed by it; decoded (batch
+//! messages split), applied in one transaction, refused documents to the subscriber's DLQ with
+//! the reason (through the hub: a subscriber's login may write only to the ingress exchange) and
+//! a receipt of what was applied and refused to the hub, then one `ack multiple`; the next batch
+//! is applied while one is acknowledged. A lost connection (RabbitMQ or the database) ends the
+//! session without acknowledging; the broker redelivers and the bookkeeping makes the second
+//! pass harmless.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::apply::TableTarget;
 use crate::apply::{Applier, ApplyError, Outcome, Target};
+
+/// A batch applied and committed, not yet acknowledged.
+struct Applied {
+    /// Dead letters and the receipt, for the hub.
+    to_hub: Vec<Outgoing>,
+    /// The batch's last delivery tag (acknowledged with `multiple`).
+    last_tag: Option<u64>,
+}
 
 /// Messages a batch takes at most (each may be a batch of documents).
 const BATCH: usize = 32;
@@ -145,22 +155,62 @@ impl DbSink {
             bytes: BATCH_BYTES,
             linger: LINGER,
         };
+        // Batch n is acknowledged on the channel while batch n + 1 is taken from the consumer.
+        let channel = sub.channel().clone();
+        // Two batches in flight: while one's receipt waits for the broker's confirms and is
+        // acknowledged (`finish`), the next is taken and applied (`apply`). The cycle is then
+        // the longer of the two rather than their sum, which is what a stream of small messages
+        // (one row each) needs. Finishing stays in order, so `ack multiple` never covers a
+        // batch whose receipt is unconfirmed; a batch applied but not acknowledged when a
+        // session fails is redelivered and applied again without effect.
+        let mut pending: Option<Applied> = None;
         loop {
-            let Some(deliveries) = sub.next(limits, cancel).await? else {
+            let (next, finished) = tokio::join!(
+                async {
+                    let Some(deliveries) = sub.next(limits, cancel).await? else {
+                        return Ok::<_, Failure>(None);
+                    };
+                    Ok(Some(self.apply(&deliveries).await?))
+                },
+                async {
+                    match pending.take() {
+                        Some(p) => self.finish(&channel, publisher, p, cancel).await,
+                        None => Ok(()),
+                    }
+                }
+            );
+            finished?;
+            let Some(applied) = next? else {
                 sub.close("shutdown").await;
                 return Ok(());
             };
-            self.process(sub.channel(), publisher, &deliveries, cancel).await?;
+            pending = Some(applied);
         }
     }
 
-    async fn process(
+    /// Publishes a batch's dead letters and receipt with confirms, then acknowledges it.
+    async fn finish(
         &self,
         channel: &Channel,
         publisher: &mut Publisher,
-        deliveries: &[Delivery],
+        batch: Applied,
         cancel: &CancellationToken,
     ) -> Result<(), Failure> {
+        if !batch.to_hub.is_empty() {
+            publisher.publish(&batch.to_hub, cancel).await?;
+        }
+        if let Some(tag) = batch.last_tag {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(AmqpError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Checks, decodes and applies one batch in one transaction: what remains is to send its
+    /// dead letters and receipt to the hub, and acknowledge it.
+    async fn apply(&self, deliveries: &[Delivery]) -> Result<Applied, Failure> {
         let limits = Limits::default();
         let mut docs: Vec<(Document, &[u8], &BasicProperties)> = Vec::new();
         // Dead letters and the receipt: all go to the hub, with confirms, before the ack.
@@ -254,16 +304,10 @@ impl DbSink {
             let s = &self.settings;
             to_hub.push(receipt.message(&s.topology, &s.amqp_user, s.signer.as_deref()));
         }
-        if !to_hub.is_empty() {
-            publisher.publish(&to_hub, cancel).await?;
-        }
-        if let Some(last) = deliveries.last() {
-            channel
-                .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
-                .await
-                .map_err(AmqpError::from)?;
-        }
-        Ok(())
+        Ok(Applied {
+            to_hub,
+            last_tag: deliveries.last().map(|d| d.delivery_tag),
+        })
     }
 
     /// Whether a message carries the hub's signature over its documents (always true when no
