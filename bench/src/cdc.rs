@@ -107,6 +107,8 @@ pub struct Bench {
     dir: PathBuf,
     /// Its routes.toml.
     pub config: PathBuf,
+    /// The hub's archive URL.
+    pub archive: String,
 }
 
 impl Bench {
@@ -145,6 +147,7 @@ impl Bench {
             name,
             dir,
             config,
+            archive,
         })
     }
 

@@ -54,7 +54,7 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
 
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let (tx, mut committed_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let (tx, mut committed_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, i64)>();
     // The writer: one single-row transaction every `interval`, on schedule (late ones are
     // committed at once, so the schedule catches up).
     let writer = tokio::spawn(async move {
@@ -63,21 +63,26 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
             let due = start + interval.mul_f64(n as f64);
             tokio::time::sleep_until(due.into()).await;
             sql(insert(Legacy::Mysql, n, 1)).execute(&mut legacy).await?;
-            if tx.send(Instant::now()).is_err() {
+            if tx.send((Instant::now(), wall_micros())).is_err() {
                 break;
             }
         }
         anyhow::Ok(start.elapsed())
     });
     let mut committed: Vec<Instant> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    // Wall-clock µs of each row's commit and of the poll that saw it applied, for the split at
+    // the hub's archive (whose `received_at` is wall-clock µs too).
+    let mut committed_wall: Vec<i64> = Vec::with_capacity(committed.capacity());
+    let mut applied_wall: Vec<i64> = Vec::with_capacity(committed.capacity());
     // Row n's key, worked out before the clock runs.
     let ids: Vec<String> = (1..=total).map(exhub_schemas::samples::taxpayer_id).collect();
     let mut latencies: Vec<Duration> = Vec::with_capacity(committed.capacity());
     let mut applied: u64 = 0;
     let deadline = Instant::now() + Duration::from_secs(seconds + 120);
     while applied < total {
-        while let Ok(at) = committed_rx.try_recv() {
+        while let Ok((at, wall)) = committed_rx.try_recv() {
             committed.push(at);
+            committed_wall.push(wall);
         }
         // Which of the committed rows not yet seen are in the target: by primary key, so
         // that the poll costs PostgreSQL index lookups, not a scan of a growing table (a
@@ -104,6 +109,7 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
                 break;
             }
             latencies.push(now.duration_since(committed[usize::try_from(applied)?]));
+            applied_wall.push(wall_micros());
             applied += 1;
         }
         if now > deadline {
@@ -120,6 +126,8 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
     for p in procs.iter_mut() {
         p.stop();
     }
+    println!("  hub:");
+    procs[0].print_stages()?;
     latencies.sort();
     let at = |q: f64| {
         let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
@@ -133,6 +141,10 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
         at(0.99),
         at(1.0)
     );
+    match split(bench, &ids, &committed_wall, &applied_wall).await {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("the split at the archive could not be read: {e:#}"),
+    }
     println!(
         "RESULT latency_p50_ms={:.1} latency_p95_ms={:.1} latency_p99_ms={:.1} latency_max_ms={:.1} rate_per_s={achieved:.0}",
         at(0.50),
@@ -141,6 +153,61 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
         at(1.0)
     );
     Ok(())
+}
+
+/// Where the time goes, split at the hub's archive: from commit to the hub storing the row's
+/// document (the source, the broker, the hub's queue and gate), and from there to the row
+/// applied (the copy's publication, the broker, the sink). Reads each document's
+/// `received_at` from the archive.
+async fn split(bench: &Bench, ids: &[String], committed: &[i64], applied: &[i64]) -> Result<String> {
+    let row_of: std::collections::HashMap<String, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (format!("taxpayer_id={id}"), i))
+        .collect();
+    let archive = exhub_hub::archive::Archive::open(&bench.archive).await?;
+    let (mut upstream, mut downstream) = (Vec::new(), Vec::new());
+    let mut after: Option<(i64, String)> = None;
+    loop {
+        let page = archive
+            .search(
+                &exhub_hub::archive::Query::default(),
+                after.as_ref().map(|(t, id)| (*t, id.as_str())),
+                5000,
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.received_at, last.id.clone()));
+        for r in &page {
+            if let Some(&i) = row_of.get(&r.key)
+                && i < applied.len()
+            {
+                upstream.push(r.received_at - committed[i]);
+                downstream.push(applied[i] - r.received_at);
+            }
+        }
+    }
+    archive.close().await;
+    let ms = |v: &mut Vec<i64>, q: f64| {
+        v.sort_unstable();
+        let i = ((v.len().max(1) - 1) as f64 * q).round() as usize;
+        v.get(i).map_or(f64::NAN, |us| *us as f64 / 1000.0)
+    };
+    Ok(format!(
+        "split at the hub's archive ({} rows): commit → archived p50 {:.1} ms, p99 {:.1} ms; archived → applied p50 {:.1} ms, p99 {:.1} ms",
+        upstream.len(),
+        ms(&mut upstream, 0.5),
+        ms(&mut upstream, 0.99),
+        ms(&mut downstream, 0.5),
+        ms(&mut downstream, 0.99)
+    ))
+}
+
+/// Wall-clock µs since the epoch.
+fn wall_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Waits until the target holds `n` rows.
