@@ -42,16 +42,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
-        Value::List(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(v, out);
-            }
-            out.push(b']');
-        }
+        Value::List(items) => write_items(items, out, write_value),
         Value::Map(map) => write_map(map, &[], out),
         Value::Text(s) => write_string(s, out),
         Value::Decimal(d) => write_string(d.as_str(), out),
@@ -65,8 +56,15 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
 /// UTF-16 code units of their names. A `BTreeMap` holds them by UTF-8 bytes, which is the same
 /// order unless a name has a character above U+D7FF; only then are they sorted again.
 fn write_map(map: &BTreeMap<String, Value>, skip: &[&str], out: &mut Vec<u8>) {
-    let mut members: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| !skip.contains(&k.as_str())).collect();
-    if members.iter().any(|(k, _)| k.chars().any(|c| c > '\u{d7ff}')) {
+    let members = map.iter().filter(|(k, _)| !skip.contains(&k.as_str())).collect();
+    let utf8_order_is_utf16_order = map.keys().all(|k| k.chars().all(|c| c <= '\u{d7ff}'));
+    write_members(members, utf8_order_is_utf16_order, out, write_value);
+}
+
+/// `{"name":value,…}`, sorted by the UTF-16 code units of the names unless `sorted` says they
+/// already are; each value written by `value`.
+fn write_members<V>(mut members: Vec<(&String, &V)>, sorted: bool, out: &mut Vec<u8>, value: fn(&V, &mut Vec<u8>)) {
+    if !sorted {
         members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
     }
     out.push(b'{');
@@ -76,9 +74,21 @@ fn write_map(map: &BTreeMap<String, Value>, skip: &[&str], out: &mut Vec<u8>) {
         }
         write_string(k, out);
         out.push(b':');
-        write_value(v, out);
+        value(v, out);
     }
     out.push(b'}');
+}
+
+/// `[value,…]`, each written by `value`.
+fn write_items<V>(items: &[V], out: &mut Vec<u8>, value: fn(&V, &mut Vec<u8>)) {
+    out.push(b'[');
+    for (i, v) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        value(v, out);
+    }
+    out.push(b']');
 }
 
 /// `sha256:<hex>` of the canonical form.
@@ -98,30 +108,8 @@ pub fn content_hash(doc: &Document) -> String {
 pub fn write_jcs(value: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value as J;
     match value {
-        J::Object(map) => {
-            let mut members: Vec<(&String, &J)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            out.push(b'{');
-            for (i, (k, v)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                write_jcs(v, out);
-            }
-            out.push(b'}');
-        }
-        J::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_jcs(v, out);
-            }
-            out.push(b']');
-        }
+        J::Object(map) => write_members(map.iter().collect(), false, out, write_jcs),
+        J::Array(items) => write_items(items, out, write_jcs),
         J::String(s) => write_string(s, out),
         // Writing to a Vec cannot fail.
         scalar => {
