@@ -1,7 +1,8 @@
 //! The archive's delivery status, on SQLite and on PostgreSQL: a document routed in a batch is
 //! `pending` until the batch is confirmed and `published` after; a copy sent again in a later
 //! batch follows that batch, whichever of several re-sends is confirmed; a receipt's outcome wins; a replay adds a subscriber; a receipt
-//! for a document never routed to its sender is dropped; the audit chain holds throughout.
+//! for a document never routed to its sender is dropped; the audit chain holds throughout. And
+//! an archive from before batches keeps its statuses.
 
 use std::collections::{HashMap, HashSet};
 
@@ -173,4 +174,62 @@ async fn delivery_status_follows_batches_with_sqlite_archive() {
 #[tokio::test]
 async fn delivery_status_follows_batches_with_postgres_archive() {
     delivery_status_follows_batches(ArchiveKind::Postgres).await;
+}
+
+/// An archive written before batches existed (no `subscribers` or `batch_id` on documents, a
+/// delivery row per copy) opens, gains the new columns and tables, and keeps its statuses: a
+/// copy it had published is not sent again, one it had not is, and a receipt for a copy it had
+/// routed is accepted.
+#[tokio::test]
+async fn an_archive_from_before_batches_keeps_its_statuses() {
+    let (archive, db) = open(ArchiveKind::Postgres).await;
+    archive.close().await;
+    let db = db.unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    // Back to the old schema, with two documents as the old hub left them.
+    crate::services::psql(
+        &db,
+        "ALTER TABLE exhub_documents DROP COLUMN subscribers, DROP COLUMN batch_id; \
+         DROP TABLE exhub_batches; DROP TABLE exhub_resends",
+    );
+    for (id, hash) in [(a, "h-a"), (b, "h-b")] {
+        crate::services::psql(
+            &db,
+            &format!(
+                "INSERT INTO exhub_documents (id, doc_type, schema_version, op, sender_org, amqp_user, doc_key, \
+                 created_at, received_at, content_type, content_hash, raw) VALUES ('{id}', 'tax.registration', 1, \
+                 'upsert', 'nanhai.tax', 'tax', 'k', 0, 0, 'application/json', '{hash}', '\\x7b7d')"
+            ),
+        );
+    }
+    crate::services::psql(
+        &db,
+        &format!(
+            "INSERT INTO exhub_deliveries (document_id, subscriber, status, updated_at) VALUES \
+             ('{a}', 's1', 'published', 0), ('{a}', 's2', 'pending', 0), ('{b}', 's1', 'applied', 0)"
+        ),
+    );
+    let archive = Archive::open(&format!("postgres://postgres@127.0.0.1:5432/{db}"))
+        .await
+        .unwrap();
+    let s = status(&archive, &[a, b]).await;
+    assert_eq!(
+        (s[&a].as_str(), s[&b].as_str()),
+        ("s1:published s2:pending", "s1:applied")
+    );
+    // Redelivered: only s2 gets a copy; once confirmed, both have it.
+    let again = archive
+        .store(&[entry(a, "h-a", &["s1", "s2"])], &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(published(&again.entries[0]), HashSet::from(["s1".into()]));
+    archive
+        .confirm(again.batch.unwrap(), &[(a, "s2")], "hub")
+        .await
+        .unwrap();
+    // The old row's receipt is accepted: the copy was routed there.
+    archive.store(&[], &[receipt(a, "s2")], &[]).await.unwrap();
+    assert_eq!(status(&archive, &[a]).await[&a], "s1:published s2:applied");
+    archive.close().await;
+    psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }
