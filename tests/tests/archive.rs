@@ -1,8 +1,9 @@
 //! The archive's delivery status, on SQLite and on PostgreSQL: a document routed in a batch is
 //! `pending` until the batch is confirmed and `published` after; a copy sent again in a later
-//! batch follows that batch, whichever of several re-sends is confirmed; a receipt's outcome wins; a replay adds a subscriber; a receipt
-//! for a document never routed to its sender is dropped; the audit chain holds throughout. And
-//! an archive from before batches keeps its statuses.
+//! batch follows that batch, whichever of several re-sends is confirmed; a receipt's outcome
+//! wins; a replay adds a subscriber; a receipt for a document never routed to its sender is
+//! dropped; the audit chain holds throughout. And an archive from before batches keeps its
+//! statuses.
 
 use std::collections::{HashMap, HashSet};
 
