@@ -493,7 +493,7 @@ impl Archive {
         self.add_column("exhub_documents", "proof_id", "TEXT").await?;
         self.add_column("exhub_audit", "signature", "TEXT").await?;
         // Added with per-batch confirmation (issue 15): whom a document was routed to and in
-        // which batch; a delivery row's batch.
+        // which batch.
         self.add_column("exhub_documents", "subscribers", "TEXT").await?;
         self.add_column("exhub_documents", "batch_id", "BIGINT").await?;
         Ok(())
@@ -528,8 +528,8 @@ impl Archive {
     /// The batch gets a number ([`BatchId`]). A new document's row names the subscribers it is
     /// routed to and its batch: its deliveries are `pending` until [`Archive::confirm`] records
     /// the batch's confirms, and `published` after, with no row per delivery. A document seen
-    /// before reports where it was published; its copies to the other subscribers get a
-    /// delivery row in this batch.
+    /// before reports where it was published; its copies to the other subscribers get a row in
+    /// `exhub_resends` with this batch.
     ///
     /// `receipts` (subscribers' receipts that came in the same batch) are recorded as
     /// `write_receipts` says. `audit` is appended to the audit log after a record of
@@ -611,12 +611,45 @@ impl Archive {
         // subscribers that do not have them yet are this batch's.
         let seen: Vec<&str> = ids.iter().filter(|id| !new.contains(*id)).map(String::as_str).collect();
         let mut before = known(&mut tx, self.backend, &seen, true).await?;
+        let stored: Vec<Stored> = entries
+            .iter()
+            .zip(&ids)
+            .map(|(e, id)| {
+                if new.contains(id) {
+                    return Stored::New;
+                }
+                let Some(k) = before.remove(id.as_str()) else {
+                    return Stored::Duplicate {
+                        same_content: false,
+                        published: HashSet::new(),
+                    };
+                };
+                Stored::Duplicate {
+                    same_content: k.hash == e.content_hash,
+                    published: k
+                        .status
+                        .into_iter()
+                        .filter(|(_, status)| *status != PENDING)
+                        .map(|(s, _)| s)
+                        .collect(),
+                }
+            })
+            .collect();
+        // The copies the hub sends again: a document seen before with the same content, to the
+        // subscribers that do not have it yet.
         let mut again: Vec<(&str, &str)> = Vec::new();
-        for (e, id) in entries.iter().zip(&ids) {
-            if let Some(k) = before.get(id.as_str())
-                && k.hash == e.content_hash
+        for ((e, id), st) in entries.iter().zip(&ids).zip(&stored) {
+            if let Stored::Duplicate {
+                same_content: true,
+                published,
+            } = st
             {
-                again.extend(e.subscribers.iter().filter(|s| !k.has(s)).map(|s| (*s, id.as_str())));
+                again.extend(
+                    e.subscribers
+                        .iter()
+                        .filter(|s| !published.contains(**s))
+                        .map(|s| (*s, id.as_str())),
+                );
             }
         }
         // A row per re-sent copy and batch, never one row re-pointed: a batch still in flight
@@ -644,31 +677,7 @@ impl Archive {
         records.extend(self.write_receipts(&mut tx, receipts, now).await?);
         append_audit(&mut tx, self.backend, self.signer.as_deref(), &records, now).await?;
         tx.commit().await?;
-        let entries = entries
-            .iter()
-            .zip(&ids)
-            .map(|(e, id)| {
-                if new.contains(id) {
-                    return Stored::New;
-                }
-                let Some(k) = before.remove(id.as_str()) else {
-                    return Stored::Duplicate {
-                        same_content: false,
-                        published: HashSet::new(),
-                    };
-                };
-                Stored::Duplicate {
-                    same_content: k.hash == e.content_hash,
-                    published: k
-                        .status
-                        .into_iter()
-                        .filter(|(_, status)| *status != PENDING)
-                        .map(|(s, _)| s)
-                        .collect(),
-                }
-            })
-            .collect();
-        Ok(StoredBatch { batch, entries })
+        Ok(StoredBatch { batch, entries: stored })
     }
 
     /// Records that the broker confirmed every copy of a stored batch: its deliveries are
@@ -857,7 +866,7 @@ impl Archive {
             out.push(ReceiptRow {
                 document_id: row.try_get(0)?,
                 subscriber: row.try_get(1)?,
-                outcome: if outcome == APPLIED { APPLIED } else { REFUSED },
+                outcome: receipt_outcome(&outcome),
                 reason: row.try_get(3)?,
                 amqp_user: row.try_get(4)?,
                 key_id: row.try_get(5)?,
@@ -1219,11 +1228,6 @@ struct Known {
 }
 
 impl Known {
-    /// Whether the subscriber has it: published, applied or refused.
-    fn has(&self, subscriber: &str) -> bool {
-        self.status.get(subscriber).is_some_and(|s| *s != PENDING)
-    }
-
     /// Raises a subscriber's status to `status` (pending < published < a receipt's outcome).
     fn raise(&mut self, subscriber: &str, status: &'static str) {
         let rank = |s: &str| match s {
@@ -1241,6 +1245,11 @@ impl Known {
     }
 }
 
+/// A stored receipt's outcome as one of the constants.
+fn receipt_outcome(s: &str) -> &'static str {
+    if s == APPLIED { APPLIED } else { REFUSED }
+}
+
 /// A stored status as one of the constants.
 fn status(s: &str, confirmed: bool) -> &'static str {
     match s {
@@ -1253,9 +1262,10 @@ fn status(s: &str, confirmed: bool) -> &'static str {
 }
 
 /// What the archive holds for these documents (missing ones are left out). A delivery's status
-/// comes from three places: the document's row (its subscribers, `published` once its batch is
-/// confirmed), delivery rows (copies in a later batch, replays, archives from before batches),
-/// and, when `receipts`, the subscribers' receipts, whose outcome comes last and wins.
+/// comes from four places: the document's row (its subscribers, `published` once its batch is
+/// confirmed), re-sent copies (`published` once one of their batches is), delivery rows
+/// (replays, archives from before batches), and, when `receipts`, the subscribers' receipts,
+/// whose outcome comes last and wins.
 async fn known(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -1315,8 +1325,7 @@ async fn known(
             let subscriber: String = row.try_get(1)?;
             let outcome: String = row.try_get(2)?;
             if let Some(k) = out.get_mut(&id) {
-                k.status
-                    .insert(subscriber, if outcome == APPLIED { APPLIED } else { REFUSED });
+                k.status.insert(subscriber, receipt_outcome(&outcome));
             }
         }
     }
