@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use exhub_schemas::time::unix_micros_now;
 use sqlx::Connection as _;
 
 use crate::cdc::{Bench, Legacy, MYSQL, POSTGRES, insert, sql};
@@ -63,7 +64,7 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
             let due = start + interval.mul_f64(n as f64);
             tokio::time::sleep_until(due.into()).await;
             sql(insert(Legacy::Mysql, n, 1)).execute(&mut legacy).await?;
-            if tx.send((Instant::now(), wall_micros())).is_err() {
+            if tx.send((Instant::now(), unix_micros_now())).is_err() {
                 break;
             }
         }
@@ -109,7 +110,7 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
                 break;
             }
             latencies.push(now.duration_since(committed[usize::try_from(applied)?]));
-            applied_wall.push(wall_micros());
+            applied_wall.push(unix_micros_now());
             applied += 1;
         }
         if now > deadline {
@@ -129,10 +130,7 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
     println!("  hub:");
     procs[0].print_stages()?;
     latencies.sort();
-    let at = |q: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies[i].as_secs_f64() * 1000.0
-    };
+    let at = |q: f64| quantile(&latencies, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
     let achieved = total as f64 / wrote.as_secs_f64();
     println!(
         "{total} single-row transactions at {achieved:.0}/s (asked {rate}/s): commit → applied p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -188,26 +186,23 @@ async fn split(bench: &Bench, ids: &[String], committed: &[i64], applied: &[i64]
         }
     }
     archive.close().await;
-    let ms = |v: &mut Vec<i64>, q: f64| {
-        v.sort_unstable();
-        let i = ((v.len().max(1) - 1) as f64 * q).round() as usize;
-        v.get(i).map_or(f64::NAN, |us| *us as f64 / 1000.0)
-    };
+    upstream.sort_unstable();
+    downstream.sort_unstable();
+    let ms = |v: &[i64], q: f64| quantile(v, q).map_or(f64::NAN, |us| *us as f64 / 1000.0);
     Ok(format!(
         "split at the hub's archive ({} rows): commit → archived p50 {:.1} ms, p99 {:.1} ms; archived → applied p50 {:.1} ms, p99 {:.1} ms",
         upstream.len(),
-        ms(&mut upstream, 0.5),
-        ms(&mut upstream, 0.99),
-        ms(&mut downstream, 0.5),
-        ms(&mut downstream, 0.99)
+        ms(&upstream, 0.5),
+        ms(&upstream, 0.99),
+        ms(&downstream, 0.5),
+        ms(&downstream, 0.99)
     ))
 }
 
-/// Wall-clock µs since the epoch.
-fn wall_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+/// The `q` quantile (0.0–1.0) of sorted values, by nearest rank; `None` when there are none.
+fn quantile<T>(sorted: &[T], q: f64) -> Option<&T> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get((last as f64 * q).round() as usize)
 }
 
 /// Waits until the target holds `n` rows.
