@@ -151,9 +151,12 @@ impl Bench {
         })
     }
 
-    /// Starts `exhub ARGS` on this run's config, logging to `log` in its directory.
+    /// Starts `exhub ARGS` on this run's config, logging to `log` in its directory, at `info`
+    /// or as `EXHUB_BENCH_LOG` says (e.g. `info,exhub_sink=debug` for the sink's per-batch
+    /// times; with `EXHUB_BENCH_KEEP=1` the logs outlive the run).
     pub fn spawn(&self, args: &[&str], log: &str) -> Result<Exhub> {
-        Exhub::spawn(&self.config, args, "info", &self.dir.join(log))
+        let filter = std::env::var("EXHUB_BENCH_LOG").unwrap_or_else(|_| "info".to_owned());
+        Exhub::spawn(&self.config, args, &filter, &self.dir.join(log))
     }
 
     async fn measure(&self, tx: u64, rows: u64) -> Result<()> {
@@ -321,7 +324,11 @@ impl Bench {
         if let Err(e) = drop_my.await {
             eprintln!("cleanup of {}: {e:#}", self.name);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("EXHUB_BENCH_KEEP").is_some() {
+            eprintln!("kept the run's logs and archive in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! runs (`exhub hub`, `exhub sink mirror`, `exhub source legacy` as three processes: MariaDB
 //! binlog → hub → PostgreSQL sink) while single-row transactions are committed in the legacy
 //! table at a steady `--rate` per second (default 1,000) for `--seconds` (default 60). A row's
-//! latency is from its COMMIT returning to the poll that first sees it in the target table
-//! (polled every millisecond by primary key: which of the committed rows not yet seen are
-//! there; rows arrive in commit order).
+//! latency is from its COMMIT returning to the notification that the sink's transaction
+//! applying it committed (a trigger on the target table, the benchmark's own, calls
+//! `pg_notify`; each row is timed on its own, in whatever order rows arrive). A split in four
+//! parts follows, read from the hub's archive and the sink's bookkeeping ([`split`]).
 //!
 //! The last line is `RESULT latency_p50_ms=… latency_p95_ms=… latency_p99_ms=…
 //! latency_max_ms=… rate_per_s=…`.
@@ -18,6 +19,9 @@ use sqlx::Connection as _;
 
 use crate::cdc::{Bench, Legacy, MYSQL, POSTGRES, insert, sql};
 use crate::procs::Flags;
+
+/// The trigger function, trigger and notification channel that announce applied rows.
+const APPLIED: &str = "exhub_bench_applied";
 
 /// Runs the benchmark with `--rate N --seconds N`.
 pub async fn run(flags: Flags) -> Result<()> {
@@ -43,9 +47,24 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
     procs[2]
         .wait_log(Legacy::Mysql.streaming(), Duration::from_secs(60))
         .await?;
-    let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{}", bench.name))
+    let target_url = format!("{POSTGRES}/{}", bench.name);
+    let mut target = sqlx::PgConnection::connect(&target_url)
         .await
         .context("the PostgreSQL target")?;
+    // Each applied row announces itself when its transaction commits: a trigger on the
+    // benchmark's own target table, and a listener here. No polling: a poll every millisecond
+    // took half a core of PostgreSQL on a machine with none to spare, and delayed what it
+    // measured by up to a second.
+    sql(format!(
+        "CREATE FUNCTION {APPLIED}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_notify('{APPLIED}', NEW.taxpayer_id); RETURN NULL; END $$; \
+         CREATE TRIGGER {APPLIED} AFTER INSERT OR UPDATE ON tax_registration \
+         FOR EACH ROW EXECUTE FUNCTION {APPLIED}()"
+    ))
+    .execute(&mut target)
+    .await?;
+    let mut listener = sqlx::postgres::PgListener::connect(&target_url).await?;
+    listener.listen(APPLIED).await?;
     // A first row through every hop (connections up, queues declared) before the clock runs.
     let mut legacy = sqlx::MySqlConnection::connect(&format!("{MYSQL}/{}", bench.name))
         .await
@@ -71,57 +90,55 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
         anyhow::Ok(start.elapsed())
     });
     let mut committed: Vec<Instant> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    // Wall-clock µs of each row's commit and of the poll that saw it applied, for the split at
-    // the hub's archive (whose `received_at` is wall-clock µs too).
+    // Wall-clock µs of each row's commit, for the split (the archive's and the sink's times
+    // are wall-clock µs too).
     let mut committed_wall: Vec<i64> = Vec::with_capacity(committed.capacity());
-    let mut applied_wall: Vec<i64> = Vec::with_capacity(committed.capacity());
-    // Row n's key, worked out before the clock runs.
+    // When each row's notification came: monotonic, and wall-clock µs.
+    let mut seen: Vec<Option<(Instant, i64)>> = vec![None; usize::try_from(total)?];
+    // Row n's key, worked out before the clock runs; rows are measured from 1 (row 0 was the
+    // warm-up).
     let ids: Vec<String> = (1..=total).map(exhub_schemas::samples::taxpayer_id).collect();
-    let mut latencies: Vec<Duration> = Vec::with_capacity(committed.capacity());
-    let mut applied: u64 = 0;
-    let deadline = Instant::now() + Duration::from_secs(seconds + 120);
-    while applied < total {
-        while let Ok((at, wall)) = committed_rx.try_recv() {
-            committed.push(at);
-            committed_wall.push(wall);
-        }
-        // Which of the committed rows not yet seen are in the target: by primary key, so
-        // that the poll costs PostgreSQL index lookups, not a scan of a growing table (a
-        // `count(*)` every millisecond took a core of its own and slowed what it measured).
-        // Rows 1.. are the measured ones (row 0 was the warm-up) and arrive in commit order.
-        // A window of the next few: a poll stays cheap however far behind the target is.
-        let next = usize::try_from(applied)?;
-        let waiting = &ids[next..committed.len().min(next + 64)];
-        let present: std::collections::HashSet<String> = if waiting.is_empty() {
-            Default::default()
-        } else {
-            sqlx::query_scalar("SELECT taxpayer_id FROM tax_registration WHERE taxpayer_id = ANY($1)")
-                .bind(waiting)
-                .fetch_all(&mut target)
-                .await?
-                .into_iter()
-                .collect()
-        };
-        let now = Instant::now();
-        let mut all_there = !waiting.is_empty();
-        for id in waiting {
-            if !present.contains(id) {
-                all_there = false;
-                break;
+    let row_of: std::collections::HashMap<&str, usize> =
+        ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let mut seen_count = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 120);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    while seen_count < seen.len() {
+        tokio::select! {
+            Some((at, wall)) = committed_rx.recv() => {
+                committed.push(at);
+                committed_wall.push(wall);
             }
-            latencies.push(now.duration_since(committed[usize::try_from(applied)?]));
-            applied_wall.push(unix_micros_now());
-            applied += 1;
+            n = listener.recv() => {
+                let now = (Instant::now(), unix_micros_now());
+                if let Some(&i) = row_of.get(n?.payload())
+                    && seen[i].is_none()
+                {
+                    seen[i] = Some(now);
+                    seen_count += 1;
+                }
+            }
+            _ = check.tick() => {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("only {seen_count} of {total} rows applied in time");
+                }
+                for p in procs.iter_mut() {
+                    p.check_alive()?;
+                }
+            }
         }
-        if now > deadline {
-            bail!("only {applied} of {total} rows applied in time");
-        }
-        for p in procs.iter_mut() {
-            p.check_alive()?;
-        }
-        if !all_there {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    }
+    // The writer's last sends may still be queued.
+    while let Ok((at, wall)) = committed_rx.try_recv() {
+        committed.push(at);
+        committed_wall.push(wall);
+    }
+    let mut latencies: Vec<Duration> = Vec::with_capacity(seen.len());
+    let mut applied_wall: Vec<i64> = Vec::with_capacity(seen.len());
+    for (at, s) in committed.iter().zip(&seen) {
+        let (seen_at, wall) = s.context("a row counted as seen has no time")?;
+        latencies.push(seen_at.duration_since(*at));
+        applied_wall.push(wall);
     }
     let wrote = writer.await??;
     for p in procs.iter_mut() {
@@ -153,50 +170,70 @@ async fn measure(bench: &Bench, rate: u64, seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// Where the time goes, split at the hub's archive: from commit to the hub storing the row's
-/// document (the source, the broker, the hub's queue and gate), and from there to the row
-/// applied (the copy's publication, the broker, the sink). Reads each document's
-/// `received_at` from the archive.
+/// Where the time goes, in four parts, read from the hub's archive and the sink's bookkeeping:
+/// - commit → archived: the source, the broker, the hub's queue and gate, up to the hub
+///   starting the store of the row's document (`received_at`);
+/// - archived → confirmed: the store (waiting for the archive's connection, the durable
+///   commit), the copy's publication until the broker confirmed it, and the confirm's own
+///   write (the batch's `confirmed_at`);
+/// - confirmed → sink's transaction: the subscriber's queue, the sink taking and decoding the
+///   copy, up to the start of the transaction that applies it (`exhub_applied.applied_at`,
+///   PostgreSQL's `now()`);
+/// - sink's transaction → seen: the transaction and its commit, and the notification.
+///
+/// Reads the archive's and the target's tables directly (a benchmark may know the schema; the
+/// exchange has no per-document times to offer).
 async fn split(bench: &Bench, ids: &[String], committed: &[i64], applied: &[i64]) -> Result<String> {
-    let row_of: std::collections::HashMap<String, usize> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (format!("taxpayer_id={id}"), i))
-        .collect();
-    let archive = exhub_hub::archive::Archive::open(&bench.archive).await?;
-    let (mut upstream, mut downstream) = (Vec::new(), Vec::new());
-    let mut after: Option<(i64, String)> = None;
-    loop {
-        let page = archive
-            .search(
-                &exhub_hub::archive::Query::default(),
-                after.as_ref().map(|(t, id)| (*t, id.as_str())),
-                5000,
-            )
+    use sqlx::Row as _;
+    let row_of: std::collections::HashMap<&str, usize> =
+        ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    sqlx::any::install_default_drivers();
+    let mut archive = sqlx::AnyConnection::connect(&bench.archive).await?;
+    let hub_rows = sqlx::query(
+        "SELECT d.doc_key, d.received_at, b.confirmed_at FROM exhub_documents d \
+         JOIN exhub_batches b ON b.id = d.batch_id",
+    )
+    .fetch_all(&mut archive)
+    .await?;
+    archive.close().await?;
+    let mut target = sqlx::PgConnection::connect(&format!("{POSTGRES}/{}", bench.name)).await?;
+    let sink_rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT doc_key, (extract(epoch FROM applied_at) * 1000000)::bigint FROM exhub_applied")
+            .fetch_all(&mut target)
             .await?;
-        let Some(last) = page.last() else { break };
-        after = Some((last.received_at, last.id.clone()));
-        for r in &page {
-            if let Some(&i) = row_of.get(&r.key)
-                && i < applied.len()
-            {
-                upstream.push(r.received_at - committed[i]);
-                downstream.push(applied[i] - r.received_at);
-            }
+    target.close().await?;
+    let began: std::collections::HashMap<&str, i64> = sink_rows.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+    let mut parts: [Vec<i64>; 4] = Default::default();
+    for r in &hub_rows {
+        let key: String = r.try_get(0)?;
+        let received: i64 = r.try_get(1)?;
+        let confirmed: Option<i64> = r.try_get(2)?;
+        let id = key.strip_prefix("taxpayer_id=").unwrap_or_default();
+        if let (Some(&i), Some(confirmed), Some(&began)) = (row_of.get(id), confirmed, began.get(id))
+            && i < applied.len()
+        {
+            parts[0].push(received - committed[i]);
+            parts[1].push(confirmed - received);
+            parts[2].push(began - confirmed);
+            parts[3].push(applied[i] - began);
         }
     }
-    archive.close().await;
-    upstream.sort_unstable();
-    downstream.sort_unstable();
+    for v in &mut parts {
+        v.sort_unstable();
+    }
     let ms = |v: &[i64], q: f64| quantile(v, q).map_or(f64::NAN, |us| *us as f64 / 1000.0);
-    Ok(format!(
-        "split at the hub's archive ({} rows): commit → archived p50 {:.1} ms, p99 {:.1} ms; archived → applied p50 {:.1} ms, p99 {:.1} ms",
-        upstream.len(),
-        ms(&upstream, 0.5),
-        ms(&upstream, 0.99),
-        ms(&downstream, 0.5),
-        ms(&downstream, 0.99)
-    ))
+    let names = [
+        "commit → archived",
+        "archived → confirmed",
+        "confirmed → sink's transaction",
+        "sink's transaction → seen",
+    ];
+    let text: Vec<String> = names
+        .iter()
+        .zip(&parts)
+        .map(|(name, v)| format!("{name} p50 {:.1} ms, p99 {:.1} ms", ms(v, 0.5), ms(v, 0.99)))
+        .collect();
+    Ok(format!("split ({} rows): {}", parts[0].len(), text.join("; ")))
 }
 
 /// The `q` quantile (0.0–1.0) of sorted values, by nearest rank; `None` when there are none.

@@ -196,9 +196,16 @@ impl DbSink {
         batch: Applied,
         cancel: &CancellationToken,
     ) -> Result<(), Failure> {
+        let started = std::time::Instant::now();
         if !batch.to_hub.is_empty() {
             publisher.publish(&batch.to_hub, cancel).await?;
         }
+        tracing::debug!(
+            sink = %self.settings.name,
+            messages = batch.to_hub.len(),
+            confirm_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "receipt confirmed"
+        );
         if let Some(tag) = batch.last_tag {
             channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
@@ -211,6 +218,7 @@ impl DbSink {
     /// Checks, decodes and applies one batch in one transaction: what remains is to send its
     /// dead letters and receipt to the hub, and acknowledge it.
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Applied, Failure> {
+        let started = std::time::Instant::now();
         let limits = Limits::default();
         let mut docs: Vec<(Document, &[u8], &BasicProperties)> = Vec::new();
         // Dead letters and the receipt: all go to the hub, with confirms, before the ack.
@@ -287,6 +295,7 @@ impl DbSink {
             deleted = outcome.deleted,
             stale = outcome.stale,
             ignored = outcome.ignored,
+            apply_ms = started.elapsed().as_secs_f64() * 1000.0,
             "batch applied"
         );
         // The receipt: what was committed (or found newer already) and what was refused.
