@@ -4,14 +4,17 @@
 //! ([`check`]), route filters ([`filter`]), secrets that cannot leak ([`secret`]) and TLS settings
 //! that cannot be quietly dropped ([`tls`]); the hub
 //! itself: the [`gate`] every document passes, the [`router`], the [`archive`] (转储) and the
-//! [`pipeline`] that runs them over RabbitMQ. The `exhub` binary (src/main.rs and src/cmd/) is
+//! [`pipeline`] that runs them over RabbitMQ, counting what it does in [`metrics`], which the
+//! [`admin`] server serves. The `exhub` binary (src/main.rs and src/cmd/) is
 //! the one place that dispatches commands.
 
+pub mod admin;
 pub mod archive;
 pub mod check;
 pub mod config;
 pub mod filter;
 pub mod gate;
+pub mod metrics;
 pub mod pipeline;
 pub mod provision;
 pub mod router;

@@ -31,6 +31,7 @@ use exhub_connect::sign::{self, KeyError, Keyring, SigningKey};
 use crate::archive::{AuditEntry, Proof, ReceiptRow};
 use crate::config::Config;
 use crate::gate::{Admitted, Gate, Rejection};
+use crate::metrics::{DocLabels, Metrics, ReceiptLabels, RefusedLabels, SubscriberLabels};
 use crate::router::{Router, RouterError, Target};
 use crate::secret::SecretUrl;
 
@@ -104,6 +105,8 @@ pub struct Hub {
     batch_bytes: usize,
     /// Where the workers' time goes, reported every [`STAGES_EVERY`].
     stages: Stages,
+    /// What the workers did, for `GET /metrics`.
+    metrics: Arc<Metrics>,
 }
 
 /// How often the hub reports its stages' times (when it did work).
@@ -204,6 +207,7 @@ impl Hub {
             signatures,
             signer,
             stages: Stages::default(),
+            metrics: Arc::new(Metrics::new()),
             batch_items: config.hub.batch_limits().0,
             batch_bytes: config.hub.batch_limits().1,
         })
@@ -212,6 +216,11 @@ impl Hub {
     /// The archive.
     pub fn archive(&self) -> &Archive {
         &self.archive
+    }
+
+    /// What the workers count, for the admin server to serve.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Runs `workers` workers until `shutdown` fires, then lets each finish (publish, confirm,
@@ -413,8 +422,12 @@ impl Hub {
                 entries: Vec::new(),
             }
         } else {
-            self.archive.store(&entries, &receipts, &audit).await?
+            let write = Instant::now();
+            let stored = self.archive.store(&entries, &receipts, &audit).await?;
+            self.metrics.archive_write.observe(write.elapsed().as_secs_f64());
+            stored
         };
+        self.count_stored(&admitted, &stored, &receipts);
         let before_conflicts = out.len();
         Stages::add(&self.stages.archive, started);
         let started = Instant::now();
@@ -476,6 +489,41 @@ impl Hub {
             confirmed,
             last_tag: deliveries.last().map(|d| d.delivery_tag),
         })
+    }
+
+    /// Counts a stored batch's documents (new or seen before; how long after their source
+    /// read them) and its receipts.
+    fn count_stored(
+        &self,
+        admitted: &[(&Item<'_>, Admitted, Vec<Target>)],
+        stored: &StoredBatch,
+        receipts: &[ReceiptRow],
+    ) {
+        let now = exhub_schemas::time::unix_micros_now();
+        for ((_, a, _), s) in admitted.iter().zip(&stored.entries) {
+            let h = &a.doc.header;
+            let labels = DocLabels {
+                org: h.sender.org.clone(),
+                doc_type: h.doc_type.clone(),
+            };
+            match s {
+                Stored::New => {
+                    self.metrics.received.get_or_create(&labels).inc();
+                    let after = (now - h.created_at.unix_micros()).max(0) as f64 / 1e6;
+                    self.metrics.archived_after.observe(after);
+                }
+                Stored::Duplicate { .. } => {
+                    self.metrics.duplicates.get_or_create(&labels).inc();
+                }
+            }
+        }
+        for r in receipts {
+            let labels = ReceiptLabels {
+                subscriber: r.subscriber.clone(),
+                outcome: r.outcome.to_owned(),
+            };
+            self.metrics.receipts.get_or_create(&labels).inc();
+        }
     }
 
     /// Stage 1: what each ingress message is. Participants' dead letters are filed and
@@ -551,10 +599,22 @@ impl Hub {
         let started = Instant::now();
         publisher.publish(&batch.out, hard_stop).await?;
         Stages::add(&self.stages.publish, started);
+
         let started = Instant::now();
         if let Some(id) = batch.batch {
             let confirmed: Vec<(uuid::Uuid, &str)> = batch.confirmed.iter().map(|(id, s)| (*id, s.as_str())).collect();
             self.archive.confirm(id, &confirmed, &self.user).await?;
+        }
+        // Counted once the archive has them as published.
+        let mut per_subscriber: HashMap<&str, u64> = HashMap::new();
+        for (_, s) in &batch.confirmed {
+            *per_subscriber.entry(s.as_str()).or_default() += 1;
+        }
+        for (subscriber, n) in per_subscriber {
+            let labels = SubscriberLabels {
+                subscriber: subscriber.to_owned(),
+            };
+            self.metrics.published.get_or_create(&labels).inc_by(n);
         }
         if let Some(tag) = batch.last_tag {
             channel
@@ -796,6 +856,12 @@ impl Hub {
             user = user.unwrap_or(""),
             "document refused; sent to the DLQ"
         );
+        let org = user.and_then(|u| self.orgs_by_user.get(u)).cloned().unwrap_or_default();
+        let labels = RefusedLabels {
+            org,
+            reason: r.reason.code().to_owned(),
+        };
+        self.metrics.refused.get_or_create(&labels).inc();
         let letter = wire::DeadLetter {
             reason: r.reason,
             detail: &r.detail,

@@ -606,3 +606,139 @@ url = "mysql://root@127.0.0.1:3306/mysql"
         "the failing part and its cause are named:\n{log}"
     );
 }
+
+/// `GET /metrics` on the admin address, read as a Prometheus scraper reads it: the documented
+/// names count what went through, by org, doc type, reason and subscriber.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_the_hub_did() {
+    let mut ex = Exchange::new("metrics", ArchiveKind::Sqlite, "admin = \"127.0.0.1:0\"", GRAPH);
+    ex.start_hub().await;
+    let log = ex.hub_log(0);
+    let addr = log
+        .lines()
+        .find(|l| l.contains("admin server listening"))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin address in the log: {log}"))
+        .to_owned();
+    let (a, a_doc) = tax_doc("nanhai.tax", 1, "南海");
+    let (b, b_doc) = tax_doc("nanhai.tax", 2, "顺德");
+    ex.publish(vec![
+        (a_doc.clone(), ex.props(&a)),
+        (b_doc, ex.props(&b)),
+        (b"{not json".to_vec(), ex.props("m1")),
+    ])
+    .await;
+    let received = r#"exhub_documents_received_total{doc_type="tax.registration",org="nanhai.tax"}"#;
+    let published_all = r#"exhub_copies_published_total{subscriber="all"}"#;
+    let published_xml = r#"exhub_copies_published_total{subscriber="nanhai-xml"}"#;
+    let samples = wait_for_metrics(
+        &addr,
+        &[
+            (received, 2.0),
+            (
+                r#"exhub_documents_refused_total{org="nanhai.tax",reason="malformed"}"#,
+                1.0,
+            ),
+            (published_all, 2.0),
+            (published_xml, 1.0),
+            ("exhub_archived_after_seconds_count", 2.0),
+        ],
+    )
+    .await;
+    // One archive write per hub batch; the refusal is audited with one.
+    let writes = samples["exhub_archive_write_seconds_count"];
+    assert!((1.0..=3.0).contains(&writes), "{writes} archive writes");
+    // Sent again once its copies are recorded: a duplicate, archived and copied once.
+    ex.publish(vec![(a_doc, ex.props(&a))]).await;
+    wait_for_metrics(
+        &addr,
+        &[
+            (
+                r#"exhub_documents_duplicate_total{doc_type="tax.registration",org="nanhai.tax"}"#,
+                1.0,
+            ),
+            (received, 2.0),
+            (published_all, 2.0),
+            (published_xml, 1.0),
+        ],
+    )
+    .await;
+}
+
+/// Scrapes `GET /metrics` at `addr` until every `(sample, value)` of `want` holds; returns the
+/// last scrape's samples.
+async fn wait_for_metrics(addr: &str, want: &[(&str, f64)]) -> HashMap<String, f64> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, content_type, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        let samples = scrape(&body);
+        let wrong: Vec<String> = want
+            .iter()
+            .filter(|(name, value)| samples.get(*name) != Some(value))
+            .map(|(name, value)| format!("{name} = {value} (got {:?})", samples.get(*name)))
+            .collect();
+        if wrong.is_empty() {
+            return samples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not as expected: {wrong:#?}\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every sample of a scrape by its name and labels as Prometheus writes them (labels sorted by
+/// name), through a Prometheus text parser.
+fn scrape(body: &str) -> HashMap<String, f64> {
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the text parses");
+    scrape
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let mut labels: Vec<(String, String)> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            labels.sort();
+            let name = if labels.is_empty() {
+                s.metric
+            } else {
+                let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                format!("{}{{{}}}", s.metric, text.join(","))
+            };
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// A plain HTTP/1.1 GET: status, content type and body.
+async fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}

@@ -109,6 +109,9 @@ pub async fn run(path: &Path) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let mut parts = Parts::default();
     let hub = Arc::new(super::serve::start(&loaded).await?);
+    if let Some(admin) = super::serve::admin(&loaded, &hub, &shutdown).await? {
+        parts.spawn("admin server".into(), admin);
+    }
     let workers = loaded.config.hub.workers.unwrap_or(2);
     let token = shutdown.clone();
     parts.spawn("hub".into(), async move {

@@ -1,10 +1,13 @@
-//! `exhub hub` and `exhub run`: the hub workers until Ctrl-C or SIGTERM.
+//! `exhub hub` and `exhub run`: the hub workers until Ctrl-C or SIGTERM, and the admin server
+//! beside them.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use exhub_hub::pipeline::Hub;
+use tokio_util::sync::CancellationToken;
 
 use super::{Loaded, init_logging, load, shutdown_on_signal};
 
@@ -15,6 +18,13 @@ pub async fn hub(path: &Path, workers: Option<usize>) -> Result<()> {
     let workers = workers.or(loaded.config.hub.workers).unwrap_or(2);
     let shutdown = shutdown_on_signal();
     let hub = start(&loaded).await?;
+    if let Some(admin) = admin(&loaded, &hub, &shutdown).await? {
+        tokio::spawn(async move {
+            if let Err(e) = admin.await {
+                tracing::error!(error = format!("{e:#}"), "the admin server stopped");
+            }
+        });
+    }
     tracing::info!(
         workers,
         archive = %loaded.config.hub.archive,
@@ -24,6 +34,30 @@ pub async fn hub(path: &Path, workers: Option<usize>) -> Result<()> {
     Arc::new(hub).run(workers, shutdown).await.context("hub stopped")?;
     tracing::info!("hub stopped cleanly");
     Ok(())
+}
+
+/// The admin server on `[hub] admin`, when one is configured, serving until `shutdown`. The
+/// address is bound here, so that one in use fails the start with its cause; the address bound
+/// is logged (port 0 takes a free one).
+pub async fn admin(
+    loaded: &Loaded,
+    hub: &Hub,
+    shutdown: &CancellationToken,
+) -> Result<Option<impl Future<Output = Result<()>> + Send + 'static>> {
+    let Some(addr) = &loaded.config.hub.admin else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin address {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "admin server listening: GET /metrics");
+    let (metrics, shutdown) = (hub.metrics(), shutdown.clone());
+    Ok(Some(async move {
+        exhub_hub::admin::serve(listener, metrics, shutdown)
+            .await
+            .context("admin server")
+    }))
 }
 
 /// The hub of a loaded config, with its signing key (for `exhub hub` and `exhub run`).

@@ -1,0 +1,170 @@
+//! The hub's metrics, in the Prometheus text format (OpenMetrics), that `GET /metrics` on the
+//! admin address serves ([`crate::admin`]). The workers count here what they do; the names and
+//! labels are listed in README.md ("Metrics") and held by a test. Every label takes its values
+//! from a bounded set: orgs, doc types and subscribers of routes.toml, and reason codes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// A publishing org and a doc type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DocLabels {
+    /// The sender org (`header.sender.org`).
+    pub org: String,
+    /// The doc type.
+    pub doc_type: String,
+}
+
+/// Why the hub refused a document, and whose it was.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The org of the AMQP user that published it (empty when the user is none of the orgs').
+    pub org: String,
+    /// The reason code (`malformed`, `schema`, `unauthorized`, …).
+    pub reason: String,
+}
+
+/// A subscriber.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriberLabels {
+    /// The subscriber's name in routes.toml.
+    pub subscriber: String,
+}
+
+/// A subscriber and what its receipt says of a document.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiptLabels {
+    /// The subscriber's name in routes.toml.
+    pub subscriber: String,
+    /// `applied` or `refused`.
+    pub outcome: String,
+}
+
+/// What the hub's workers count. Cheap to update from every worker (atomics behind a lock
+/// taken only to add a label set not seen before).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `exhub_documents_received_total{org, doc_type}`: documents admitted and archived for
+    /// the first time.
+    pub received: Family<DocLabels, Counter>,
+    /// `exhub_documents_duplicate_total{org, doc_type}`: documents whose id was archived
+    /// before (a redelivery, or a sender sending again).
+    pub duplicates: Family<DocLabels, Counter>,
+    /// `exhub_documents_refused_total{org, reason}`: documents and messages sent to the hub's
+    /// DLQ.
+    pub refused: Family<RefusedLabels, Counter>,
+    /// `exhub_copies_published_total{subscriber}`: copies the broker confirmed in a
+    /// subscriber's queue.
+    pub published: Family<SubscriberLabels, Counter>,
+    /// `exhub_receipts_total{subscriber, outcome}`: documents named in subscribers' receipts.
+    pub receipts: Family<ReceiptLabels, Counter>,
+    /// `exhub_archive_write_seconds`: one batch's durable write to the archive.
+    pub archive_write: Histogram,
+    /// `exhub_archived_after_seconds`: from a document's `header.created_at` (its source read
+    /// the change) to the hub archiving it.
+    pub archived_after: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric registered, at zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("exhub");
+        let received = Family::<DocLabels, Counter>::default();
+        let duplicates = Family::<DocLabels, Counter>::default();
+        let refused = Family::<RefusedLabels, Counter>::default();
+        let published = Family::<SubscriberLabels, Counter>::default();
+        let receipts = Family::<ReceiptLabels, Counter>::default();
+        // 0.5 ms to ~33 s, doubling.
+        let archive_write = Histogram::new(exponential_buckets(0.0005, 2.0, 17));
+        // 1 ms to ~65 s, doubling.
+        let archived_after = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "documents_received",
+            "Documents admitted and archived for the first time",
+            received.clone(),
+        );
+        registry.register(
+            "documents_duplicate",
+            "Documents whose id was archived before",
+            duplicates.clone(),
+        );
+        registry.register(
+            "documents_refused",
+            "Documents and messages the hub sent to its dead-letter queue",
+            refused.clone(),
+        );
+        registry.register(
+            "copies_published",
+            "Copies the broker confirmed in a subscriber's queue",
+            published.clone(),
+        );
+        registry.register(
+            "receipts",
+            "Documents named in subscribers' receipts, by outcome",
+            receipts.clone(),
+        );
+        registry.register_with_unit(
+            "archive_write",
+            "One batch's durable write to the archive",
+            Unit::Seconds,
+            archive_write.clone(),
+        );
+        registry.register_with_unit(
+            "archived_after",
+            "From a document's created_at (its source read the change) to the hub archiving it",
+            Unit::Seconds,
+            archived_after.clone(),
+        );
+        Metrics {
+            registry,
+            received,
+            duplicates,
+            refused,
+            published,
+            receipts,
+            archive_write,
+            archived_after,
+        }
+    }
+
+    /// The text a scrape gets (OpenMetrics, which Prometheus reads).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_in_the_text_under_their_documented_names() {
+        let m = Metrics::new();
+        let doc = DocLabels {
+            org: "nanhai.tax".into(),
+            doc_type: "tax.registration".into(),
+        };
+        m.received.get_or_create(&doc).inc_by(3);
+        m.archive_write.observe(0.002);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains(r#"exhub_documents_received_total{org="nanhai.tax",doc_type="tax.registration"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE exhub_archive_write_seconds histogram"), "{text}");
+        assert!(text.contains("exhub_archive_write_seconds_count 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
