@@ -5,7 +5,7 @@
 //! that cannot be quietly dropped ([`tls`]); the hub
 //! itself: the [`gate`] every document passes, the [`router`], the [`archive`] (转储) and the
 //! [`pipeline`] that runs them over RabbitMQ, counting what it does in [`metrics`], which the
-//! [`admin`] server serves. The `exhub` binary (src/main.rs and src/cmd/) is
+//! [`admin`] server serves, with the broker's queue depths ([`queues`]). The `exhub` binary (src/main.rs and src/cmd/) is
 //! the one place that dispatches commands.
 
 pub mod admin;
@@ -17,6 +17,7 @@ pub mod gate;
 pub mod metrics;
 pub mod pipeline;
 pub mod provision;
+pub mod queues;
 pub mod router;
 pub use exhub_connect::secret;
 pub mod tls;

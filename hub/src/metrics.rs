@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -43,6 +44,15 @@ pub struct ReceiptLabels {
     pub outcome: String,
 }
 
+/// One of the exchange's queues.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// `ingress`, `hub_dlq`, `subscriber` or `subscriber_dlq`.
+    pub queue: String,
+    /// The subscriber whose queue it is (empty for the hub's).
+    pub subscriber: String,
+}
+
 /// What the hub's workers count. Cheap to update from every worker (atomics behind a lock
 /// taken only to add a label set not seen before).
 #[derive(Debug)]
@@ -67,6 +77,11 @@ pub struct Metrics {
     /// `exhub_archived_after_seconds`: from a document's `header.created_at` (its source read
     /// the change) to the hub archiving it.
     pub archived_after: Histogram,
+    /// `exhub_queue_messages{queue, subscriber}`: messages in each of the exchange's queues, as
+    /// the broker last said ([`crate::queues`]).
+    pub queue_messages: Family<QueueLabels, Gauge>,
+    /// `exhub_queue_consumers{queue, subscriber}`: consumers of each queue.
+    pub queue_consumers: Family<QueueLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -84,6 +99,8 @@ impl Metrics {
         let refused = Family::<RefusedLabels, Counter>::default();
         let published = Family::<SubscriberLabels, Counter>::default();
         let receipts = Family::<ReceiptLabels, Counter>::default();
+        let queue_messages = Family::<QueueLabels, Gauge>::default();
+        let queue_consumers = Family::<QueueLabels, Gauge>::default();
         // 0.5 ms to ~33 s, doubling.
         let archive_write = Histogram::new(exponential_buckets(0.0005, 2.0, 17));
         // 1 ms to ~65 s, doubling.
@@ -125,6 +142,16 @@ impl Metrics {
             Unit::Seconds,
             archived_after.clone(),
         );
+        registry.register(
+            "queue_messages",
+            "Messages in each of the exchange's queues, as the broker last said",
+            queue_messages.clone(),
+        );
+        registry.register(
+            "queue_consumers",
+            "Consumers of each of the exchange's queues",
+            queue_consumers.clone(),
+        );
         Metrics {
             registry,
             received,
@@ -134,6 +161,8 @@ impl Metrics {
             receipts,
             archive_write,
             archived_after,
+            queue_messages,
+            queue_consumers,
         }
     }
 

@@ -244,6 +244,12 @@ impl Hub {
                 hub.stages.report();
             }
         });
+        let queues = tokio::spawn(crate::queues::sample(
+            self.amqp.expose().to_owned(),
+            crate::queues::queues(&self.topology, &self.router.subscribers()),
+            self.metrics(),
+            shutdown.clone(),
+        ));
         let tracker = TaskTracker::new();
         let mut handles = Vec::new();
         for n in 0..workers.max(1) {
@@ -268,6 +274,7 @@ impl Hub {
         tracker.wait().await;
         watchdog.abort();
         reporter.abort();
+        queues.abort();
         self.stages.report();
         self.archive.close().await;
         result

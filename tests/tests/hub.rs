@@ -632,7 +632,7 @@ async fn metrics_count_what_the_hub_did() {
     let received = r#"exhub_documents_received_total{doc_type="tax.registration",org="nanhai.tax"}"#;
     let published_all = r#"exhub_copies_published_total{subscriber="all"}"#;
     let published_xml = r#"exhub_copies_published_total{subscriber="nanhai-xml"}"#;
-    let samples = wait_for_metrics(
+    wait_for_metrics(
         &addr,
         &[
             (received, 2.0),
@@ -646,6 +646,19 @@ async fn metrics_count_what_the_hub_did() {
         ],
     )
     .await;
+    // The broker's depths: nobody consumes the subscribers' queues here; the hub's two workers
+    // consume the ingress.
+    let samples = wait_for_metrics(
+        &addr,
+        &[
+            (r#"exhub_queue_consumers{queue="ingress",subscriber=""}"#, 2.0),
+            (r#"exhub_queue_consumers{queue="subscriber",subscriber="all"}"#, 0.0),
+            (r#"exhub_queue_messages{queue="subscriber_dlq",subscriber="all"}"#, 0.0),
+        ],
+    )
+    .await;
+    let waiting = samples[r#"exhub_queue_messages{queue="subscriber",subscriber="all"}"#];
+    assert!((1.0..=2.0).contains(&waiting), "{waiting} messages for `all`");
     // One archive write per hub batch; the refusal is audited with one.
     let writes = samples["exhub_archive_write_seconds_count"];
     assert!((1.0..=3.0).contains(&writes), "{writes} archive writes");
