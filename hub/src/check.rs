@@ -542,6 +542,13 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
             c.error(at, path, format!("{what} {shown:?}: {NAME_RULE}"));
         }
     };
+    if let Err(e) = config.metrics_token(base) {
+        c.error(
+            &["hub".into(), "metrics_token_file".into()],
+            "hub.metrics_token_file".into(),
+            e,
+        );
+    }
     let hub_user = config.hub.user();
     if let Some(prefix) = &config.hub.prefix {
         name(

@@ -74,6 +74,9 @@ pub struct HubConfig {
     pub archive: SecretUrl,
     /// Admin API listen address, e.g. `127.0.0.1:8480`.
     pub admin: Option<String>,
+    /// A file holding a token that `GET /metrics` then requires (`Authorization: Bearer …`),
+    /// relative to routes.toml; without it the metrics are open, as exporters' are.
+    pub metrics_token_file: Option<PathBuf>,
     /// A directory of additional schemas (`<doc_type>.v<N>.json`), relative to routes.toml.
     pub schemas: Option<PathBuf>,
     /// Largest accepted document in bytes (default 4 MiB).
@@ -233,6 +236,21 @@ impl Config {
             });
         }
         Ok(None)
+    }
+
+    /// The token `GET /metrics` requires, if `[hub] metrics_token_file` names one: the file's
+    /// first line. An empty or unreadable file is an error, never an open endpoint.
+    pub fn metrics_token(&self, base: &Path) -> Result<Option<exhub_connect::secret::Secret>, String> {
+        let Some(file) = &self.hub.metrics_token_file else {
+            return Ok(None);
+        };
+        let path = base.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() {
+            return Err(format!("{}: the metrics token is empty", path.display()));
+        }
+        Ok(Some(exhub_connect::secret::Secret::new(token)))
     }
 
     /// Where the hub's private signing key is kept.

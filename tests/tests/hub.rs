@@ -613,14 +613,7 @@ url = "mysql://root@127.0.0.1:3306/mysql"
 async fn metrics_count_what_the_hub_did() {
     let mut ex = Exchange::new("metrics", ArchiveKind::Sqlite, "admin = \"127.0.0.1:0\"", GRAPH);
     ex.start_hub().await;
-    let log = ex.hub_log(0);
-    let addr = log
-        .lines()
-        .find(|l| l.contains("admin server listening"))
-        .and_then(|l| l.split("address=").nth(1))
-        .and_then(|a| a.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no admin address in the log: {log}"))
-        .to_owned();
+    let addr = admin_address(&ex);
     let (a, a_doc) = tax_doc("nanhai.tax", 1, "南海");
     let (b, b_doc) = tax_doc("nanhai.tax", 2, "顺德");
     ex.publish(vec![
@@ -684,7 +677,7 @@ async fn metrics_count_what_the_hub_did() {
 async fn wait_for_metrics(addr: &str, want: &[(&str, f64)]) -> HashMap<String, f64> {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let (status, content_type, body) = http_get(addr, "/metrics").await;
+        let (status, content_type, body) = http_get(addr, "/metrics", None).await;
         assert_eq!(status, 200, "{body}");
         assert!(
             content_type.starts_with("application/openmetrics-text"),
@@ -735,11 +728,50 @@ fn scrape(body: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-/// A plain HTTP/1.1 GET: status, content type and body.
-async fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+/// With a metrics token, the hub refuses a scrape without it or with another one, and serves
+/// one with it; the token never reaches the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_with_a_token_refuse_scrapes_without_it() {
+    let token = format!("tok-{}", uuid::Uuid::now_v7().simple());
+    // Written before the exchange is made: `exhub provision` checks routes.toml, and with it
+    // that the token is there.
+    let file = std::env::temp_dir().join(format!("{token}.token"));
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let hub = format!("admin = \"127.0.0.1:0\"\nmetrics_token_file = \"{}\"", file.display());
+    let mut ex = Exchange::new("metrics-token", ArchiveKind::Sqlite, &hub, GRAPH);
+    ex.start_hub().await;
+    let addr = admin_address(&ex);
+    for bearer in [None, Some("tok-guessed"), Some(&token[..token.len() - 1])] {
+        let (status, _, body) = http_get(&addr, "/metrics", bearer).await;
+        assert_eq!(status, 401, "{bearer:?}: {body}");
+        assert!(!body.contains("exhub_"), "{body}");
+    }
+    let (status, _, body) = http_get(&addr, "/metrics", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("exhub_archive_write_seconds_count"), "{body}");
+    assert!(!ex.hub_log(0).contains(&token), "the token is in the log");
+    std::fs::remove_file(&file).unwrap();
+}
+
+/// The admin server's address, from the hub's log (it binds port 0).
+fn admin_address(ex: &Exchange) -> String {
+    let log = ex.hub_log(0);
+    log.lines()
+        .find(|l| l.contains("admin server listening"))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin address in the log: {log}"))
+        .to_owned()
+}
+
+/// A plain HTTP/1.1 GET, with a bearer token if given: status, content type and body.
+async fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();

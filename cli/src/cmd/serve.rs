@@ -50,11 +50,20 @@ pub async fn admin(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin address {addr}"))?;
+    let token = loaded
+        .config
+        .metrics_token(&loaded.base)
+        .map_err(anyhow::Error::msg)
+        .context("[hub] metrics_token_file")?;
     let bound = listener.local_addr()?;
-    tracing::info!(address = %bound, "admin server listening: GET /metrics");
+    tracing::info!(
+        address = %bound,
+        token = token.is_some(),
+        "admin server listening: GET /metrics"
+    );
     let (metrics, shutdown) = (hub.metrics(), shutdown.clone());
     Ok(Some(async move {
-        exhub_hub::admin::serve(listener, metrics, shutdown)
+        exhub_hub::admin::serve(listener, metrics, token, shutdown)
             .await
             .context("admin server")
     }))
