@@ -148,6 +148,9 @@ pub struct StoredBatch {
     pub batch: Option<BatchId>,
     /// Per entry, in order: new, or seen before.
     pub entries: Vec<Stored>,
+    /// The receipts recorded, as (subscriber, outcome): those naming documents routed to their
+    /// sender (the others are dropped).
+    pub receipts: Vec<(String, &'static str)>,
 }
 
 /// An archived document, as search and replay see it.
@@ -674,10 +677,15 @@ impl Archive {
             records.push(AuditEntry::accepted(user, &docs));
         }
         records.extend_from_slice(audit);
-        records.extend(self.write_receipts(&mut tx, receipts, now).await?);
+        let (receipt_records, recorded) = self.write_receipts(&mut tx, receipts, now).await?;
+        records.extend(receipt_records);
         append_audit(&mut tx, self.backend, self.signer.as_deref(), &records, now).await?;
         tx.commit().await?;
-        Ok(StoredBatch { batch, entries: stored })
+        Ok(StoredBatch {
+            batch,
+            entries: stored,
+            receipts: recorded,
+        })
     }
 
     /// Records that the broker confirmed every copy of a stored batch: its deliveries are
@@ -788,15 +796,15 @@ impl Archive {
     /// Records, inside `tx`, subscribers' receipts for the documents the archive routed to
     /// them: each one's outcome, which is then its delivery status (`applied` or `refused`).
     /// Documents a receipt names that were never routed to its subscriber are left out.
-    /// Returns the audit records to append.
+    /// Returns the audit records to append, and the (subscriber, outcome) of each row recorded.
     async fn write_receipts(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
         receipts: &[ReceiptRow],
         now: i64,
-    ) -> Result<Vec<AuditEntry>, ArchiveError> {
+    ) -> Result<(Vec<AuditEntry>, Vec<(String, &'static str)>), ArchiveError> {
         if receipts.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         // One row per (document, subscriber) per statement, or PostgreSQL refuses the upsert;
         // of several receipts for one pair in a batch, a refusal wins.
@@ -849,7 +857,8 @@ impl Archive {
             );
             sql.query().execute(&mut **tx).await?;
         }
-        Ok(records)
+        let recorded = receipts.iter().map(|r| (r.subscriber.clone(), r.outcome)).collect();
+        Ok((records, recorded))
     }
 
     /// The receipts recorded for a document, per subscriber.

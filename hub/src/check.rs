@@ -546,7 +546,7 @@ fn check_trust(c: &mut Checker<'_>, config: &Config, base: &std::path::Path) {
         c.error(
             &["hub".into(), "metrics_token_file".into()],
             "hub.metrics_token_file".into(),
-            e,
+            e.to_string(),
         );
     }
     let hub_user = config.hub.user();

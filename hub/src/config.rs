@@ -239,18 +239,14 @@ impl Config {
     }
 
     /// The token `GET /metrics` requires, if `[hub] metrics_token_file` names one: the file's
-    /// first line. An empty or unreadable file is an error, never an open endpoint.
-    pub fn metrics_token(&self, base: &Path) -> Result<Option<exhub_connect::secret::Secret>, String> {
-        let Some(file) = &self.hub.metrics_token_file else {
-            return Ok(None);
-        };
-        let path = base.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let token = text.lines().next().unwrap_or_default().trim();
-        if token.is_empty() {
-            return Err(format!("{}: the metrics token is empty", path.display()));
-        }
-        Ok(Some(exhub_connect::secret::Secret::new(token)))
+    /// first line, read as a password file is (owner-only, not empty). A file that fails is an
+    /// error, never an open endpoint.
+    pub fn metrics_token(&self, base: &Path) -> Result<Option<exhub_connect::secret::Secret>, SecretError> {
+        self.hub
+            .metrics_token_file
+            .as_ref()
+            .map(|file| read_password_file(&base.join(file)))
+            .transpose()
     }
 
     /// Where the hub's private signing key is kept.

@@ -1,6 +1,6 @@
 //! The hub's metrics, in the Prometheus text format (OpenMetrics), that `GET /metrics` on the
 //! admin address serves ([`crate::admin`]). The workers count here what they do; the names and
-//! labels are listed in README.md ("Metrics") and held by a test. Every label takes its values
+//! labels are listed in README.md ("Metrics"), and a test holds that table to the code. Every label takes its values
 //! from a bounded set: orgs, doc types and subscribers of routes.toml, and reason codes.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -195,5 +195,56 @@ mod tests {
         assert!(text.contains("# TYPE exhub_archive_write_seconds histogram"), "{text}");
         assert!(text.contains("exhub_archive_write_seconds_count 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric_and_only_those() {
+        let m = Metrics::new();
+        // A sample in every family: an empty family is not written.
+        let doc = DocLabels {
+            org: "o".into(),
+            doc_type: "d".into(),
+        };
+        let queue = QueueLabels {
+            queue: "ingress".into(),
+            subscriber: String::new(),
+        };
+        m.received.get_or_create(&doc).inc();
+        m.duplicates.get_or_create(&doc).inc();
+        m.refused
+            .get_or_create(&RefusedLabels {
+                org: "o".into(),
+                reason: "malformed".into(),
+            })
+            .inc();
+        m.published
+            .get_or_create(&SubscriberLabels { subscriber: "s".into() })
+            .inc();
+        m.receipts
+            .get_or_create(&ReceiptLabels {
+                subscriber: "s".into(),
+                outcome: "applied".into(),
+            })
+            .inc();
+        m.queue_messages.get_or_create(&queue).set(1);
+        m.queue_consumers.get_or_create(&queue).set(1);
+        let text = m.encode().unwrap();
+        let encoded: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| match l.split_once(' ') {
+                Some((name, "counter")) => format!("{name}_total"),
+                Some((name, _)) => name.to_owned(),
+                None => l.to_owned(),
+            })
+            .collect();
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let documented: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `exhub_"))
+            .filter_map(|rest| rest.split('`').next())
+            .map(|name| format!("exhub_{name}"))
+            .collect();
+        assert_eq!(encoded, documented, "README.md's metrics table and the metrics differ");
     }
 }

@@ -109,6 +109,9 @@ pub struct Hub {
     metrics: Arc<Metrics>,
 }
 
+/// The most `exhub_archived_after_seconds` counts one document as (seconds).
+const ARCHIVED_AFTER_MAX: f64 = 3600.0;
+
 /// How often the hub reports its stages' times (when it did work).
 const STAGES_EVERY: Duration = Duration::from_secs(10);
 
@@ -427,6 +430,7 @@ impl Hub {
             StoredBatch {
                 batch: None,
                 entries: Vec::new(),
+                receipts: Vec::new(),
             }
         } else {
             let write = Instant::now();
@@ -434,7 +438,7 @@ impl Hub {
             self.metrics.archive_write.observe(write.elapsed().as_secs_f64());
             stored
         };
-        self.count_stored(&admitted, &stored, &receipts);
+        self.count_stored(&admitted, &stored);
         let before_conflicts = out.len();
         Stages::add(&self.stages.archive, started);
         let started = Instant::now();
@@ -499,13 +503,9 @@ impl Hub {
     }
 
     /// Counts a stored batch's documents (new or seen before; how long after their source
-    /// read them) and its receipts.
-    fn count_stored(
-        &self,
-        admitted: &[(&Item<'_>, Admitted, Vec<Target>)],
-        stored: &StoredBatch,
-        receipts: &[ReceiptRow],
-    ) {
+    /// read them) and the receipts it recorded. A document seen before with other content is a
+    /// conflict, counted with the refusals when its dead letter is sent.
+    fn count_stored(&self, admitted: &[(&Item<'_>, Admitted, Vec<Target>)], stored: &StoredBatch) {
         let now = exhub_schemas::time::unix_micros_now();
         for ((_, a, _), s) in admitted.iter().zip(&stored.entries) {
             let h = &a.doc.header;
@@ -516,18 +516,25 @@ impl Hub {
             match s {
                 Stored::New => {
                     self.metrics.received.get_or_create(&labels).inc();
-                    let after = (now - h.created_at.unix_micros()).max(0) as f64 / 1e6;
-                    self.metrics.archived_after.observe(after);
+                    // The sender sets created_at: a document from a wrong clock, or one that
+                    // waited in a DLQ, counts as at most an hour, so that it cannot swamp the sum.
+                    let after = (now - h.created_at.unix_micros()) as f64 / 1e6;
+                    self.metrics
+                        .archived_after
+                        .observe(after.clamp(0.0, ARCHIVED_AFTER_MAX));
                 }
-                Stored::Duplicate { .. } => {
+                Stored::Duplicate { same_content: true, .. } => {
                     self.metrics.duplicates.get_or_create(&labels).inc();
                 }
+                Stored::Duplicate {
+                    same_content: false, ..
+                } => {}
             }
         }
-        for r in receipts {
+        for (subscriber, outcome) in &stored.receipts {
             let labels = ReceiptLabels {
-                subscriber: r.subscriber.clone(),
-                outcome: r.outcome.to_owned(),
+                subscriber: subscriber.clone(),
+                outcome: (*outcome).to_owned(),
             };
             self.metrics.receipts.get_or_create(&labels).inc();
         }
@@ -606,6 +613,7 @@ impl Hub {
         let started = Instant::now();
         publisher.publish(&batch.out, hard_stop).await?;
         Stages::add(&self.stages.publish, started);
+        self.count_refusals(&batch.out);
 
         let started = Instant::now();
         if let Some(id) = batch.batch {
@@ -631,6 +639,24 @@ impl Hub {
         }
         Stages::add(&self.stages.record, started);
         Ok(())
+    }
+
+    /// Counts the dead letters among `out`, now in the hub's DLQ: the hub's refusals, and
+    /// participants' dead letters that name no subscriber. Counted once they are confirmed, so
+    /// that a batch retried after a failure does not count them again.
+    fn count_refusals(&self, out: &[Outgoing]) {
+        let dlq = self.topology.hub_dlq();
+        for o in out.iter().filter(|o| o.routing_key == dlq) {
+            let Some(reason) = wire::header_str(&o.properties, header::REASON) else {
+                continue;
+            };
+            // A known code, or `other`: a label never takes a value from outside.
+            let reason = Reason::from_code(&reason).map_or("other", |r| r.code()).to_owned();
+            let org = wire::header_str(&o.properties, header::USER)
+                .and_then(|u| self.orgs_by_user.get(&u).cloned())
+                .unwrap_or_default();
+            self.metrics.refused.get_or_create(&RefusedLabels { org, reason }).inc();
+        }
     }
 
     /// The AMQP user a message was published by. `user_id` is verified by RabbitMQ; when the hub
@@ -863,12 +889,6 @@ impl Hub {
             user = user.unwrap_or(""),
             "document refused; sent to the DLQ"
         );
-        let org = user.and_then(|u| self.orgs_by_user.get(u)).cloned().unwrap_or_default();
-        let labels = RefusedLabels {
-            org,
-            reason: r.reason.code().to_owned(),
-        };
-        self.metrics.refused.get_or_create(&labels).inc();
         let letter = wire::DeadLetter {
             reason: r.reason,
             detail: &r.detail,

@@ -38,7 +38,8 @@ pub fn queues(topology: &Topology, subscribers: &[String]) -> Vec<(QueueLabels, 
 }
 
 /// Reads the depths every [`EVERY`] until `shutdown`. A failure (the broker restarting) is
-/// logged and the next round connects again; a queue not declared yet is skipped.
+/// logged, the gauges are cleared (no figure rather than an old one), and the next round
+/// connects again; a queue not declared yet has no figure.
 pub async fn sample(
     url: String,
     queues: Vec<(QueueLabels, String)>,
@@ -47,6 +48,7 @@ pub async fn sample(
 ) {
     let name = format!("exhub-hub-{}-queues", std::process::id());
     let mut conn: Option<Connection> = None;
+    let mut failing = false;
     let mut every = tokio::time::interval(EVERY);
     loop {
         tokio::select! {
@@ -54,22 +56,36 @@ pub async fn sample(
             _ = every.tick() => {}
         }
         if conn.as_ref().is_none_or(|c| !c.status().connected()) {
-            conn = match amqp::connect(&url, &name).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "queue depths: RabbitMQ not reachable; next round");
-                    continue;
-                }
-            };
+            conn = amqp::connect(&url, &name)
+                .await
+                .inspect_err(|e| failed(&metrics, &mut failing, e))
+                .ok();
         }
         let Some(c) = &conn else { continue };
-        if let Err(e) = read(c, &queues, &metrics).await {
-            tracing::debug!(error = %e, "queue depths could not be read; next round");
-            conn = None;
+        match read(c, &queues, &metrics).await {
+            Ok(()) if failing => {
+                tracing::info!("queue depths are read again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                failed(&metrics, &mut failing, &e);
+                conn = None;
+            }
         }
     }
     if let Some(c) = conn {
         let _ = c.close(200, "shutdown".into()).await;
+    }
+}
+
+/// A round failed: the gauges are cleared, and the first failure in a row is logged.
+fn failed(metrics: &Metrics, failing: &mut bool, e: &AmqpError) {
+    metrics.queue_messages.clear();
+    metrics.queue_consumers.clear();
+    if !*failing {
+        tracing::warn!(error = %e, "queue depths cannot be read; the gauges are empty until they can");
+        *failing = true;
     }
 }
 
@@ -103,8 +119,13 @@ async fn read(conn: &Connection, queues: &[(QueueLabels, String)], metrics: &Met
                     .get_or_create(labels)
                     .set(i64::from(q.consumer_count()));
             }
-            // Not declared (yet): the broker closed the channel; the next queue gets a new one.
-            Err(_) => channel = None,
+            // Not declared (yet): no figure; the broker closed the channel, so the next queue
+            // gets a new one.
+            Err(_) => {
+                metrics.queue_messages.remove(labels);
+                metrics.queue_consumers.remove(labels);
+                channel = None;
+            }
         }
     }
     if let Some(ch) = channel {

@@ -655,8 +655,12 @@ async fn metrics_count_what_the_hub_did() {
     // One archive write per hub batch; the refusal is audited with one.
     let writes = samples["exhub_archive_write_seconds_count"];
     assert!((1.0..=3.0).contains(&writes), "{writes} archive writes");
-    // Sent again once its copies are recorded: a duplicate, archived and copied once.
+    // Sent again once its copies are recorded: a duplicate, archived and copied once. Then a
+    // new document for `all` only, whose copy shows that the duplicate's batch was through
+    // (mostly: the two may go to different workers).
     ex.publish(vec![(a_doc, ex.props(&a))]).await;
+    let (c, c_doc) = tax_doc("nanhai.tax", 3, "顺德");
+    ex.publish(vec![(c_doc, ex.props(&c))]).await;
     wait_for_metrics(
         &addr,
         &[
@@ -664,8 +668,8 @@ async fn metrics_count_what_the_hub_did() {
                 r#"exhub_documents_duplicate_total{doc_type="tax.registration",org="nanhai.tax"}"#,
                 1.0,
             ),
-            (received, 2.0),
-            (published_all, 2.0),
+            (received, 3.0),
+            (published_all, 3.0),
             (published_xml, 1.0),
         ],
     )
@@ -737,6 +741,8 @@ async fn metrics_with_a_token_refuse_scrapes_without_it() {
     // that the token is there.
     let file = std::env::temp_dir().join(format!("{token}.token"));
     std::fs::write(&file, format!("{token}\n")).unwrap();
+    // Owner-only, as every secret file must be.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let hub = format!("admin = \"127.0.0.1:0\"\nmetrics_token_file = \"{}\"", file.display());
     let mut ex = Exchange::new("metrics-token", ArchiveKind::Sqlite, &hub, GRAPH);
     ex.start_hub().await;

@@ -18,20 +18,31 @@ pub async fn hub(path: &Path, workers: Option<usize>) -> Result<()> {
     let workers = workers.or(loaded.config.hub.workers).unwrap_or(2);
     let shutdown = shutdown_on_signal();
     let hub = start(&loaded).await?;
-    if let Some(admin) = admin(&loaded, &hub, &shutdown).await? {
+    // A failed admin server stops the hub, as it stops the exchange in `exhub run`.
+    let admin = admin(&loaded, &hub, &shutdown).await?.map(|serve| {
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = admin.await {
-                tracing::error!(error = format!("{e:#}"), "the admin server stopped");
+            let served = serve.await;
+            if served.is_err() {
+                stop.cancel();
             }
-        });
-    }
+            served
+        })
+    });
     tracing::info!(
         workers,
         archive = %loaded.config.hub.archive,
         amqp = %loaded.config.hub.amqp,
         "hub started"
     );
-    Arc::new(hub).run(workers, shutdown).await.context("hub stopped")?;
+    Arc::new(hub)
+        .run(workers, shutdown.clone())
+        .await
+        .context("hub stopped")?;
+    if let Some(admin) = admin {
+        shutdown.cancel();
+        admin.await.context("the admin server panicked")??;
+    }
     tracing::info!("hub stopped cleanly");
     Ok(())
 }
@@ -53,7 +64,6 @@ pub async fn admin(
     let token = loaded
         .config
         .metrics_token(&loaded.base)
-        .map_err(anyhow::Error::msg)
         .context("[hub] metrics_token_file")?;
     let bound = listener.local_addr()?;
     tracing::info!(
