@@ -159,14 +159,23 @@ fn check_hub(c: &mut Checker<'_>, config: &Config) {
         &["hub".into(), "archive".into()],
         "hub.archive".into(),
     );
-    if let Some(admin) = &config.hub.admin
-        && admin.parse::<std::net::SocketAddr>().is_err()
-    {
-        c.error(
-            &["hub".into(), "admin".into()],
-            "hub.admin".into(),
-            format!("{admin:?} is not an address like 127.0.0.1:8480"),
-        );
+    if let Some(admin) = &config.hub.admin {
+        match admin.parse::<std::net::SocketAddr>() {
+            Err(_) => c.error(
+                &["hub".into(), "admin".into()],
+                "hub.admin".into(),
+                format!("{admin:?} is not an address like 127.0.0.1:8480"),
+            ),
+            Ok(addr) if !addr.ip().is_loopback() && config.hub.metrics_token_file.is_none() => c.warn(
+                &["hub".into(), "admin".into()],
+                "hub.admin".into(),
+                format!(
+                    "{admin:?} is reached from other machines, and without metrics_token_file anyone who \
+                     reaches it reads the metrics (orgs, doc types, subscribers, volumes)"
+                ),
+            ),
+            Ok(_) => {}
+        }
     }
 }
 

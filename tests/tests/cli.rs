@@ -326,3 +326,50 @@ fn drop_slot_is_refused_where_there_is_no_slot() {
     assert!(err.contains("holds nothing on the server"), "{err}");
     assert!(checkpoint.exists(), "the checkpoint was kept");
 }
+
+/// The admin address and its metrics token: an open address reached from other machines is
+/// warned about; a token file that is missing or readable by others is an error.
+#[test]
+fn check_guards_the_metrics_endpoint() {
+    let dir = scratch("check-admin");
+    let cfg = dir.join("routes.toml");
+    let demo = std::fs::read_to_string(root().join("routes.toml")).unwrap();
+    let check = |admin: &str, token: Option<&str>| {
+        let mut hub = format!("admin = \"{admin}\"");
+        if let Some(t) = token {
+            hub.push_str(&format!("\nmetrics_token_file = \"{t}\""));
+        }
+        let text = demo.replace("admin = \"127.0.0.1:8480\"", &hub);
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(crate::exhub_bin())
+            .arg("check")
+            .env("EXHUB_CONFIG", &cfg)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        (out.status.code(), stdout(&out))
+    };
+    let (code, text) = check("0.0.0.0:8480", None);
+    assert_eq!(code, Some(0), "a warning alone passes: {text}");
+    assert!(
+        text.contains("warning: hub.admin: \"0.0.0.0:8480\" is reached from other machines"),
+        "{text}"
+    );
+    let (code, text) = check("127.0.0.1:8480", None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("hub.admin"), "loopback needs no token: {text}");
+    let (code, text) = check("0.0.0.0:8480", Some("missing.token"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("error: hub.metrics_token_file"), "{text}");
+    let token = dir.join("metrics.token");
+    std::fs::write(&token, "a-token\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, text) = check("0.0.0.0:8480", Some(token.to_str().unwrap()));
+    assert_eq!(code, Some(1), "a token others may read: {text}");
+    assert!(text.contains("error: hub.metrics_token_file"), "{text}");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (code, text) = check("0.0.0.0:8480", Some(token.to_str().unwrap()));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("hub.admin") && !text.contains("metrics_token"), "{text}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -48,8 +48,10 @@ pub async fn hub(path: &Path, workers: Option<usize>) -> Result<()> {
 }
 
 /// The admin server on `[hub] admin`, when one is configured, serving until `shutdown`. The
-/// address is bound here, so that one in use fails the start with its cause; the address bound
-/// is logged (port 0 takes a free one).
+/// address is bound here, so that one that cannot be bound fails the start with its cause; the
+/// address bound is logged (port 0 takes a free one). An address in use is the exception:
+/// several hub processes on one machine may share one routes.toml, and the first serves it;
+/// the others say so and run without.
 pub async fn admin(
     loaded: &Loaded,
     hub: &Hub,
@@ -58,9 +60,18 @@ pub async fn admin(
     let Some(addr) = &loaded.config.hub.admin else {
         return Ok(None);
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin address {addr}"))?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                address = %addr,
+                "the admin address is in use (another hub process on this machine, or another \
+                 program); this process serves no metrics"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("binding the admin address {addr}")),
+    };
     let token = loaded
         .config
         .metrics_token(&loaded.base)
