@@ -120,6 +120,10 @@ $exhub audit list --limit 4 | cut -c1-150
 echo; echo "== what the hub counted: GET http://127.0.0.1:8480/metrics ([hub] admin; Prometheus text)"
 curl -sf http://127.0.0.1:8480/metrics | grep -E '^exhub_(documents_received|documents_refused|copies_published)' || true
 
+echo; echo "== exhub stats: today's statistics per department, then per subscriber (also --format csv|json, --by doc_type|day)"
+$exhub stats
+$exhub stats --by subscriber
+
 echo; echo "== stopping the exchange (SIGTERM: finish in-flight work, exit 0)"
 kill -TERM "$run_pid"; wait "$run_pid"; run_pid=
 tail -1 "$tmp/run.log"

@@ -67,6 +67,25 @@ enum Command {
         #[arg(long)]
         adopt: bool,
     },
+    /// Statistics from the archive: documents sent, refused (by reason), routed and applied,
+    /// and how long applying took, per department, doc type, subscriber or day.
+    Stats {
+        /// The exchange description.
+        #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// From (2026-11-22 or 2026-11-22T08:00:00+08:00; default: today, UTC).
+        #[arg(long, value_parser = cmd::parse_time)]
+        since: Option<i64>,
+        /// Until, not included (default: now).
+        #[arg(long, value_parser = cmd::parse_time)]
+        until: Option<i64>,
+        /// Rows per org, doc_type, subscriber or day.
+        #[arg(long, default_value = "org")]
+        by: exhub_hub::stats::By,
+        /// table, csv or json.
+        #[arg(long, value_enum, default_value = "table")]
+        format: cmd::stats::Format,
+    },
     /// The archive's hash-chained audit log.
     Audit {
         /// The exchange description.
@@ -334,6 +353,16 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Provision { config, dry_run, adopt } => block_on(cmd::provision::provision(&config, dry_run, adopt)),
+        Command::Stats {
+            config,
+            since,
+            until,
+            by,
+            format,
+        } => {
+            let today = exhub_schemas::time::unix_micros_now().div_euclid(86_400_000_000) * 86_400_000_000;
+            block_on(cmd::stats::stats(&config, since.unwrap_or(today), until, by, format))
+        }
         Command::Audit { config, command } => match command {
             AuditCommand::Verify => block_on_code(cmd::audit::verify(&config)),
             AuditCommand::List { limit } => block_on_code(cmd::audit::list(&config, limit)),

@@ -861,6 +861,85 @@ impl Archive {
         Ok((records, recorded))
     }
 
+    /// The facts the statistics count ([`crate::stats::aggregate`]): the documents received in
+    /// `[since, until)` (µs) with their receipts, and the messages refused into `hub_dlq` in
+    /// that time, each with the org of its AMQP user (`org_of`; empty when none). Documents
+    /// archived before routing was recorded per document (issue 15) count with no copies.
+    pub async fn stats_facts(
+        &self,
+        since: i64,
+        until: i64,
+        hub_dlq: &str,
+        org_of: &HashMap<String, String>,
+    ) -> Result<crate::stats::Facts, ArchiveError> {
+        use crate::stats::{DocFact, Facts, RefusalFact};
+        let mut conn = self.pool.acquire().await?;
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT id, sender_org, doc_type, received_at, subscribers FROM exhub_documents WHERE received_at >= ",
+        );
+        sql.bind(Arg::Int(since))
+            .push(" AND received_at < ")
+            .bind(Arg::Int(until));
+        let mut facts = Facts::default();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for row in sql.query().fetch_all(&mut *conn).await? {
+            let subscribers: Option<String> = row.try_get(4)?;
+            index.insert(row.try_get(0)?, facts.documents.len());
+            facts.documents.push(DocFact {
+                org: row.try_get(1)?,
+                doc_type: row.try_get(2)?,
+                received_at: row.try_get(3)?,
+                subscribers: subscribers
+                    .unwrap_or_default()
+                    .split(SUBSCRIBER_SEPARATOR)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                receipts: Vec::new(),
+            });
+        }
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT r.document_id, r.subscriber, r.outcome, r.received_at FROM exhub_receipts r \
+             JOIN exhub_documents d ON d.id = r.document_id WHERE d.received_at >= ",
+        );
+        sql.bind(Arg::Int(since))
+            .push(" AND d.received_at < ")
+            .bind(Arg::Int(until));
+        for row in sql.query().fetch_all(&mut *conn).await? {
+            let id: String = row.try_get(0)?;
+            if let Some(d) = index.get(&id).and_then(|&i| facts.documents.get_mut(i)) {
+                d.receipts.push((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?));
+            }
+        }
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT actor, at, detail FROM exhub_audit WHERE action = 'refused' AND at >= ",
+        );
+        sql.bind(Arg::Int(since)).push(" AND at < ").bind(Arg::Int(until));
+        for row in sql.query().fetch_all(&mut *conn).await? {
+            let actor: String = row.try_get(0)?;
+            let at: i64 = row.try_get(1)?;
+            let detail: String = row.try_get(2)?;
+            let Ok(detail) = serde_json::from_str::<serde_json::Value>(&detail) else {
+                continue;
+            };
+            if detail["dlq"].as_str() != Some(hub_dlq) {
+                continue;
+            }
+            let org = org_of.get(&actor).cloned().unwrap_or_default();
+            for refused in detail["refused"].as_array().into_iter().flatten() {
+                facts.refusals.push(RefusalFact {
+                    org: org.clone(),
+                    reason: refused[1].as_str().unwrap_or_default().to_owned(),
+                    at,
+                });
+            }
+        }
+        Ok(facts)
+    }
+
     /// The receipts recorded for a document, per subscriber.
     pub async fn receipts(&self, id: &str) -> Result<Vec<ReceiptRow>, ArchiveError> {
         let mut sql = Sql::new(

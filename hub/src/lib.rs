@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod provision;
 pub mod queues;
 pub mod router;
+pub mod stats;
 pub use exhub_connect::secret;
 pub mod tls;
 

@@ -793,3 +793,68 @@ async fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String,
         .unwrap_or_default();
     (status, content_type, body.to_owned())
 }
+
+/// `exhub stats` counts what the archive holds: per org, the documents and their copies as
+/// the archive's own tables say, and the refusals with their reasons.
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_count_what_the_archive_holds() {
+    let mut ex = Exchange::new("stats", ArchiveKind::Postgres, "", GRAPH);
+    ex.start_hub().await;
+    let (a, a_doc) = tax_doc("nanhai.tax", 1, "南海");
+    let (b, b_doc) = tax_doc("nanhai.tax", 2, "顺德");
+    ex.publish(vec![
+        (a_doc, ex.props(&a)),
+        (b_doc, ex.props(&b)),
+        (b"{not json".to_vec(), ex.props("m1")),
+    ])
+    .await;
+    let licence = crate::root().join("examples/documents/commerce.business_license.xml");
+    let out = ex.exhub(&["publish", "--as", "nanhai.commerce", licence.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats = |by: &str| -> Vec<serde_json::Value> {
+        let out = ex.exhub(&["stats", "--since", "2000-01-01", "--by", by, "--format", "json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let row = |rows: &[serde_json::Value], key: &str| rows.iter().find(|r| r["key"] == key).cloned();
+    let deadline = std::time::Instant::now() + WAIT;
+    let rows = loop {
+        let rows = stats("org");
+        let done = row(&rows, "nanhai.tax").is_some_and(|r| r["documents"] == 2 && r["refused"]["malformed"] == 1)
+            && row(&rows, "nanhai.commerce").is_some_and(|r| r["documents"] == 1);
+        if done {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The same figures straight from the archive's tables.
+    let db = ex.archive_url.rsplit('/').next().unwrap().to_owned();
+    let counted = crate::services::psql(
+        &db,
+        "SELECT sender_org || ' ' || count(*) || ' ' || sum(cardinality(string_to_array(subscribers, ' '))) \
+         FROM exhub_documents GROUP BY sender_org ORDER BY sender_org",
+    );
+    let from_stats: Vec<String> = rows
+        .iter()
+        .filter(|r| r["documents"].as_u64() > Some(0))
+        .map(|r| format!("{} {} {}", r["key"].as_str().unwrap(), r["documents"], r["routed"]))
+        .collect();
+    assert_eq!(from_stats.join("\n"), counted);
+    assert_eq!(
+        counted, "nanhai.commerce 1 1\nnanhai.tax 2 3",
+        "the routes send a to two subscribers"
+    );
+    // Per subscriber: `all` had every document, `nanhai-xml` the one from 南海.
+    let subs = stats("subscriber");
+    assert_eq!(row(&subs, "all").unwrap()["documents"], 3, "{subs:#?}");
+    assert_eq!(row(&subs, "nanhai-xml").unwrap()["documents"], 1, "{subs:#?}");
+    // The CSV has its header and a row per org (and one for the refusals' unknown doc type).
+    let csv = ex.exhub(&["stats", "--since", "2000-01-01", "--by", "doc_type", "--format", "csv"]);
+    let csv = stdout(&csv);
+    assert!(csv.starts_with("key,documents,refused,routed,applied"), "{csv}");
+    assert!(
+        csv.contains("(refused before admission),0,malformed:1,0,0,0,,"),
+        "{csv}"
+    );
+}

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod provision;
 pub mod publish;
 pub mod serve;
+pub mod stats;
 pub mod tail;
 
 use std::path::Path;

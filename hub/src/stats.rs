@@ -1,0 +1,259 @@
+//! Statistics (统计) from the archive: per department, doc type, subscriber or day, what was
+//! sent, refused, routed and applied, and how long applying took. The archive gives the facts
+//! ([`crate::archive::Archive::stats_facts`]); [`aggregate`] counts them, a pure function that
+//! `exhub stats` (and later the console) prints.
+
+use std::collections::{BTreeMap, HashMap};
+
+use exhub_schemas::Timestamp;
+use serde::Serialize;
+
+/// One archived document, as the statistics see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocFact {
+    /// The sender org.
+    pub org: String,
+    /// The doc type.
+    pub doc_type: String,
+    /// When the hub received it (µs since the epoch).
+    pub received_at: i64,
+    /// The subscribers it was routed to.
+    pub subscribers: Vec<String>,
+    /// Its receipts: (subscriber, `applied` or `refused`, when the hub recorded it, µs).
+    pub receipts: Vec<(String, String, i64)>,
+}
+
+/// A message the hub refused into its DLQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalFact {
+    /// The org of the AMQP user that sent it (empty when it is none of the orgs').
+    pub org: String,
+    /// The reason code.
+    pub reason: String,
+    /// When the hub refused it (µs since the epoch).
+    pub at: i64,
+}
+
+/// What a period holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The documents received in the period, with their receipts.
+    pub documents: Vec<DocFact>,
+    /// The refusals in the period.
+    pub refusals: Vec<RefusalFact>,
+}
+
+/// What the rows are per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The sending department.
+    Org,
+    /// The doc type (refusals, whose doc type is unknown, in a row of their own).
+    DocType,
+    /// The subscriber (its copies, receipts and latency; refusals are the senders').
+    Subscriber,
+    /// The UTC day the hub received the document (or refused the message).
+    Day,
+}
+
+impl std::str::FromStr for By {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<By, String> {
+        match s {
+            "org" => Ok(By::Org),
+            "doc_type" => Ok(By::DocType),
+            "subscriber" => Ok(By::Subscriber),
+            "day" => Ok(By::Day),
+            other => Err(format!("{other:?}: org, doc_type, subscriber or day")),
+        }
+    }
+}
+
+/// One row of statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Row {
+    /// The org, doc type, subscriber or day.
+    pub key: String,
+    /// Documents received (for a subscriber: copies routed to it).
+    pub documents: u64,
+    /// Messages the hub refused, by reason.
+    pub refused: BTreeMap<String, u64>,
+    /// Copies routed to subscribers.
+    pub routed: u64,
+    /// Copies subscribers said they applied.
+    pub applied: u64,
+    /// Copies subscribers said they refused.
+    pub refused_by_subscribers: u64,
+    /// Median time from the hub receiving a document to a subscriber's receipt that it applied
+    /// it, in milliseconds.
+    pub applied_p50_ms: Option<f64>,
+    /// The 95th percentile of the same.
+    pub applied_p95_ms: Option<f64>,
+}
+
+/// The row key of documents whose doc type the hub could not know (refused before decoding).
+pub const NOT_ADMITTED: &str = "(refused before admission)";
+
+/// Counts `facts` per `by`, rows in key order.
+pub fn aggregate(facts: &Facts, by: By) -> Vec<Row> {
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut latencies: HashMap<String, Vec<i64>> = HashMap::new();
+    let day = |micros: i64| {
+        Timestamp::from_unix_micros(micros)
+            .to_string()
+            .chars()
+            .take(10)
+            .collect::<String>()
+    };
+    for d in &facts.documents {
+        let keys: Vec<String> = match by {
+            By::Org => vec![d.org.clone()],
+            By::DocType => vec![d.doc_type.clone()],
+            By::Day => vec![day(d.received_at)],
+            By::Subscriber => d.subscribers.clone(),
+        };
+        for key in keys {
+            let row = rows.entry(key.clone()).or_default();
+            row.documents += 1;
+            let mine = |s: &str| by != By::Subscriber || s == key;
+            row.routed += d.subscribers.iter().filter(|s| mine(s)).count() as u64;
+            for (_, outcome, at) in d.receipts.iter().filter(|(s, _, _)| mine(s)) {
+                if outcome == crate::archive::APPLIED {
+                    row.applied += 1;
+                    latencies.entry(key.clone()).or_default().push(at - d.received_at);
+                } else {
+                    row.refused_by_subscribers += 1;
+                }
+            }
+        }
+    }
+    for r in &facts.refusals {
+        let key = match by {
+            By::Org => r.org.clone(),
+            By::DocType => NOT_ADMITTED.to_owned(),
+            By::Day => day(r.at),
+            // A refusal is its sender's, not a subscriber's.
+            By::Subscriber => continue,
+        };
+        *rows
+            .entry(key)
+            .or_default()
+            .refused
+            .entry(r.reason.clone())
+            .or_default() += 1;
+    }
+    rows.into_iter()
+        .map(|(key, mut row)| {
+            if let Some(v) = latencies.get_mut(&key) {
+                v.sort_unstable();
+                row.applied_p50_ms = quantile_ms(v, 0.5);
+                row.applied_p95_ms = quantile_ms(v, 0.95);
+            }
+            row.key = key;
+            row
+        })
+        .collect()
+}
+
+/// The `q` quantile of sorted µs values, in ms, by nearest rank.
+fn quantile_ms(sorted: &[i64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (last as f64 * q).round() as usize;
+    sorted.get(i).map(|us| *us as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(org: &str, doc_type: &str, at: i64, subs: &[&str], receipts: &[(&str, &str, i64)]) -> DocFact {
+        DocFact {
+            org: org.into(),
+            doc_type: doc_type.into(),
+            received_at: at,
+            subscribers: subs.iter().map(|s| s.to_string()).collect(),
+            receipts: receipts
+                .iter()
+                .map(|(s, o, t)| (s.to_string(), o.to_string(), *t))
+                .collect(),
+        }
+    }
+
+    fn facts() -> Facts {
+        const DAY: i64 = 86_400_000_000;
+        Facts {
+            documents: vec![
+                doc(
+                    "tax",
+                    "tax.registration",
+                    0,
+                    &["a", "b"],
+                    &[("a", "applied", 10_000), ("b", "refused", 5_000)],
+                ),
+                doc(
+                    "tax",
+                    "tax.registration",
+                    DAY,
+                    &["a"],
+                    &[("a", "applied", DAY + 30_000)],
+                ),
+                doc("commerce", "commerce.business_license", DAY + 1, &["b"], &[]),
+            ],
+            refusals: vec![
+                RefusalFact {
+                    org: "tax".into(),
+                    reason: "schema".into(),
+                    at: 5,
+                },
+                RefusalFact {
+                    org: "tax".into(),
+                    reason: "schema".into(),
+                    at: DAY + 5,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn rows_per_org_count_documents_copies_receipts_and_refusals() {
+        let rows = aggregate(&facts(), By::Org);
+        assert_eq!(rows.len(), 2);
+        let tax = &rows[1];
+        assert_eq!(
+            (tax.key.as_str(), tax.documents, tax.routed, tax.applied),
+            ("tax", 2, 3, 2)
+        );
+        assert_eq!(tax.refused_by_subscribers, 1);
+        assert_eq!(tax.refused.get("schema"), Some(&2));
+        assert_eq!((tax.applied_p50_ms, tax.applied_p95_ms), (Some(30.0), Some(30.0)));
+        let commerce = &rows[0];
+        assert_eq!((commerce.documents, commerce.routed, commerce.applied), (1, 1, 0));
+        assert_eq!(commerce.applied_p50_ms, None);
+    }
+
+    #[test]
+    fn rows_per_subscriber_count_only_its_own_copies() {
+        let rows = aggregate(&facts(), By::Subscriber);
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!((rows[0].documents, rows[0].routed, rows[0].applied), (2, 2, 2));
+        assert_eq!(
+            (rows[1].documents, rows[1].applied, rows[1].refused_by_subscribers),
+            (2, 0, 1)
+        );
+        assert!(rows.iter().all(|r| r.refused.is_empty()));
+    }
+
+    #[test]
+    fn rows_per_day_and_doc_type() {
+        let days = aggregate(&facts(), By::Day);
+        let keys: Vec<&str> = days.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["1970-01-01", "1970-01-02"]);
+        assert_eq!((days[0].documents, days[1].documents), (1, 2));
+        assert_eq!(days[1].refused.get("schema"), Some(&1));
+        let types = aggregate(&facts(), By::DocType);
+        assert_eq!(types[0].key, NOT_ADMITTED);
+        assert_eq!(types[0].refused.get("schema"), Some(&2));
+    }
+}
