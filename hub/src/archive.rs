@@ -1051,6 +1051,9 @@ impl Archive {
                 if report.broken.is_none() && r.entry.action == ACCEPTED {
                     report.broken = self.check_accepted(&r).await?.map(|why| (r.seq, why));
                 }
+                if report.broken.is_none() && r.entry.action == COPIES_PUBLISHED {
+                    report.broken = self.check_confirmed(&r).await?.map(|why| (r.seq, why));
+                }
                 if report.broken.is_some() {
                     return Ok(report);
                 }
@@ -1107,6 +1110,54 @@ impl Archive {
         }
         if detail["digest"].as_str() != Some(docs_digest(&docs).as_str()) {
             return Ok(Some("the archived documents it records were changed since".into()));
+        }
+        Ok(None)
+    }
+
+    /// Whether a batch's confirmation (a `published` record naming a batch) still matches the
+    /// copies the archive holds for that batch: each new document's subscribers, and the
+    /// copies sent again in it. A `published` record of a replay names no batch and binds
+    /// nothing more than its own text.
+    async fn check_confirmed(&self, r: &AuditRecord) -> Result<Option<String>, ArchiveError> {
+        let Ok(detail) = serde_json::from_str::<serde_json::Value>(&r.entry.detail) else {
+            return Ok(Some("its detail is not JSON".into()));
+        };
+        let Some(batch) = detail["batch"].as_i64() else {
+            return Ok(None);
+        };
+        let mut lines: Vec<(String, String)> = Vec::new();
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT id, subscribers FROM exhub_documents WHERE batch_id = ",
+        );
+        sql.bind(Arg::Int(batch));
+        for row in sql.query().fetch_all(&self.pool).await? {
+            let id: String = row.try_get(0)?;
+            let subscribers: Option<String> = row.try_get(1)?;
+            for s in subscribers
+                .unwrap_or_default()
+                .split(SUBSCRIBER_SEPARATOR)
+                .filter(|s| !s.is_empty())
+            {
+                lines.push((id.clone(), s.to_owned()));
+            }
+        }
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT document_id, subscriber FROM exhub_resends WHERE batch_id = ",
+        );
+        sql.bind(Arg::Int(batch));
+        for row in sql.query().fetch_all(&self.pool).await? {
+            lines.push((row.try_get(0)?, row.try_get(1)?));
+        }
+        lines.sort_unstable();
+        let lines: Vec<(&str, &str)> = lines.iter().map(|(id, s)| (id.as_str(), s.as_str())).collect();
+        if detail["copies"].as_u64() != Some(lines.len() as u64)
+            || detail["digest"].as_str() != Some(docs_digest(&lines).as_str())
+        {
+            return Ok(Some(format!(
+                "the copies of batch {batch} it confirms were changed since (documents' subscribers or re-sends)"
+            )));
         }
         Ok(None)
     }
@@ -1425,6 +1476,9 @@ const GENESIS: &str = "sha256:00000000000000000000000000000000000000000000000000
 
 /// Audit action: documents accepted into the archive.
 pub const ACCEPTED: &str = "accepted";
+/// The audit action of copies the broker confirmed: a batch's (its detail names the batch,
+/// and [`Archive::verify_audit`] checks it against the archive) or a replay's.
+pub const COPIES_PUBLISHED: &str = "published";
 
 /// One audit record to append: who did what to what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1470,7 +1524,7 @@ impl AuditEntry {
         }
         AuditEntry::new(
             actor,
-            "published",
+            COPIES_PUBLISHED,
             format!("{} copies", done.len()),
             serde_json::json!(by_subscriber),
         )
@@ -1484,7 +1538,7 @@ impl AuditEntry {
         let lines: Vec<(&str, &str)> = lines.iter().map(|(id, s)| (id.as_str(), *s)).collect();
         AuditEntry::new(
             actor,
-            "published",
+            COPIES_PUBLISHED,
             format!("batch {}: {} copies", batch.0, copies.len()),
             serde_json::json!({ "batch": batch.0, "copies": copies.len(), "digest": docs_digest(&lines) }),
         )

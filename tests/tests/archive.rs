@@ -234,3 +234,38 @@ async fn an_archive_from_before_batches_keeps_its_statuses() {
     archive.close().await;
     psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }
+
+/// A batch's confirmation binds its copies: changing whom an archived document was routed to
+/// afterwards breaks the audit chain's verification at that record.
+#[tokio::test]
+async fn a_changed_routing_breaks_the_confirmation() {
+    let (archive, db) = open(ArchiveKind::Postgres).await;
+    let db = db.unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let stored = archive
+        .store(&[entry(a, "h-a", &["s1", "s2"]), entry(b, "h-b", &["s1"])], &[], &[])
+        .await
+        .unwrap();
+    let batch = stored.batch.unwrap();
+    archive
+        .confirm(batch, &[(a, "s1"), (a, "s2"), (b, "s1")], "hub")
+        .await
+        .unwrap();
+    // Sent again in a later batch, to a subscriber it now has: a re-sent copy.
+    let again = archive.store(&[entry(b, "h-b", &["s1"])], &[], &[]).await.unwrap();
+    assert!(again.batch.is_some());
+    let report = archive.verify_audit(&Keyring::default()).await.unwrap();
+    assert_eq!(report.broken, None, "the untouched archive verifies");
+
+    // Someone hides that `a` went to s2.
+    crate::services::psql(
+        &db,
+        &format!("UPDATE exhub_documents SET subscribers = 's1' WHERE id = '{a}'"),
+    );
+    let report = archive.verify_audit(&Keyring::default()).await.unwrap();
+    let (_, why) = report.broken.expect("the change shows");
+    let batch_id = crate::services::psql(&db, &format!("SELECT batch_id FROM exhub_documents WHERE id = '{a}'"));
+    assert!(why.contains(&format!("batch {batch_id} ")), "{why}");
+    archive.close().await;
+    psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}
