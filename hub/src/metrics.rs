@@ -35,6 +35,15 @@ pub struct SubscriberLabels {
     pub subscriber: String,
 }
 
+/// A subscriber's dead letters, by reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    /// The subscriber whose DLQ it went to.
+    pub subscriber: String,
+    /// The reason code the subscriber gave (`apply`, `malformed`, `unauthenticated`, …).
+    pub reason: String,
+}
+
 /// A subscriber and what its receipt says of a document.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReceiptLabels {
@@ -72,6 +81,9 @@ pub struct Metrics {
     pub published: Family<SubscriberLabels, Counter>,
     /// `exhub_receipts_total{subscriber, outcome}`: documents named in subscribers' receipts.
     pub receipts: Family<ReceiptLabels, Counter>,
+    /// `exhub_dead_letters_total{subscriber, reason}`: what subscribers could not take, filed
+    /// by the hub into their DLQs.
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
     /// `exhub_archive_write_seconds`: one batch's durable write to the archive.
     pub archive_write: Histogram,
     /// `exhub_archived_after_seconds`: from a document's `header.created_at` (its source read
@@ -99,6 +111,7 @@ impl Metrics {
         let refused = Family::<RefusedLabels, Counter>::default();
         let published = Family::<SubscriberLabels, Counter>::default();
         let receipts = Family::<ReceiptLabels, Counter>::default();
+        let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         let queue_messages = Family::<QueueLabels, Gauge>::default();
         let queue_consumers = Family::<QueueLabels, Gauge>::default();
         // 0.5 ms to ~33 s, doubling.
@@ -130,6 +143,11 @@ impl Metrics {
             "Documents named in subscribers' receipts, by outcome",
             receipts.clone(),
         );
+        registry.register(
+            "dead_letters",
+            "What subscribers could not take, filed into their dead-letter queues",
+            dead_letters.clone(),
+        );
         registry.register_with_unit(
             "archive_write",
             "One batch's durable write to the archive",
@@ -159,6 +177,7 @@ impl Metrics {
             refused,
             published,
             receipts,
+            dead_letters,
             archive_write,
             archived_after,
             queue_messages,
@@ -224,6 +243,12 @@ mod tests {
             .get_or_create(&ReceiptLabels {
                 subscriber: "s".into(),
                 outcome: "applied".into(),
+            })
+            .inc();
+        m.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                subscriber: "s".into(),
+                reason: "apply".into(),
             })
             .inc();
         m.queue_messages.get_or_create(&queue).set(1);

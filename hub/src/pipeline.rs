@@ -31,7 +31,7 @@ use exhub_connect::sign::{self, KeyError, Keyring, SigningKey};
 use crate::archive::{AuditEntry, Proof, ReceiptRow};
 use crate::config::Config;
 use crate::gate::{Admitted, Gate, Rejection};
-use crate::metrics::{DocLabels, Metrics, ReceiptLabels, RefusedLabels, SubscriberLabels};
+use crate::metrics::{DeadLetterLabels, DocLabels, Metrics, ReceiptLabels, RefusedLabels, SubscriberLabels};
 use crate::router::{Router, RouterError, Target};
 use crate::secret::SecretUrl;
 
@@ -100,6 +100,8 @@ pub struct Hub {
     signer: Option<Arc<SigningKey>>,
     /// Subscriber → its org.
     subscriber_orgs: HashMap<String, String>,
+    /// A subscriber's DLQ name → the subscriber.
+    subscriber_dlqs: HashMap<String, String>,
     /// Most documents and bytes of one batch message.
     batch_items: usize,
     batch_bytes: usize,
@@ -206,6 +208,11 @@ impl Hub {
                 .subscribers
                 .iter()
                 .map(|s| (s.name().to_owned(), s.org().to_owned()))
+                .collect(),
+            subscriber_dlqs: config
+                .subscribers
+                .iter()
+                .map(|s| (config.hub.topology().subscriber_dlq(s.name()), s.name().to_owned()))
                 .collect(),
             signatures,
             signer,
@@ -641,21 +648,30 @@ impl Hub {
         Ok(())
     }
 
-    /// Counts the dead letters among `out`, now in the hub's DLQ: the hub's refusals, and
-    /// participants' dead letters that name no subscriber. Counted once they are confirmed, so
-    /// that a batch retried after a failure does not count them again.
+    /// Counts the dead letters among `out`, once confirmed (so that a batch retried after a
+    /// failure does not count them again): in the hub's DLQ, the hub's refusals and
+    /// participants' dead letters that name no subscriber; in a subscriber's DLQ, what that
+    /// subscriber could not take.
     fn count_refusals(&self, out: &[Outgoing]) {
         let dlq = self.topology.hub_dlq();
-        for o in out.iter().filter(|o| o.routing_key == dlq) {
+        for o in out {
             let Some(reason) = wire::header_str(&o.properties, header::REASON) else {
                 continue;
             };
             // A known code, or `other`: a label never takes a value from outside.
             let reason = Reason::from_code(&reason).map_or("other", |r| r.code()).to_owned();
-            let org = wire::header_str(&o.properties, header::USER)
-                .and_then(|u| self.orgs_by_user.get(&u).cloned())
-                .unwrap_or_default();
-            self.metrics.refused.get_or_create(&RefusedLabels { org, reason }).inc();
+            if o.routing_key == dlq {
+                let org = wire::header_str(&o.properties, header::USER)
+                    .and_then(|u| self.orgs_by_user.get(&u).cloned())
+                    .unwrap_or_default();
+                self.metrics.refused.get_or_create(&RefusedLabels { org, reason }).inc();
+            } else if let Some(subscriber) = self.subscriber_dlqs.get(&o.routing_key) {
+                let labels = DeadLetterLabels {
+                    subscriber: subscriber.clone(),
+                    reason,
+                };
+                self.metrics.dead_letters.get_or_create(&labels).inc();
+            }
         }
     }
 

@@ -64,7 +64,7 @@ impl Cdc {
             .replace("LEGACY_DB", &legacy)
             .replace("TARGET_DB", &target);
         Cdc {
-            exchange: Exchange::new(tag, ArchiveKind::Sqlite, "", &graph),
+            exchange: Exchange::new(tag, ArchiveKind::Sqlite, "admin = \"127.0.0.1:0\"", &graph),
             legacy,
             target,
             from_postgres,
@@ -798,6 +798,19 @@ async fn sink_refuses_copies_not_published_by_the_hub() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(names.ends_with("第7分公司"), "{names}");
+    // The hub counted both: the forged copy in the subscriber's DLQ, the genuine one applied.
+    let addr = crate::hub::admin_address(&cdc.exchange);
+    crate::hub::wait_for_metrics(
+        &addr,
+        &[
+            (
+                r#"exhub_dead_letters_total{reason="unauthenticated",subscriber="mirror"}"#,
+                1.0,
+            ),
+            (r#"exhub_receipts_total{outcome="applied",subscriber="mirror"}"#, 1.0),
+        ],
+    )
+    .await;
 }
 
 /// With hub keys, the sink applies only copies the hub signed — even one published with the

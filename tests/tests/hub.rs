@@ -678,7 +678,7 @@ async fn metrics_count_what_the_hub_did() {
 
 /// Scrapes `GET /metrics` at `addr` until every `(sample, value)` of `want` holds; returns the
 /// last scrape's samples.
-async fn wait_for_metrics(addr: &str, want: &[(&str, f64)]) -> HashMap<String, f64> {
+pub async fn wait_for_metrics(addr: &str, want: &[(&str, f64)]) -> HashMap<String, f64> {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (status, content_type, body) = http_get(addr, "/metrics", None).await;
@@ -760,7 +760,7 @@ async fn metrics_with_a_token_refuse_scrapes_without_it() {
 }
 
 /// The admin server's address, from the hub's log (it binds port 0).
-fn admin_address(ex: &Exchange) -> String {
+pub fn admin_address(ex: &Exchange) -> String {
     let log = ex.hub_log(0);
     log.lines()
         .find(|l| l.contains("admin server listening"))
