@@ -73,7 +73,8 @@ enum Command {
         /// The exchange description.
         #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
-        /// From (2026-11-22 or 2026-11-22T08:00:00+08:00; default: today, UTC).
+        /// From (2026-11-22 or 2026-11-22T08:00:00+08:00; default: the start of today at
+        /// `--offset`).
         #[arg(long, value_parser = cmd::parse_time)]
         since: Option<i64>,
         /// Until, not included (default: now).
@@ -82,6 +83,9 @@ enum Command {
         /// Rows per org, doc_type, subscriber or day.
         #[arg(long, default_value = "org")]
         by: exhub_hub::stats::By,
+        /// The time zone's offset from UTC that days are counted in, e.g. +08:00.
+        #[arg(long, default_value = "+00:00", value_parser = cmd::stats::parse_offset, allow_hyphen_values = true)]
+        offset: i32,
         /// table, csv or json.
         #[arg(long, value_enum, default_value = "table")]
         format: cmd::stats::Format,
@@ -358,10 +362,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             since,
             until,
             by,
+            offset,
             format,
         } => {
-            let today = exhub_schemas::time::unix_micros_now().div_euclid(86_400_000_000) * 86_400_000_000;
-            block_on(cmd::stats::stats(&config, since.unwrap_or(today), until, by, format))
+            let since = since.unwrap_or_else(|| cmd::stats::start_of_today(offset));
+            block_on(cmd::stats::stats(&config, since, until, by, offset, format))
         }
         Command::Audit { config, command } => match command {
             AuditCommand::Verify => block_on_code(cmd::audit::verify(&config)),

@@ -1,4 +1,4 @@
-//! Statistics (统计) from the archive: per department, doc type, subscriber or day, what was
+//! Statistics (统计) from the archive: per department, doc type, subscriber or local day, what was
 //! sent, refused, routed and applied, and how long applying took. The archive gives the facts
 //! ([`crate::archive::Archive::stats_facts`]); [`aggregate`] counts them, a pure function that
 //! `exhub stats` (and later the console) prints.
@@ -52,7 +52,8 @@ pub enum By {
     DocType,
     /// The subscriber (its copies, receipts and latency; refusals are the senders').
     Subscriber,
-    /// The UTC day the hub received the document (or refused the message).
+    /// The day the hub received the document (or refused the message), at the offset
+    /// [`aggregate`] is given.
     Day,
 }
 
@@ -95,12 +96,13 @@ pub struct Row {
 /// The row key of documents whose doc type the hub could not know (refused before decoding).
 pub const NOT_ADMITTED: &str = "(refused before admission)";
 
-/// Counts `facts` per `by`, rows in key order.
-pub fn aggregate(facts: &Facts, by: By) -> Vec<Row> {
+/// Counts `facts` per `by`, rows in key order; days are local days at `offset_secs` east of
+/// UTC (`28800` for China Standard Time), so that a day is the office's working day.
+pub fn aggregate(facts: &Facts, by: By, offset_secs: i32) -> Vec<Row> {
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut latencies: HashMap<String, Vec<i64>> = HashMap::new();
     let day = |micros: i64| {
-        Timestamp::from_unix_micros(micros)
+        Timestamp::from_unix_micros_at(micros, offset_secs)
             .to_string()
             .chars()
             .take(10)
@@ -217,7 +219,7 @@ mod tests {
 
     #[test]
     fn rows_per_org_count_documents_copies_receipts_and_refusals() {
-        let rows = aggregate(&facts(), By::Org);
+        let rows = aggregate(&facts(), By::Org, 0);
         assert_eq!(rows.len(), 2);
         let tax = &rows[1];
         assert_eq!(
@@ -234,7 +236,7 @@ mod tests {
 
     #[test]
     fn rows_per_subscriber_count_only_its_own_copies() {
-        let rows = aggregate(&facts(), By::Subscriber);
+        let rows = aggregate(&facts(), By::Subscriber, 0);
         let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["a", "b"]);
         assert_eq!((rows[0].documents, rows[0].routed, rows[0].applied), (2, 2, 2));
@@ -247,13 +249,26 @@ mod tests {
 
     #[test]
     fn rows_per_day_and_doc_type() {
-        let days = aggregate(&facts(), By::Day);
+        let days = aggregate(&facts(), By::Day, 0);
         let keys: Vec<&str> = days.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["1970-01-01", "1970-01-02"]);
         assert_eq!((days[0].documents, days[1].documents), (1, 2));
         assert_eq!(days[1].refused.get("schema"), Some(&1));
-        let types = aggregate(&facts(), By::DocType);
+        let types = aggregate(&facts(), By::DocType, 0);
         assert_eq!(types[0].key, NOT_ADMITTED);
         assert_eq!(types[0].refused.get("schema"), Some(&2));
+    }
+
+    #[test]
+    fn days_are_local_at_the_offset() {
+        // 1970-01-01T20:00Z is already the 2nd in China (UTC+8).
+        let evening = 20 * 3_600_000_000;
+        let facts = Facts {
+            documents: vec![doc("tax", "tax.registration", evening, &[], &[])],
+            refusals: Vec::new(),
+        };
+        assert_eq!(aggregate(&facts, By::Day, 0)[0].key, "1970-01-01");
+        assert_eq!(aggregate(&facts, By::Day, 8 * 3600)[0].key, "1970-01-02");
+        assert_eq!(aggregate(&facts, By::Day, -8 * 3600)[0].key, "1970-01-01");
     }
 }

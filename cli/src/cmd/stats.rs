@@ -34,8 +34,45 @@ const COLUMNS: [&str; 8] = [
     "applied_p95_ms",
 ];
 
-/// Prints the statistics of `[since, until)` (µs; until defaults to now) per `by`.
-pub async fn stats(path: &Path, since: i64, until: Option<i64>, by: By, format: Format) -> Result<()> {
+/// `--offset`: `+08:00`, `-05:00`, `Z` or `+00:00`, as seconds east of UTC.
+pub fn parse_offset(text: &str) -> Result<i32, String> {
+    let bad = || format!("{text:?} is not an offset like +08:00");
+    if text == "Z" {
+        return Ok(0);
+    }
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+/// Midnight of today at `offset_secs` east of UTC, as µs since the epoch.
+pub fn start_of_today(offset_secs: i32) -> i64 {
+    const DAY: i64 = 86_400_000_000;
+    let offset = i64::from(offset_secs) * 1_000_000;
+    (unix_micros_now() + offset).div_euclid(DAY) * DAY - offset
+}
+
+/// Prints the statistics of `[since, until)` (µs; until defaults to now) per `by`, with days
+/// at `offset_secs` east of UTC.
+pub async fn stats(
+    path: &Path,
+    since: i64,
+    until: Option<i64>,
+    by: By,
+    offset_secs: i32,
+    format: Format,
+) -> Result<()> {
     let loaded = load(path)?;
     let config = &loaded.config;
     let archive = Archive::open(config.hub.archive.expose())
@@ -51,7 +88,7 @@ pub async fn stats(path: &Path, since: i64, until: Option<i64>, by: By, format: 
         .stats_facts(since, until, &config.hub.topology().hub_dlq(), &org_of)
         .await;
     archive.close().await;
-    let rows = aggregate(&facts?, by);
+    let rows = aggregate(&facts?, by, offset_secs);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Csv => {
@@ -114,5 +151,28 @@ fn csv_cell(c: &str) -> String {
         format!("\"{}\"", c.replace('"', "\"\""))
     } else {
         c.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_parse_as_seconds_east_of_utc() {
+        assert_eq!(parse_offset("+08:00"), Ok(28_800));
+        assert_eq!(parse_offset("-05:30"), Ok(-19_800));
+        assert_eq!(parse_offset("Z"), Ok(0));
+        for bad in ["08:00", "+8", "+24:00", "+08:60", "", "+008:00"] {
+            assert!(parse_offset(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn today_starts_at_local_midnight() {
+        let start = start_of_today(28_800);
+        let now = unix_micros_now();
+        assert!(start <= now && now - start < 86_400_000_000);
+        assert_eq!((start + 28_800_000_000) % 86_400_000_000, 0);
     }
 }
