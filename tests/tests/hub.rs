@@ -658,7 +658,7 @@ async fn metrics_count_what_the_hub_did() {
     // Sent again once its copies are recorded: a duplicate, archived and copied once. Then a
     // new document for `all` only, whose copy shows that the duplicate's batch was through
     // (mostly: the two may go to different workers).
-    ex.publish(vec![(a_doc, ex.props(&a))]).await;
+    ex.publish(vec![(a_doc.clone(), ex.props(&a))]).await;
     let (c, c_doc) = tax_doc("nanhai.tax", 3, "顺德");
     ex.publish(vec![(c_doc, ex.props(&c))]).await;
     wait_for_metrics(
@@ -671,6 +671,26 @@ async fn metrics_count_what_the_hub_did() {
             (received, 3.0),
             (published_all, 3.0),
             (published_xml, 1.0),
+        ],
+    )
+    .await;
+    // The same id with other content: a conflict, refused, and not a duplicate.
+    let conflict = String::from_utf8(a_doc).unwrap().replace("陈志强", "李四");
+    assert!(conflict.contains("李四"), "the sample document has the name to change");
+    ex.publish(vec![(conflict.into_bytes(), ex.props(&a))]).await;
+    wait_for_metrics(
+        &addr,
+        &[
+            (
+                r#"exhub_documents_refused_total{org="nanhai.tax",reason="conflict"}"#,
+                1.0,
+            ),
+            (
+                r#"exhub_documents_duplicate_total{doc_type="tax.registration",org="nanhai.tax"}"#,
+                1.0,
+            ),
+            (received, 3.0),
+            (published_all, 3.0),
         ],
     )
     .await;
