@@ -514,15 +514,16 @@ impl Hub {
     /// conflict, counted with the refusals when its dead letter is sent.
     fn count_stored(&self, admitted: &[(&Item<'_>, Admitted, Vec<Target>)], stored: &StoredBatch) {
         let now = exhub_schemas::time::unix_micros_now();
+        // Summed per label set first: one counter update per set and batch, not one lookup
+        // (and two label strings) per document.
+        let mut new: HashMap<(&str, &str), u64> = HashMap::new();
+        let mut seen: HashMap<(&str, &str), u64> = HashMap::new();
         for ((_, a, _), s) in admitted.iter().zip(&stored.entries) {
             let h = &a.doc.header;
-            let labels = DocLabels {
-                org: h.sender.org.clone(),
-                doc_type: h.doc_type.clone(),
-            };
+            let labels = (h.sender.org.as_str(), h.doc_type.as_str());
             match s {
                 Stored::New => {
-                    self.metrics.received.get_or_create(&labels).inc();
+                    *new.entry(labels).or_default() += 1;
                     // The sender sets created_at: a document from a wrong clock, or one that
                     // waited in a DLQ, counts as at most an hour, so that it cannot swamp the sum.
                     let after = (now - h.created_at.unix_micros()) as f64 / 1e6;
@@ -530,20 +531,32 @@ impl Hub {
                         .archived_after
                         .observe(after.clamp(0.0, ARCHIVED_AFTER_MAX));
                 }
-                Stored::Duplicate { same_content: true, .. } => {
-                    self.metrics.duplicates.get_or_create(&labels).inc();
-                }
+                Stored::Duplicate { same_content: true, .. } => *seen.entry(labels).or_default() += 1,
                 Stored::Duplicate {
                     same_content: false, ..
                 } => {}
             }
         }
+        let labels = |(org, doc_type): (&str, &str)| DocLabels {
+            org: org.to_owned(),
+            doc_type: doc_type.to_owned(),
+        };
+        for (key, n) in new {
+            self.metrics.received.get_or_create(&labels(key)).inc_by(n);
+        }
+        for (key, n) in seen {
+            self.metrics.duplicates.get_or_create(&labels(key)).inc_by(n);
+        }
+        let mut receipts: HashMap<(&str, &str), u64> = HashMap::new();
         for (subscriber, outcome) in &stored.receipts {
+            *receipts.entry((subscriber.as_str(), outcome)).or_default() += 1;
+        }
+        for ((subscriber, outcome), n) in receipts {
             let labels = ReceiptLabels {
-                subscriber: subscriber.clone(),
-                outcome: (*outcome).to_owned(),
+                subscriber: subscriber.to_owned(),
+                outcome: outcome.to_owned(),
             };
-            self.metrics.receipts.get_or_create(&labels).inc();
+            self.metrics.receipts.get_or_create(&labels).inc_by(n);
         }
     }
 
