@@ -67,19 +67,19 @@ enum Command {
         #[arg(long)]
         adopt: bool,
     },
-    /// Statistics from the archive: documents sent, refused (by reason), routed and applied,
-    /// and how long applying took, per department, doc type, subscriber or day.
+    /// Statistics from the archive: documents received, refused (by reason), routed and
+    /// applied, and how long until applied, per org, doc type, subscriber or day.
     Stats {
         /// The exchange description.
         #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
-        /// From (2026-11-22 or 2026-11-22T08:00:00+08:00; default: the start of today at
-        /// `--offset`).
-        #[arg(long, value_parser = cmd::parse_time)]
-        since: Option<i64>,
-        /// Until, not included (default: now).
-        #[arg(long, value_parser = cmd::parse_time)]
-        until: Option<i64>,
+        /// From: 2026-11-22 (midnight at `--offset`) or 2026-11-22T08:00:00+08:00; default: the
+        /// start of today at `--offset`.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until, not included, written as `--since` (default: now).
+        #[arg(long)]
+        until: Option<String>,
         /// Rows per org, doc_type, subscriber or day.
         #[arg(long, default_value = "org")]
         by: exhub_hub::stats::By,
@@ -365,7 +365,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             offset,
             format,
         } => {
-            let since = since.unwrap_or_else(|| cmd::stats::start_of_today(offset));
+            let at = |t: &str| cmd::stats::parse_time_at(t, offset).map_err(anyhow::Error::msg);
+            let since = match since {
+                Some(t) => at(&t)?,
+                None => cmd::stats::start_of_today(offset),
+            };
+            let until = until.map(|t| at(&t)).transpose()?;
             block_on(cmd::stats::stats(&config, since, until, by, offset, format))
         }
         Command::Audit { config, command } => match command {

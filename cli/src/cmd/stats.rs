@@ -56,6 +56,18 @@ pub fn parse_offset(text: &str) -> Result<i32, String> {
     Ok(sign * (h * 3600 + m * 60))
 }
 
+/// `--since` / `--until`: a timestamp as written, or a plain date (2026-11-22) as its midnight
+/// at `offset_secs` east of UTC, as µs since the epoch.
+pub fn parse_time_at(text: &str, offset_secs: i32) -> Result<i64, String> {
+    let plain_date = text.len() == 10 && !text.contains('T');
+    let utc = super::parse_time(text)?;
+    Ok(if plain_date {
+        utc - i64::from(offset_secs) * 1_000_000
+    } else {
+        utc
+    })
+}
+
 /// Midnight of today at `offset_secs` east of UTC, as µs since the epoch.
 pub fn start_of_today(offset_secs: i32) -> i64 {
     const DAY: i64 = 86_400_000_000;
@@ -166,6 +178,15 @@ mod tests {
         for bad in ["08:00", "+8", "+24:00", "+08:60", "", "+008:00"] {
             assert!(parse_offset(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_plain_date_is_midnight_at_the_offset() {
+        let utc = parse_time_at("2026-11-22", 0).unwrap();
+        assert_eq!(parse_time_at("2026-11-22", 28_800), Ok(utc - 28_800_000_000));
+        let written = "2026-11-22T08:00:00+08:00";
+        assert_eq!(parse_time_at(written, 28_800), parse_time_at(written, 0));
+        assert!(parse_time_at("22/11/2026", 0).is_err());
     }
 
     #[test]
