@@ -940,6 +940,26 @@ impl Archive {
         Ok(facts)
     }
 
+    /// Copies routed to `subscriber` in documents received since `since` (µs) that have no
+    /// receipt from it: how many, and when the oldest was received.
+    pub async fn unapplied(&self, subscriber: &str, since: i64) -> Result<(u64, Option<i64>), ArchiveError> {
+        // Names are letters, digits, '.', '_' and '-': '_' is LIKE's one-character wildcard.
+        let pattern = format!("% {} %", subscriber.replace('_', "\\_"));
+        let mut sql = Sql::new(
+            self.backend,
+            "SELECT COUNT(*), MIN(d.received_at) FROM exhub_documents d WHERE d.received_at >= ",
+        );
+        sql.bind(Arg::Int(since))
+            .push(" AND (' ' || d.subscribers || ' ') LIKE ")
+            .bind(owned(pattern))
+            .push(" ESCAPE '\\' AND NOT EXISTS (SELECT 1 FROM exhub_receipts r WHERE r.document_id = d.id AND r.subscriber = ")
+            .bind(text(subscriber))
+            .push(")");
+        let row = sql.query().fetch_one(&self.pool).await?;
+        let count: i64 = row.try_get(0)?;
+        Ok((u64::try_from(count).unwrap_or(0), row.try_get(1)?))
+    }
+
     /// The receipts recorded for a document, per subscriber.
     pub async fn receipts(&self, id: &str) -> Result<Vec<ReceiptRow>, ArchiveError> {
         let mut sql = Sql::new(

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod archive;
 pub mod check;
 pub mod config;
+pub mod deliveries;
 pub mod filter;
 pub mod gate;
 pub mod metrics;

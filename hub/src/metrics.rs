@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
 /// A publishing org and a doc type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +95,12 @@ pub struct Metrics {
     pub queue_messages: Family<QueueLabels, Gauge>,
     /// `exhub_queue_consumers{queue, subscriber}`: consumers of each queue.
     pub queue_consumers: Family<QueueLabels, Gauge>,
+    /// `exhub_unapplied_copies{subscriber}`: copies routed to a database subscriber in the last
+    /// day with no receipt yet ([`crate::deliveries`]).
+    pub unapplied: Family<SubscriberLabels, Gauge>,
+    /// `exhub_oldest_unapplied_copy_seconds{subscriber}`: how long the oldest of them has
+    /// waited (0 when none).
+    pub oldest_unapplied: Family<SubscriberLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -114,6 +121,8 @@ impl Metrics {
         let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         let queue_messages = Family::<QueueLabels, Gauge>::default();
         let queue_consumers = Family::<QueueLabels, Gauge>::default();
+        let unapplied = Family::<SubscriberLabels, Gauge>::default();
+        let oldest_unapplied = Family::<SubscriberLabels, Gauge<f64, AtomicU64>>::default();
         // 0.5 ms to ~33 s, doubling.
         let archive_write = Histogram::new(exponential_buckets(0.0005, 2.0, 17));
         // 1 ms to ~65 s, doubling.
@@ -170,6 +179,17 @@ impl Metrics {
             "Consumers of each of the exchange's queues",
             queue_consumers.clone(),
         );
+        registry.register(
+            "unapplied_copies",
+            "Copies routed to a database subscriber in the last day with no receipt yet",
+            unapplied.clone(),
+        );
+        registry.register_with_unit(
+            "oldest_unapplied_copy",
+            "How long the oldest copy without a receipt has waited",
+            Unit::Seconds,
+            oldest_unapplied.clone(),
+        );
         Metrics {
             registry,
             received,
@@ -182,6 +202,8 @@ impl Metrics {
             archived_after,
             queue_messages,
             queue_consumers,
+            unapplied,
+            oldest_unapplied,
         }
     }
 
@@ -252,6 +274,9 @@ mod tests {
             })
             .inc();
         m.queue_messages.get_or_create(&queue).set(1);
+        let sub = SubscriberLabels { subscriber: "s".into() };
+        m.unapplied.get_or_create(&sub).set(1);
+        m.oldest_unapplied.get_or_create(&sub).set(1.5);
         m.queue_consumers.get_or_create(&queue).set(1);
         let text = m.encode().unwrap();
         let encoded: std::collections::BTreeSet<String> = text

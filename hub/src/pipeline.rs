@@ -102,6 +102,10 @@ pub struct Hub {
     subscriber_orgs: HashMap<String, String>,
     /// A subscriber's DLQ name → the subscriber.
     subscriber_dlqs: HashMap<String, String>,
+    /// The subscribers that send receipts (database sinks).
+    database_subscribers: Vec<String>,
+    /// The archive's URL, for the reader of copies not yet applied.
+    archive_url: SecretUrl,
     /// Most documents and bytes of one batch message.
     batch_items: usize,
     batch_bytes: usize,
@@ -209,6 +213,13 @@ impl Hub {
                 .iter()
                 .map(|s| (s.name().to_owned(), s.org().to_owned()))
                 .collect(),
+            database_subscribers: config
+                .subscribers
+                .iter()
+                .filter(|s| s.is_database())
+                .map(|s| s.name().to_owned())
+                .collect(),
+            archive_url: config.hub.archive.clone(),
             subscriber_dlqs: config
                 .subscribers
                 .iter()
@@ -254,6 +265,12 @@ impl Hub {
                 hub.stages.report();
             }
         });
+        let deliveries = tokio::spawn(crate::deliveries::sample(
+            self.archive_url.expose().to_owned(),
+            self.database_subscribers.clone(),
+            self.metrics(),
+            shutdown.clone(),
+        ));
         let queues = tokio::spawn(crate::queues::sample(
             self.amqp.expose().to_owned(),
             crate::queues::queues(&self.topology, &self.router.subscribers()),
@@ -285,6 +302,7 @@ impl Hub {
         watchdog.abort();
         reporter.abort();
         queues.abort();
+        deliveries.abort();
         self.stages.report();
         self.archive.close().await;
         result

@@ -756,6 +756,30 @@ async fn postgres_bad_source_settings_name_the_cause() {
     assert!(no_db.contains("no such database"), "{no_db}");
 }
 
+/// A copy the sink has not applied yet shows in the hub's metrics, and goes once it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_not_applied_show_until_the_sink_applies_them() {
+    let mut cdc = Cdc::new("unapplied", false);
+    cdc.exchange.start_hub().await;
+    let addr = crate::hub::admin_address(&cdc.exchange);
+    // The sink is not running: the copy waits, and the hub says so.
+    let (id, doc) = crate::exchange::tax_doc("nanhai.tax", 8, "南海");
+    cdc.exchange.publish(vec![(doc, cdc.exchange.props(&id))]).await;
+    let samples = crate::hub::wait_for_metrics(&addr, &[(r#"exhub_unapplied_copies{subscriber="mirror"}"#, 1.0)]).await;
+    let age = samples[r#"exhub_oldest_unapplied_copy_seconds{subscriber="mirror"}"#];
+    assert!(age > 0.0 && age < 600.0, "{age}");
+    // The sink comes: the copy is applied, its receipt recorded, and nothing waits.
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    crate::hub::wait_for_metrics(
+        &addr,
+        &[
+            (r#"exhub_unapplied_copies{subscriber="mirror"}"#, 0.0),
+            (r#"exhub_oldest_unapplied_copy_seconds{subscriber="mirror"}"#, 0.0),
+        ],
+    )
+    .await;
+}
+
 /// A copy that did not come from the hub — here published straight into the out exchange by the
 /// broker's administrator, standing in for any login that could — is not applied: it lands in
 /// the subscriber's DLQ as `unauthenticated`, and its fake, newer `source.position` does not make
