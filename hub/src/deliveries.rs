@@ -11,8 +11,8 @@ use std::time::Duration;
 use exhub_schemas::time::unix_micros_now;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::Archive;
-use crate::metrics::{Metrics, SubscriberLabels};
+use crate::archive::{Archive, ArchiveError};
+use crate::metrics::{Metrics, Sampled, SubscriberLabels};
 
 /// How often the archive is read.
 pub const EVERY: Duration = Duration::from_secs(10);
@@ -20,63 +20,68 @@ pub const EVERY: Duration = Duration::from_secs(10);
 pub const WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Reads the archive at `url` every [`EVERY`] until `shutdown`, for `subscribers`. A failure
-/// is logged once, and the gauges are cleared until a round succeeds.
+/// (opening the archive included) is logged once, and the gauges are cleared until a round
+/// succeeds.
 pub async fn sample(url: String, subscribers: Vec<String>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     if subscribers.is_empty() {
         return;
     }
-    let mut archive: Option<Archive> = None;
-    let mut failing = false;
-    let mut every = tokio::time::interval(EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = every.tick() => {}
-        }
-        if archive.is_none() {
-            archive = Archive::open(&url).await.ok();
-        }
-        let Some(a) = &archive else { continue };
-        let now = unix_micros_now();
-        let since = now - i64::try_from(WINDOW.as_micros()).unwrap_or(i64::MAX);
-        let mut failed = None;
-        for s in &subscribers {
-            match a.unapplied(s, since).await {
-                Ok((count, oldest)) => {
-                    let labels = SubscriberLabels { subscriber: s.clone() };
-                    let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
-                    metrics
-                        .unapplied
-                        .get_or_create(&labels)
-                        .set(i64::try_from(count).unwrap_or(i64::MAX));
-                    metrics.oldest_unapplied.get_or_create(&labels).set(age);
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        match failed {
-            None if failing => {
-                tracing::info!("copies not yet applied are read again");
-                failing = false;
-            }
-            None => {}
-            Some(e) => {
-                metrics.unapplied.clear();
-                metrics.oldest_unapplied.clear();
-                if !failing {
-                    tracing::warn!(error = %e, "copies not yet applied cannot be read; the gauges are empty until they can");
-                    failing = true;
-                }
-                if let Some(a) = archive.take() {
-                    a.close().await;
-                }
-            }
-        }
-    }
-    if let Some(a) = archive {
+    let mut unapplied = Unapplied {
+        url,
+        archive: None,
+        subscribers,
+        metrics,
+    };
+    crate::metrics::sample_every(EVERY, &mut unapplied, &shutdown).await;
+    if let Some(a) = unapplied.archive {
         a.close().await;
     }
+}
+
+/// The copies without a receipt, read on an archive connection of their own.
+struct Unapplied {
+    url: String,
+    archive: Option<Archive>,
+    subscribers: Vec<String>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sampled for Unapplied {
+    type Error = ArchiveError;
+    const WHAT: &'static str = "copies not yet applied";
+
+    async fn read(&mut self) -> Result<(), ArchiveError> {
+        let a = match self.archive.take() {
+            Some(a) => a,
+            None => Archive::open(&self.url).await?,
+        };
+        let read = read(&a, &self.subscribers, &self.metrics).await;
+        match read {
+            Ok(()) => self.archive = Some(a),
+            Err(_) => a.close().await,
+        }
+        read
+    }
+
+    fn clear(&self) {
+        self.metrics.unapplied.clear();
+        self.metrics.oldest_unapplied.clear();
+    }
+}
+
+/// One round: each subscriber's copies without a receipt into the gauges.
+async fn read(archive: &Archive, subscribers: &[String], metrics: &Metrics) -> Result<(), ArchiveError> {
+    let now = unix_micros_now();
+    let since = now - i64::try_from(WINDOW.as_micros()).unwrap_or(i64::MAX);
+    for s in subscribers {
+        let (count, oldest) = archive.unapplied(s, since).await?;
+        let labels = SubscriberLabels { subscriber: s.clone() };
+        let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+        metrics
+            .unapplied
+            .get_or_create(&labels)
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        metrics.oldest_unapplied.get_or_create(&labels).set(age);
+    }
+    Ok(())
 }

@@ -10,6 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 /// A publishing org and a doc type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -212,6 +215,49 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// Gauges the hub reads from outside itself (the broker's queues, the archive), a round at a
+/// time ([`sample_every`]).
+pub(crate) trait Sampled {
+    /// Why a round failed.
+    type Error: std::fmt::Display;
+    /// What the gauges show, for the log.
+    const WHAT: &'static str;
+    /// Reads every figure into the gauges; after a failure the next round starts afresh
+    /// (connects again).
+    fn read(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Empties the gauges.
+    fn clear(&self);
+}
+
+/// Runs `gauges`' rounds every `every` until `shutdown`. When a round fails its gauges are
+/// cleared (no figure rather than an old one) and the first failure in a row is logged; so is
+/// the first success after one.
+pub(crate) async fn sample_every<S: Sampled>(every: Duration, gauges: &mut S, shutdown: &CancellationToken) {
+    let what = S::WHAT;
+    let mut failing = false;
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match gauges.read().await {
+            Ok(()) if failing => {
+                tracing::info!("{what} are read again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                gauges.clear();
+                if !failing {
+                    tracing::warn!(error = %e, "{what} cannot be read; the gauges are empty until they can");
+                    failing = true;
+                }
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, QueueLabels};
+use crate::metrics::{Metrics, QueueLabels, Sampled};
 
 /// How often the depths are read.
 pub const EVERY: Duration = Duration::from_secs(10);
@@ -46,46 +46,48 @@ pub async fn sample(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let name = format!("exhub-hub-{}-queues", std::process::id());
-    let mut conn: Option<Connection> = None;
-    let mut failing = false;
-    let mut every = tokio::time::interval(EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = every.tick() => {}
-        }
-        if conn.as_ref().is_none_or(|c| !c.status().connected()) {
-            conn = amqp::connect(&url, &name)
-                .await
-                .inspect_err(|e| failed(&metrics, &mut failing, e))
-                .ok();
-        }
-        let Some(c) = &conn else { continue };
-        match read(c, &queues, &metrics).await {
-            Ok(()) if failing => {
-                tracing::info!("queue depths are read again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                failed(&metrics, &mut failing, &e);
-                conn = None;
-            }
-        }
-    }
-    if let Some(c) = conn {
+    let mut depths = Depths {
+        url,
+        name: format!("exhub-hub-{}-queues", std::process::id()),
+        conn: None,
+        queues,
+        metrics,
+    };
+    crate::metrics::sample_every(EVERY, &mut depths, &shutdown).await;
+    if let Some(c) = depths.conn {
         let _ = c.close(200, "shutdown".into()).await;
     }
 }
 
-/// A round failed: the gauges are cleared, and the first failure in a row is logged.
-fn failed(metrics: &Metrics, failing: &mut bool, e: &AmqpError) {
-    metrics.queue_messages.clear();
-    metrics.queue_consumers.clear();
-    if !*failing {
-        tracing::warn!(error = %e, "queue depths cannot be read; the gauges are empty until they can");
-        *failing = true;
+/// The queues' depths, read on a connection of their own.
+struct Depths {
+    url: String,
+    /// The connection's name.
+    name: String,
+    conn: Option<Connection>,
+    queues: Vec<(QueueLabels, String)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sampled for Depths {
+    type Error = AmqpError;
+    const WHAT: &'static str = "queue depths";
+
+    async fn read(&mut self) -> Result<(), AmqpError> {
+        let c = match self.conn.take() {
+            Some(c) if c.status().connected() => c,
+            _ => amqp::connect(&self.url, &self.name).await?,
+        };
+        let read = read(&c, &self.queues, &self.metrics).await;
+        if read.is_ok() {
+            self.conn = Some(c);
+        }
+        read
+    }
+
+    fn clear(&self) {
+        self.metrics.queue_messages.clear();
+        self.metrics.queue_consumers.clear();
     }
 }
 
