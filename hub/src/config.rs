@@ -221,6 +221,14 @@ impl Config {
         Ok(None)
     }
 
+    /// Each org's AMQP user → the org's id.
+    pub fn orgs_by_user(&self) -> std::collections::HashMap<String, String> {
+        self.orgs
+            .iter()
+            .map(|o| (o.amqp_user().to_owned(), o.id.clone()))
+            .collect()
+    }
+
     /// The hub's signing key, when its key file exists.
     pub fn hub_signer(&self, base: &Path) -> Result<Option<SigningKey>, KeyError> {
         let file = self.hub_signing_key_file(base);

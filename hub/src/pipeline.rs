@@ -203,11 +203,7 @@ impl Hub {
             topology: config.hub.topology(),
             amqp: config.hub.amqp.clone(),
             user: config.hub.user(),
-            orgs_by_user: config
-                .orgs
-                .iter()
-                .map(|o| (o.amqp_user().to_owned(), o.id.clone()))
-                .collect(),
+            orgs_by_user: config.orgs_by_user(),
             subscriber_orgs: config
                 .subscribers
                 .iter()

@@ -1,7 +1,6 @@
 //! `exhub stats`: statistics (统计) from the archive per department, doc type, subscriber or
 //! day, as a table, CSV or JSON.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -90,14 +89,9 @@ pub async fn stats(
     let archive = Archive::open(config.hub.archive.expose())
         .await
         .with_context(|| format!("opening the archive {}", config.hub.archive))?;
-    let org_of: HashMap<String, String> = config
-        .orgs
-        .iter()
-        .map(|o| (o.amqp_user().to_owned(), o.id.clone()))
-        .collect();
     let until = until.unwrap_or_else(|| unix_micros_now() + 1);
     let facts = archive
-        .stats_facts(since, until, &config.hub.topology().hub_dlq(), &org_of)
+        .stats_facts(since, until, &config.hub.topology().hub_dlq(), &config.orgs_by_user())
         .await;
     archive.close().await;
     let rows = aggregate(&facts?, by, offset_secs);
