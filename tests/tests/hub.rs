@@ -776,7 +776,32 @@ async fn metrics_with_a_token_refuse_scrapes_without_it() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("exhub_archive_write_seconds_count"), "{body}");
     assert!(!ex.hub_log(0).contains(&token), "the token is in the log");
+    // Malformed and oversized requests are refused, and disturb nothing: no metrics in the
+    // answer, and the next scrape is served as before.
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    for raw in [b"\x00\x01 not http at all\r\n\r\n".to_vec(), huge.into_bytes()] {
+        let answer = http_raw(&addr, &raw).await;
+        assert!(!answer.contains("exhub_"), "{answer}");
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    }
+    let (status, _, body) = http_get(&addr, "/metrics", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("exhub_archive_write_seconds_count"), "{body}");
     std::fs::remove_file(&file).unwrap();
+}
+
+/// Sends `raw` bytes to `addr` and returns what came back before the connection closed (the
+/// server may close it before it has read everything: a write error then is its answer).
+async fn http_raw(addr: &str, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(raw).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// The admin server's address, from the hub's log (it binds port 0).
