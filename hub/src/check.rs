@@ -143,6 +143,75 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
     check_sources(c, config, &orgs);
     let fed = check_routes(c, config, &orgs);
     check_subscribers(c, config, &orgs, &fed);
+    check_alerts(c, config);
+}
+
+/// `[[alert]]`: a known metric, a scope that exists and that the metric is read for, and
+/// thresholds in the metric's order (yellow before red).
+fn check_alerts(c: &mut Checker<'_>, config: &Config) {
+    use crate::alerts::Metric;
+    for (i, alert) in config.alerts.iter().enumerate() {
+        let at = |field: &str| vec![Seg::from("alert"), i.into(), field.into()];
+        let label = format!("alert[{i}]");
+        let Some(metric) = Metric::parse(&alert.metric) else {
+            let known: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+            c.error(
+                &at("metric"),
+                label,
+                format!("unknown metric {:?} (known: {})", alert.metric, known.join(", ")),
+            );
+            continue;
+        };
+        if let Some(scope) = &alert.scope {
+            let (kind, name) = scope.split_once(':').unwrap_or((scope.as_str(), ""));
+            let exists = match kind {
+                "source" => config.sources.iter().any(|s| s.name == name),
+                "sink" => config.subscribers.iter().any(|s| s.name() == name && s.is_database()),
+                "subscriber" => config.subscribers.iter().any(|s| s.name() == name),
+                "hub" => name.is_empty(),
+                _ => false,
+            };
+            if !metric.scope_kinds().contains(&kind) {
+                c.error(
+                    &at("scope"),
+                    label.clone(),
+                    format!(
+                        "{} is read for scopes of kind {}, not {scope:?}",
+                        metric.name(),
+                        metric.scope_kinds().join(" or ")
+                    ),
+                );
+            } else if !exists {
+                c.error(
+                    &at("scope"),
+                    label.clone(),
+                    format!("{scope:?} names no {kind} of this exchange (source:<name>, sink:<name>, subscriber:<name> or hub)"),
+                );
+            }
+        }
+        let rules = crate::alerts::Rules::new(std::slice::from_ref(alert), config.hub.heartbeat());
+        let t = rules.for_scope(metric, alert.scope.as_deref().unwrap_or(""));
+        if !t.yellow.is_finite() || !t.red.is_finite() || t.yellow < 0.0 || t.red < 0.0 {
+            c.error(&at("yellow"), label, "thresholds must be numbers of 0 or more".into());
+        } else if metric.lower_is_worse() && t.yellow < t.red {
+            c.error(
+                &at("red"),
+                label,
+                format!(
+                    "{} is worse when lower: red ({}) must be at most yellow ({})",
+                    metric.name(),
+                    t.red,
+                    t.yellow
+                ),
+            );
+        } else if !metric.lower_is_worse() && t.yellow > t.red {
+            c.error(
+                &at("red"),
+                label,
+                format!("red ({}) must be at least yellow ({})", t.red, t.yellow),
+            );
+        }
+    }
 }
 
 /// `[hub]`: its URLs and admin address.
@@ -188,6 +257,16 @@ fn check_orgs<'a>(c: &mut Checker<'_>, config: &'a Config) -> BTreeMap<&'a str, 
 
     let orgs: BTreeMap<&str, &crate::config::OrgConfig> = config.orgs.iter().map(|o| (o.id.as_str(), o)).collect();
     for (i, org) in config.orgs.iter().enumerate() {
+        if org.id == crate::alerts::HUB_ORG {
+            c.error(
+                &["org".into(), i.into(), "id".into()],
+                format!("org {:?}", org.id),
+                format!(
+                    "{:?} is the hub's own org (its supervision.alert documents); choose another id",
+                    org.id
+                ),
+            );
+        }
         for (j, doc_type) in org.publishes.iter().enumerate() {
             c.schema(
                 doc_type,
@@ -329,7 +408,8 @@ fn check_routes<'a>(
             if let Some(s) = c.schema(doc_type, None, &at, &format!("{label} → doc_types[{j}]")) {
                 schemas.push(s);
             }
-            if !config.orgs.iter().any(|o| o.publishes.contains(doc_type)) {
+            if doc_type != crate::alerts::ALERT_DOC_TYPE && !config.orgs.iter().any(|o| o.publishes.contains(doc_type))
+            {
                 c.warn(
                     &at,
                     format!("{label} → doc_types[{j}]"),
@@ -339,7 +419,7 @@ fn check_routes<'a>(
         }
         if let Some(from) = &route.from {
             for (j, org) in from.iter().enumerate() {
-                if !orgs.contains_key(org.as_str()) {
+                if !orgs.contains_key(org.as_str()) && org != crate::alerts::HUB_ORG {
                     c.error(
                         &here(&["from".into(), j.into()]),
                         format!("{label} → from[{j}]"),

@@ -62,6 +62,9 @@ pub struct Config {
     /// Which documents go to which subscribers.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Early-warning thresholds over the built-in ones ([`crate::alerts`]).
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<crate::alerts::AlertConfig>,
 }
 
 /// `[hub]`
@@ -102,6 +105,9 @@ pub struct HubConfig {
     /// The hub's private signing key, which it signs every copy with when the file exists
     /// (default `<secrets>/hub.signing-key`; mode 0600).
     pub signing_key_file: Option<PathBuf>,
+    /// How often sources and sinks report their status to the hub, seconds (default 5); a part
+    /// is shown silent after three missed heartbeats.
+    pub heartbeat_seconds: Option<u64>,
     /// The RabbitMQ management API `exhub provision` uses (default `http://<amqp host>:15672`);
     /// the administrator's login comes from `EXHUB_RABBITMQ_ADMIN` (`user:password`), never
     /// from this file.
@@ -117,6 +123,14 @@ impl HubConfig {
     /// The hub's own AMQP user (RabbitMQ's `guest` when the URL names none).
     pub fn user(&self) -> String {
         crate::pipeline::amqp_user(&self.amqp)
+    }
+
+    /// How often sources and sinks report their status.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        self.heartbeat_seconds
+            .map_or(exhub_connect::status::DEFAULT_EVERY, |s| {
+                std::time::Duration::from_secs(s.clamp(1, 3600))
+            })
     }
 
     /// Batch limits: (most documents, most bytes).

@@ -11,6 +11,7 @@ use std::time::Duration;
 use exhub_schemas::time::unix_micros_now;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{Metric, Readings};
 use crate::archive::{Archive, ArchiveError};
 use crate::metrics::{Metrics, Sampled, SubscriberLabels};
 
@@ -22,7 +23,13 @@ pub const WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Reads the archive at `url` every [`EVERY`] until `shutdown`, for `subscribers`. A failure
 /// (opening the archive included) is logged once, and the gauges are cleared until a round
 /// succeeds.
-pub async fn sample(url: String, subscribers: Vec<String>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn sample(
+    url: String,
+    subscribers: Vec<String>,
+    metrics: Arc<Metrics>,
+    readings: Arc<Readings>,
+    shutdown: CancellationToken,
+) {
     if subscribers.is_empty() {
         return;
     }
@@ -31,6 +38,7 @@ pub async fn sample(url: String, subscribers: Vec<String>, metrics: Arc<Metrics>
         archive: None,
         subscribers,
         metrics,
+        readings,
     };
     crate::metrics::sample_every(EVERY, &mut unapplied, &shutdown).await;
     if let Some(a) = unapplied.archive {
@@ -44,6 +52,7 @@ struct Unapplied {
     archive: Option<Archive>,
     subscribers: Vec<String>,
     metrics: Arc<Metrics>,
+    readings: Arc<Readings>,
 }
 
 impl Sampled for Unapplied {
@@ -55,7 +64,7 @@ impl Sampled for Unapplied {
             Some(a) => a,
             None => Archive::open(&self.url).await?,
         };
-        let read = read(&a, &self.subscribers, &self.metrics).await;
+        let read = read(&a, &self.subscribers, &self.metrics, &self.readings).await;
         match read {
             Ok(()) => self.archive = Some(a),
             Err(_) => a.close().await,
@@ -66,11 +75,17 @@ impl Sampled for Unapplied {
     fn clear(&self) {
         self.metrics.unapplied.clear();
         self.metrics.oldest_unapplied.clear();
+        self.readings.clear(&[Metric::DeliveryOverdueSeconds]);
     }
 }
 
 /// One round: each subscriber's copies without a receipt into the gauges.
-async fn read(archive: &Archive, subscribers: &[String], metrics: &Metrics) -> Result<(), ArchiveError> {
+async fn read(
+    archive: &Archive,
+    subscribers: &[String],
+    metrics: &Metrics,
+    readings: &Readings,
+) -> Result<(), ArchiveError> {
     let now = unix_micros_now();
     let since = now - i64::try_from(WINDOW.as_micros()).unwrap_or(i64::MAX);
     for s in subscribers {
@@ -82,6 +97,7 @@ async fn read(archive: &Archive, subscribers: &[String], metrics: &Metrics) -> R
             .get_or_create(&labels)
             .set(i64::try_from(count).unwrap_or(i64::MAX));
         metrics.oldest_unapplied.get_or_create(&labels).set(age);
+        readings.set(Metric::DeliveryOverdueSeconds, &format!("subscriber:{s}"), age);
     }
     Ok(())
 }

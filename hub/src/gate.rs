@@ -62,7 +62,7 @@ pub struct Gate {
 impl Gate {
     /// The gate for `config`, validating with `registry`.
     pub fn new(config: &Config, registry: Arc<Registry>) -> Gate {
-        let orgs = config
+        let mut orgs = config
             .orgs
             .iter()
             .map(|o| {
@@ -72,7 +72,15 @@ impl Gate {
                 };
                 (o.id.clone(), org)
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        // The hub's own documents (its alerts), from the hub's user only.
+        orgs.insert(
+            crate::alerts::HUB_ORG.to_owned(),
+            Org {
+                user: config.hub.user(),
+                publishes: HashSet::from([crate::alerts::ALERT_DOC_TYPE.to_owned()]),
+            },
+        );
         Gate {
             registry,
             orgs,

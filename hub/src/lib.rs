@@ -5,10 +5,13 @@
 //! that cannot be quietly dropped ([`tls`]); the hub
 //! itself: the [`gate`] every document passes, the [`router`], the [`archive`] (转储) and the
 //! [`pipeline`] that runs them over RabbitMQ, counting what it does in [`metrics`], which the
-//! [`admin`] server serves, with the broker's queue depths ([`queues`]). The `exhub` binary (src/main.rs and src/cmd/) is
+//! [`admin`] server serves, with the broker's queue depths ([`queues`]); supervision: the parts'
+//! heartbeats ([`parts`]), the early warning's rules and levels ([`alerts`]) and the one
+//! process that watches them ([`supervise`]). The `exhub` binary (src/main.rs and src/cmd/) is
 //! the one place that dispatches commands.
 
 pub mod admin;
+pub mod alerts;
 pub mod archive;
 pub mod check;
 pub mod config;
@@ -16,11 +19,13 @@ pub mod deliveries;
 pub mod filter;
 pub mod gate;
 pub mod metrics;
+pub mod parts;
 pub mod pipeline;
 pub mod provision;
 pub mod queues;
 pub mod router;
 pub mod stats;
+pub mod supervise;
 pub use exhub_connect::secret;
 pub mod tls;
 

@@ -48,7 +48,7 @@ pub struct DeadLetterLabels {
     pub reason: String,
 }
 
-/// A subscriber and what its receipt says of a document.
+/// A subscriber and what became of documents: what its receipts say, or what its sink counted.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReceiptLabels {
     /// The subscriber's name in routes.toml.
@@ -56,6 +56,41 @@ pub struct ReceiptLabels {
     /// `applied` or `refused`.
     pub outcome: String,
 }
+
+/// A part of the exchange that reports heartbeats.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartLabels {
+    /// `source` or `sink`.
+    pub role: String,
+    /// Its name in routes.toml.
+    pub part: String,
+}
+
+/// A source.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// Its name in routes.toml.
+    pub source: String,
+}
+
+/// Why something was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The reason code.
+    pub reason: String,
+}
+
+/// An alert.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The metric watched (`queue_messages`, …).
+    pub metric: String,
+    /// What it is about (`subscriber:<name>`, `source:<name>`, `hub`, …).
+    pub scope: String,
+}
+
+/// A gauge of a fractional value.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// One of the exchange's queues.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,7 +138,35 @@ pub struct Metrics {
     pub unapplied: Family<SubscriberLabels, Gauge>,
     /// `exhub_oldest_unapplied_copy_seconds{subscriber}`: how long the oldest of them has
     /// waited (0 when none).
-    pub oldest_unapplied: Family<SubscriberLabels, Gauge<f64, AtomicU64>>,
+    pub oldest_unapplied: Family<SubscriberLabels, FloatGauge>,
+    /// `exhub_part_up{role, part}`: 1 while a part's heartbeats come, 0 once it is silent,
+    /// stopped or never heard from ([`crate::parts`]).
+    pub part_up: Family<PartLabels, Gauge>,
+    /// `exhub_part_silent_seconds{role, part}`: since its last heartbeat.
+    pub part_silent: Family<PartLabels, FloatGauge>,
+    /// `exhub_source_lag_seconds{source}`: how far it reads behind its database.
+    pub source_lag: Family<SourceLabels, FloatGauge>,
+    /// `exhub_source_events_per_second{source}`: changes read per second.
+    pub source_events_per_second: Family<SourceLabels, FloatGauge>,
+    /// `exhub_source_log_retained_bytes{source}`: log its database keeps for it.
+    pub log_retained: Family<SourceLabels, FloatGauge>,
+    /// `exhub_source_log_headroom_seconds{source}`: before its oldest needed change expires.
+    pub log_headroom_seconds: Family<SourceLabels, FloatGauge>,
+    /// `exhub_source_log_headroom_bytes{source}`: WAL before its slot is lost.
+    pub log_headroom_bytes: Family<SourceLabels, FloatGauge>,
+    /// `exhub_snapshot_rows_done{source}`: rows of the table being snapshotted read so far.
+    pub snapshot_rows_done: Family<SourceLabels, FloatGauge>,
+    /// `exhub_snapshot_rows_total{source}`: that table's estimated rows.
+    pub snapshot_rows_total: Family<SourceLabels, FloatGauge>,
+    /// `exhub_sink_documents{subscriber, outcome}`: applied and refused since the sink started.
+    pub sink_documents: Family<ReceiptLabels, Gauge>,
+    /// `exhub_sink_applied_after_seconds{subscriber}`: created → applied, its last batch.
+    pub sink_applied_after: Family<SubscriberLabels, FloatGauge>,
+    /// `exhub_status_refused_total{reason}`: heartbeats dropped.
+    pub status_refused: Family<ReasonLabels, Counter>,
+    /// `exhub_alert_level{metric, scope}`: 0 clear, 1 yellow, 2 red (alerts raised since this
+    /// process began watching).
+    pub alert_level: Family<AlertLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -125,7 +188,20 @@ impl Metrics {
         let queue_messages = Family::<QueueLabels, Gauge>::default();
         let queue_consumers = Family::<QueueLabels, Gauge>::default();
         let unapplied = Family::<SubscriberLabels, Gauge>::default();
-        let oldest_unapplied = Family::<SubscriberLabels, Gauge<f64, AtomicU64>>::default();
+        let oldest_unapplied = Family::<SubscriberLabels, FloatGauge>::default();
+        let part_up = Family::<PartLabels, Gauge>::default();
+        let part_silent = Family::<PartLabels, FloatGauge>::default();
+        let source_lag = Family::<SourceLabels, FloatGauge>::default();
+        let source_events_per_second = Family::<SourceLabels, FloatGauge>::default();
+        let log_retained = Family::<SourceLabels, FloatGauge>::default();
+        let log_headroom_seconds = Family::<SourceLabels, FloatGauge>::default();
+        let log_headroom_bytes = Family::<SourceLabels, FloatGauge>::default();
+        let snapshot_rows_done = Family::<SourceLabels, FloatGauge>::default();
+        let snapshot_rows_total = Family::<SourceLabels, FloatGauge>::default();
+        let sink_documents = Family::<ReceiptLabels, Gauge>::default();
+        let sink_applied_after = Family::<SubscriberLabels, FloatGauge>::default();
+        let status_refused = Family::<ReasonLabels, Counter>::default();
+        let alert_level = Family::<AlertLabels, Gauge>::default();
         // 0.5 ms to ~33 s, doubling.
         let archive_write = Histogram::new(exponential_buckets(0.0005, 2.0, 17));
         // 1 ms to ~65 s, doubling.
@@ -193,6 +269,73 @@ impl Metrics {
             Unit::Seconds,
             oldest_unapplied.clone(),
         );
+        registry.register("part_up", "1 while a part's heartbeats come", part_up.clone());
+        registry.register_with_unit(
+            "part_silent",
+            "Since a part's last heartbeat",
+            Unit::Seconds,
+            part_silent.clone(),
+        );
+        registry.register_with_unit(
+            "source_lag",
+            "How far a source reads behind its database",
+            Unit::Seconds,
+            source_lag.clone(),
+        );
+        registry.register(
+            "source_events_per_second",
+            "Changes a source read per second",
+            source_events_per_second.clone(),
+        );
+        registry.register_with_unit(
+            "source_log_retained",
+            "Log the database keeps for a source (slot WAL, binlog)",
+            Unit::Bytes,
+            log_retained.clone(),
+        );
+        registry.register_with_unit(
+            "source_log_headroom",
+            "Before the oldest change a source needs expires",
+            Unit::Seconds,
+            log_headroom_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "source_log_headroom",
+            "WAL before a source's slot is lost (max_slot_wal_keep_size)",
+            Unit::Bytes,
+            log_headroom_bytes.clone(),
+        );
+        registry.register(
+            "snapshot_rows_done",
+            "Rows of the table being snapshotted read so far",
+            snapshot_rows_done.clone(),
+        );
+        registry.register(
+            "snapshot_rows_total",
+            "Estimated rows of the table being snapshotted",
+            snapshot_rows_total.clone(),
+        );
+        registry.register(
+            "sink_documents",
+            "Documents a sink applied or refused since it started",
+            sink_documents.clone(),
+        );
+        registry.register_with_unit(
+            "sink_applied_after",
+            "From created_at to applied, a sink's last batch",
+            Unit::Seconds,
+            sink_applied_after.clone(),
+        );
+        registry.register(
+            "status_refused",
+            "Heartbeats dropped, by reason",
+            status_refused.clone(),
+        );
+        registry.register(
+            "alert_level",
+            "Each alert's level: 0 clear, 1 yellow, 2 red",
+            alert_level.clone(),
+        );
         Metrics {
             registry,
             received,
@@ -207,6 +350,19 @@ impl Metrics {
             queue_consumers,
             unapplied,
             oldest_unapplied,
+            part_up,
+            part_silent,
+            source_lag,
+            source_events_per_second,
+            log_retained,
+            log_headroom_seconds,
+            log_headroom_bytes,
+            snapshot_rows_done,
+            snapshot_rows_total,
+            sink_documents,
+            sink_applied_after,
+            status_refused,
+            alert_level,
         }
     }
 
@@ -324,6 +480,42 @@ mod tests {
         m.unapplied.get_or_create(&sub).set(1);
         m.oldest_unapplied.get_or_create(&sub).set(1.5);
         m.queue_consumers.get_or_create(&queue).set(1);
+        let part = PartLabels {
+            role: "source".into(),
+            part: "p".into(),
+        };
+        let src = SourceLabels { source: "p".into() };
+        m.part_up.get_or_create(&part).set(1);
+        m.part_silent.get_or_create(&part).set(1.0);
+        for f in [
+            &m.source_lag,
+            &m.source_events_per_second,
+            &m.log_retained,
+            &m.log_headroom_seconds,
+            &m.log_headroom_bytes,
+            &m.snapshot_rows_done,
+            &m.snapshot_rows_total,
+        ] {
+            f.get_or_create(&src).set(1.0);
+        }
+        m.sink_documents
+            .get_or_create(&ReceiptLabels {
+                subscriber: "s".into(),
+                outcome: "applied".into(),
+            })
+            .set(1);
+        m.sink_applied_after.get_or_create(&sub).set(0.5);
+        m.status_refused
+            .get_or_create(&ReasonLabels {
+                reason: "malformed".into(),
+            })
+            .inc();
+        m.alert_level
+            .get_or_create(&AlertLabels {
+                metric: "queue_messages".into(),
+                scope: "subscriber:s".into(),
+            })
+            .set(1);
         let text = m.encode().unwrap();
         let encoded: std::collections::BTreeSet<String> = text
             .lines()

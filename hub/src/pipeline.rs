@@ -28,10 +28,12 @@ use tracing::Instrument as _;
 use crate::archive::{Archive, ArchiveError, BatchId, Entry, Stored, StoredBatch};
 use exhub_connect::sign::{self, KeyError, Keyring, SigningKey};
 
+use crate::alerts::{Readings, Rules};
 use crate::archive::{AuditEntry, Proof, ReceiptRow};
 use crate::config::Config;
 use crate::gate::{Admitted, Gate, Rejection};
 use crate::metrics::{DeadLetterLabels, DocLabels, Metrics, ReceiptLabels, RefusedLabels, SubscriberLabels};
+use crate::parts::Parts;
 use crate::router::{Router, RouterError, Target};
 use crate::secret::SecretUrl;
 
@@ -113,6 +115,12 @@ pub struct Hub {
     stages: Stages,
     /// What the workers did, for `GET /metrics`.
     metrics: Arc<Metrics>,
+    /// What the early warning weighs ([`crate::alerts`]).
+    readings: Arc<Readings>,
+    /// The parts' heartbeats ([`crate::parts`]).
+    parts: Arc<Parts>,
+    /// The early warning's thresholds.
+    rules: Rules,
 }
 
 /// The most `exhub_archived_after_seconds` counts one document as (seconds).
@@ -193,6 +201,8 @@ impl Hub {
             };
             signatures.insert(o.amqp_user().to_owned(), keys);
         }
+        let metrics = Arc::new(Metrics::new());
+        let readings = Arc::new(Readings::default());
         let archive = Archive::open(config.hub.archive.expose())
             .await?
             .signing_audit(signer.clone());
@@ -224,7 +234,10 @@ impl Hub {
             signatures,
             signer,
             stages: Stages::default(),
-            metrics: Arc::new(Metrics::new()),
+            parts: Arc::new(Parts::new(config, Arc::clone(&metrics), Arc::clone(&readings))),
+            rules: Rules::new(&config.alerts, config.hub.heartbeat()),
+            metrics,
+            readings,
             batch_items: config.hub.batch_limits().0,
             batch_bytes: config.hub.batch_limits().1,
         })
@@ -238,6 +251,11 @@ impl Hub {
     /// What the workers count, for the admin server to serve.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// The parts of the exchange as their heartbeats tell it.
+    pub fn parts(&self) -> Arc<Parts> {
+        Arc::clone(&self.parts)
     }
 
     /// Runs `workers` workers until `shutdown` fires, then lets each finish (publish, confirm,
@@ -265,12 +283,31 @@ impl Hub {
             self.archive_url.expose().to_owned(),
             self.database_subscribers.clone(),
             self.metrics(),
+            Arc::clone(&self.readings),
             shutdown.clone(),
         ));
         let queues = tokio::spawn(crate::queues::sample(
             self.amqp.expose().to_owned(),
             crate::queues::queues(&self.topology, &self.router.subscribers()),
             self.metrics(),
+            Arc::clone(&self.readings),
+            shutdown.clone(),
+        ));
+        let heartbeats = tokio::spawn(crate::parts::listen(
+            self.amqp.expose().to_owned(),
+            self.topology.clone(),
+            self.parts(),
+            shutdown.clone(),
+        ));
+        let watcher = tokio::spawn(crate::supervise::watch(
+            crate::supervise::Watcher {
+                url: self.amqp.expose().to_owned(),
+                topology: self.topology.clone(),
+                user: self.user.clone(),
+                rules: self.rules.clone(),
+                readings: Arc::clone(&self.readings),
+                metrics: self.metrics(),
+            },
             shutdown.clone(),
         ));
         let tracker = TaskTracker::new();
@@ -299,6 +336,8 @@ impl Hub {
         reporter.abort();
         queues.abort();
         deliveries.abort();
+        heartbeats.abort();
+        watcher.abort();
         self.stages.report();
         self.archive.close().await;
         result

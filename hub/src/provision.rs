@@ -566,7 +566,9 @@ mod tests {
         let changes = plan(&wanted(), false, &[None, None], false).unwrap();
         assert_eq!(changes.len(), 5);
         assert_eq!(changes[0], Change::CreateVhost("exhub".into()));
-        assert!(matches!(&changes[4], Change::SetPermissions(u, p) if u == "nanhai.tax" && p.write == "^exhub\\.in$"));
+        assert!(
+            matches!(&changes[4], Change::SetPermissions(u, p) if u == "nanhai.tax" && p.write == "^(exhub\\.in|exhub\\.status)$")
+        );
     }
 
     #[test]

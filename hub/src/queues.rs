@@ -14,6 +14,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{Metric, Readings};
 use crate::metrics::{Metrics, QueueLabels, Sampled};
 
 /// How often the depths are read.
@@ -44,6 +45,7 @@ pub async fn sample(
     url: String,
     queues: Vec<(QueueLabels, String)>,
     metrics: Arc<Metrics>,
+    readings: Arc<Readings>,
     shutdown: CancellationToken,
 ) {
     let mut depths = Depths {
@@ -52,6 +54,7 @@ pub async fn sample(
         conn: None,
         queues,
         metrics,
+        readings,
     };
     crate::metrics::sample_every(EVERY, &mut depths, &shutdown).await;
     if let Some(c) = depths.conn {
@@ -67,6 +70,7 @@ struct Depths {
     conn: Option<Connection>,
     queues: Vec<(QueueLabels, String)>,
     metrics: Arc<Metrics>,
+    readings: Arc<Readings>,
 }
 
 impl Sampled for Depths {
@@ -78,7 +82,7 @@ impl Sampled for Depths {
             Some(c) if c.status().connected() => c,
             _ => amqp::connect(&self.url, &self.name).await?,
         };
-        let read = read(&c, &self.queues, &self.metrics).await;
+        let read = read(&c, &self.queues, &self.metrics, &self.readings).await;
         if read.is_ok() {
             self.conn = Some(c);
         }
@@ -88,11 +92,28 @@ impl Sampled for Depths {
     fn clear(&self) {
         self.metrics.queue_messages.clear();
         self.metrics.queue_consumers.clear();
+        self.readings.clear(&[Metric::QueueMessages, Metric::DeadLetters]);
+    }
+}
+
+/// The early warning's reading of a queue's depth: a subscriber's queue, and the DLQs.
+fn watched(labels: &QueueLabels) -> Option<(Metric, String)> {
+    let subscriber = || format!("subscriber:{}", labels.subscriber);
+    match labels.queue.as_str() {
+        "subscriber" => Some((Metric::QueueMessages, subscriber())),
+        "subscriber_dlq" => Some((Metric::DeadLetters, subscriber())),
+        "hub_dlq" => Some((Metric::DeadLetters, "hub".to_owned())),
+        _ => None,
     }
 }
 
 /// One round: each queue's depth and consumers into the gauges.
-async fn read(conn: &Connection, queues: &[(QueueLabels, String)], metrics: &Metrics) -> Result<(), AmqpError> {
+async fn read(
+    conn: &Connection,
+    queues: &[(QueueLabels, String)],
+    metrics: &Metrics,
+    readings: &Readings,
+) -> Result<(), AmqpError> {
     let mut channel: Option<Channel> = None;
     for (labels, queue) in queues {
         let ch = match &channel {
@@ -120,12 +141,18 @@ async fn read(conn: &Connection, queues: &[(QueueLabels, String)], metrics: &Met
                     .queue_consumers
                     .get_or_create(labels)
                     .set(i64::from(q.consumer_count()));
+                if let Some((metric, scope)) = watched(labels) {
+                    readings.set(metric, &scope, f64::from(q.message_count()));
+                }
             }
             // Not declared (yet): no figure; the broker closed the channel, so the next queue
             // gets a new one.
             Err(_) => {
                 metrics.queue_messages.remove(labels);
                 metrics.queue_consumers.remove(labels);
+                if let Some((metric, scope)) = watched(labels) {
+                    readings.remove(metric, &scope);
+                }
                 channel = None;
             }
         }

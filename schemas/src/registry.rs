@@ -29,6 +29,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "approval.decision.v1.json",
         include_str!("../approval.decision.v1.json"),
     ),
+    (
+        "supervision.alert.v1.json",
+        include_str!("../supervision.alert.v1.json"),
+    ),
 ];
 
 /// A schema file that cannot be used.

@@ -24,6 +24,11 @@ impl Cdc {
     /// A fresh legacy CTAIS database in MariaDB (with the example seed when `seed`), a fresh
     /// PostgreSQL target, and the exchange between them.
     fn new(tag: &str, seed: bool) -> Cdc {
+        Cdc::new_with(tag, seed, "", "")
+    }
+
+    /// [`Cdc::new`] with more `[hub]` settings and more of routes.toml.
+    fn new_with(tag: &str, seed: bool, hub_extra: &str, graph_extra: &str) -> Cdc {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let legacy = format!("ctais_{}", &id[id.len() - 12..]);
         let target = format!("mirror_{}", &id[id.len() - 12..]);
@@ -34,7 +39,7 @@ impl Cdc {
         }
         psql(&format!("CREATE DATABASE {target}"));
         pg_file(&target, "examples/legacy/commerce_mirror.sql");
-        Cdc::between(tag, legacy, target, false)
+        Cdc::between(tag, legacy, target, false, hub_extra, graph_extra)
     }
 
     /// A fresh legacy commerce database in PostgreSQL (with the example seed), a fresh MariaDB
@@ -48,12 +53,19 @@ impl Cdc {
         pg_file(&legacy, "examples/legacy/commerce_saic_seed.sql");
         mysql_root(&format!("CREATE DATABASE {target} DEFAULT CHARSET utf8mb4"));
         mysql_file(&target, "examples/legacy/tax_mirror.sql");
-        Cdc::between(tag, legacy, target, true)
+        Cdc::between(tag, legacy, target, true, "", "")
     }
 
     /// The exchange of examples/legacy/cdc-*.toml between two fresh databases: source `legacy`
     /// reads the one, sink `mirror` writes the other.
-    fn between(tag: &str, legacy: String, target: String, from_postgres: bool) -> Cdc {
+    fn between(
+        tag: &str,
+        legacy: String,
+        target: String,
+        from_postgres: bool,
+        hub_extra: &str,
+        graph_extra: &str,
+    ) -> Cdc {
         let template = if from_postgres {
             "cdc-postgres.toml"
         } else {
@@ -62,9 +74,11 @@ impl Cdc {
         let graph = std::fs::read_to_string(root().join("examples/legacy").join(template))
             .unwrap()
             .replace("LEGACY_DB", &legacy)
-            .replace("TARGET_DB", &target);
+            .replace("TARGET_DB", &target)
+            + graph_extra;
+        let hub = format!("admin = \"127.0.0.1:0\"\n{hub_extra}");
         Cdc {
-            exchange: Exchange::new(tag, ArchiveKind::Sqlite, "admin = \"127.0.0.1:0\"", &graph),
+            exchange: Exchange::new(tag, ArchiveKind::Sqlite, &hub, &graph),
             legacy,
             target,
             from_postgres,
@@ -907,4 +921,164 @@ async fn signed_copies_are_applied_and_receipted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cdc.target_sql("SELECT count(*) FROM tax_registration"), "1");
+}
+
+/// What the supervision tests add: heartbeats every second, low thresholds, and the alerts
+/// routed to the supervision office's feed.
+const SUPERVISED: &str = r#"
+[[subscriber]]
+name = "office"
+org = "nanhai.other"
+kind = "amqp"
+
+[[route]]
+name = "alerts"
+doc_types = ["supervision.alert"]
+to = ["office"]
+
+[[alert]]
+metric = "part_silent_seconds"
+yellow = 2
+red = 6
+
+[[alert]]
+name = "mirror backlog"
+metric = "queue_messages"
+scope = "subscriber:mirror"
+yellow = 1
+red = 3
+for_seconds = 0
+
+[[alert]]
+metric = "delivery_overdue_seconds"
+yellow = 1
+red = 100000
+"#;
+
+/// Every alert's levels in the office's feed, in order, taken until `alert` has `want`.
+async fn office_levels(cdc: &Cdc, alert: &str, want: usize) -> std::collections::HashMap<String, Vec<String>> {
+    let ex = &cdc.exchange;
+    let got = ex
+        .take(&ex.topology.subscriber_queue("office"), Duration::from_secs(30), |t| {
+            t.messages
+                .iter()
+                .flat_map(|m| &m.docs)
+                .filter(|d| String::from_utf8_lossy(d).contains(&format!("\"{alert}\"")))
+                .count()
+                >= want
+        })
+        .await;
+    let mut levels: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for d in got.messages.iter().flat_map(|m| &m.docs) {
+        let d: serde_json::Value = serde_json::from_slice(d).unwrap();
+        assert_eq!(d["header"]["sender"]["org"], "exhub.hub", "{d}");
+        assert_eq!(d["header"]["key"]["alert"], d["body"]["alert"], "{d}");
+        levels
+            .entry(d["body"]["alert"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(d["body"]["level"].as_str().unwrap().to_owned());
+    }
+    levels
+}
+
+/// Every part reports: the source and the sink show up with their figures; the source killed
+/// with SIGKILL is down within three heartbeats, its silence goes yellow then red, and clears
+/// when it is back — each change a `supervision.alert` document in the supervision office's
+/// feed, and each in the archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_source_goes_silent_yellow_then_red_and_clears_when_back() {
+    let mut cdc = Cdc::new_with("silent", false, "heartbeat_seconds = 1", SUPERVISED);
+    cdc.exchange.start_hub().await;
+    cdc.start("source", &["source", "legacy"], "streaming the binlog").await;
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    let addr = crate::hub::admin_address(&cdc.exchange);
+    cdc.legacy_sql(
+        "INSERT INTO nsr_djxx VALUES ('91440605MA4UJ7KX2M', '佛山市南海区测试有限公司', '测试', '2024-02-29', \
+         '410', '03', '南海', NULL, NULL, NULL, NULL, NULL, NULL)",
+    );
+    let samples = crate::hub::wait_for_metrics(
+        &addr,
+        &[
+            (r#"exhub_part_up{part="legacy",role="source"}"#, 1.0),
+            (r#"exhub_part_up{part="mirror",role="sink"}"#, 1.0),
+            (r#"exhub_sink_documents{outcome="applied",subscriber="mirror"}"#, 1.0),
+        ],
+    )
+    .await;
+    assert!(
+        samples.contains_key(r#"exhub_source_lag_seconds{source="legacy"}"#),
+        "{samples:?}"
+    );
+    assert!(
+        samples[r#"exhub_source_log_retained_bytes{source="legacy"}"#] >= 0.0,
+        "the binlog's retention is read"
+    );
+
+    cdc.kill("source");
+    crate::hub::wait_for_metrics(
+        &addr,
+        &[
+            (r#"exhub_part_up{part="legacy",role="source"}"#, 0.0),
+            (
+                r#"exhub_alert_level{metric="part_silent_seconds",scope="source:legacy"}"#,
+                2.0,
+            ),
+        ],
+    )
+    .await;
+    cdc.start("source", &["source", "legacy"], "streaming the binlog").await;
+    crate::hub::wait_for_metrics(
+        &addr,
+        &[
+            (r#"exhub_part_up{part="legacy",role="source"}"#, 1.0),
+            (
+                r#"exhub_alert_level{metric="part_silent_seconds",scope="source:legacy"}"#,
+                0.0,
+            ),
+        ],
+    )
+    .await;
+    let levels = office_levels(&cdc, "part_silent_seconds@source:legacy", 3).await;
+    assert_eq!(levels["part_silent_seconds@source:legacy"], ["yellow", "red", "clear"]);
+    // The sink never fell silent.
+    assert!(!levels.contains_key("part_silent_seconds@sink:mirror"), "{levels:?}");
+    let hub_log = cdc.exchange.hub_log(0);
+    assert!(hub_log.contains("this hub process watches the alerts"), "{hub_log}");
+}
+
+/// A sink stopped while documents come: its queue goes yellow then red and its copies overdue,
+/// and both clear once it runs and applies them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_sink_raises_backlog_and_overdue_alerts_that_clear() {
+    let mut cdc = Cdc::new_with("backlog", false, "heartbeat_seconds = 1", SUPERVISED);
+    cdc.exchange.start_hub().await;
+    let addr = crate::hub::admin_address(&cdc.exchange);
+    let publish = async |cdc: &Cdc, from: u64, to: u64| {
+        let docs = (from..to)
+            .map(|n| {
+                let (id, doc) = crate::exchange::tax_doc("nanhai.tax", n, "南海");
+                (doc, cdc.exchange.props(&id))
+            })
+            .collect();
+        cdc.exchange.publish(docs).await;
+    };
+    publish(&cdc, 1, 2).await;
+    let level = r#"exhub_alert_level{metric="queue_messages",scope="subscriber:mirror"}"#;
+    let overdue = r#"exhub_alert_level{metric="delivery_overdue_seconds",scope="subscriber:mirror"}"#;
+    crate::hub::wait_for_metrics(&addr, &[(level, 1.0), (overdue, 1.0)]).await;
+    publish(&cdc, 2, 6).await;
+    crate::hub::wait_for_metrics(&addr, &[(level, 2.0)]).await;
+    cdc.start("sink", &["sink", "mirror"], "consuming").await;
+    crate::hub::wait_for_metrics(&addr, &[(level, 0.0), (overdue, 0.0)]).await;
+    let levels = office_levels(&cdc, "queue_messages@subscriber:mirror", 3).await;
+    assert_eq!(levels["queue_messages@subscriber:mirror"], ["yellow", "red", "clear"]);
+    // Archived and audited like any document.
+    let archived = cdc
+        .exchange
+        .exhub(&["archive", "search", "--doc-type", "supervision.alert"]);
+    let text = crate::stdout(&archived);
+    assert!(
+        text.lines().filter(|l| l.contains("supervision.alert")).count() >= 3,
+        "{text}"
+    );
 }

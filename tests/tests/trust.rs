@@ -124,7 +124,7 @@ async fn the_broker_refuses_a_hostile_department() {
         "declaring a private queue",
         ch.queue_declare("".into(), private, FieldTable::default()).await,
     );
-    for exchange in [t.out_exchange(), t.ingress_exchange()] {
+    for exchange in [t.out_exchange(), t.ingress_exchange(), t.status_exchange()] {
         let (_c, ch) = channel(&hostile).await;
         refused(
             &format!("binding its own queue to {exchange}"),
@@ -168,12 +168,14 @@ async fn the_broker_refuses_a_hostile_department() {
         ch.queue_declare(t.ingress_queue().as_str().into(), classic, FieldTable::default())
             .await,
     );
-    let (_c, ch) = channel(&hostile).await;
-    refused(
-        "deleting the ingress exchange",
-        ch.exchange_delete(t.ingress_exchange().as_str().into(), ExchangeDeleteOptions::default())
-            .await,
-    );
+    for exchange in [t.ingress_exchange(), t.status_exchange()] {
+        let (_c, ch) = channel(&hostile).await;
+        refused(
+            &format!("deleting {exchange}"),
+            ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await,
+        );
+    }
 
     // What the department may do: read its own feed, publish to the hub.
     let (_c, ch) = channel(&hostile).await;
@@ -895,4 +897,101 @@ fn check_warns_that_a_masked_key_still_travels_in_the_header() {
         text.contains("\"taxpayer_id\" is a business key: masked in the body, it still travels in the header's key"),
         "{text}"
     );
+}
+
+/// Supervision cannot be fooled by a department: its heartbeat naming another's source is
+/// dropped and counted, one sent as another's user is refused by the broker, and a
+/// `supervision.alert` claiming to be the hub's is refused as unauthenticated and reaches no
+/// feed — while the source's own org's heartbeat shows it up.
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_and_alerts_cannot_be_forged() {
+    let graph = format!(
+        "{GRAPH}\n{}",
+        r#"
+[[source]]
+name = "ctais"
+org = "nanhai.tax"
+kind = "mysql"
+url = "mysql://root@127.0.0.1:3306/ctais"
+  [[source.table]]
+  table = "nsr_djxx"
+  doc_type = "tax.registration"
+  key = ["nsrsbh"]
+  fields = { taxpayer_id = "nsrsbh", name = "nsrmc", legal_representative = "fddbr", registered_at = "djrq", registration_type = "djzclx", taxpayer_status = "nsrzt", district = "ssqx", address = "scjydz" }
+
+[[route]]
+name = "alerts"
+doc_types = ["supervision.alert"]
+to = ["commerce-feed"]
+"#
+    );
+    let mut ex = Exchange::new("forged-status", ArchiveKind::Sqlite, "admin = \"127.0.0.1:0\"", &graph);
+    ex.start_hub().await;
+    let t = ex.topology.clone();
+    let addr = crate::hub::admin_address(&ex);
+    let live = exhub_connect::status::Live::new(
+        "ctais",
+        exhub_connect::status::Role::Source,
+        "mysql",
+        Duration::from_secs(5),
+    );
+    let mut status = None;
+    live.update(|s| status = Some(s.clone()));
+    let body = serde_json::to_vec(&status.unwrap()).unwrap();
+    let heartbeat = |user: &str| {
+        BasicProperties::default()
+            .with_type(exhub_connect::status::MESSAGE_TYPE.into())
+            .with_user_id(user.into())
+    };
+
+    // The commerce bureau speaks for the tax bureau's source: dropped, counted.
+    let (_c, ch) = channel(&ex.url_of("commerce")).await;
+    publish(&ch, &t.status_exchange(), "", &body, heartbeat(&ex.user("commerce")))
+        .await
+        .unwrap();
+    crate::hub::wait_for_metrics(
+        &addr,
+        &[
+            (r#"exhub_status_refused_total{reason="unauthorized"}"#, 1.0),
+            (r#"exhub_part_up{part="ctais",role="source"}"#, 0.0),
+        ],
+    )
+    .await;
+    // … as the tax bureau's user: the broker refuses it.
+    let (_c, ch) = channel(&ex.url_of("commerce")).await;
+    let forged = publish(&ch, &t.status_exchange(), "", &body, heartbeat(&ex.user("tax"))).await;
+    assert!(
+        format!("{forged:?}").contains("PRECONDITION_FAILED"),
+        "a user_id not its own: {forged:?}"
+    );
+    // An alert in the hub's name, from the commerce bureau: refused, and no feed gets it.
+    let transition = exhub_hub::alerts::Transition {
+        metric: exhub_hub::alerts::Metric::QueueMessages,
+        scope: "subscriber:tax-feed".into(),
+        from: exhub_hub::alerts::Level::Clear,
+        to: exhub_hub::alerts::Level::Red,
+        value: 1e6,
+        threshold: 1e5,
+        rule: None,
+    };
+    let fake = exhub_hub::supervise::alert_message(&transition, &t, &ex.user("commerce"));
+    let fake_id = fake.properties.message_id().clone().unwrap().to_string();
+    ex.publish_as("commerce", vec![(fake.payload, fake.properties)]).await;
+    let dlq = ex.take(&t.hub_dlq(), WAIT, |t| t.docs >= 1).await;
+    let reason = wire::header_str(&dlq.messages[0].properties, header::REASON);
+    assert_eq!(reason.as_deref(), Some("unauthenticated"));
+    assert_eq!(dlq.order, [fake_id]);
+    let feed = ex
+        .take(&t.subscriber_queue("commerce-feed"), Duration::from_secs(2), |t| {
+            t.docs >= 1
+        })
+        .await;
+    assert_eq!(feed.docs, 0, "a forged alert reached the feed");
+
+    // The tax bureau's own heartbeat: the source is up.
+    let (_c, ch) = channel(&ex.url_of("tax")).await;
+    publish(&ch, &t.status_exchange(), "", &body, heartbeat(&ex.user("tax")))
+        .await
+        .unwrap();
+    crate::hub::wait_for_metrics(&addr, &[(r#"exhub_part_up{part="ctais",role="source"}"#, 1.0)]).await;
 }

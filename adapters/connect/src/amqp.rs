@@ -62,6 +62,13 @@ impl AmqpError {
     }
 }
 
+/// Whether the broker refused because another connection holds the resource (an exclusive
+/// queue: RESOURCE_LOCKED).
+pub fn is_resource_locked(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(err)
+        if matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)))
+}
+
 impl From<lapin::Error> for AmqpError {
     fn from(e: lapin::Error) -> Self {
         let fatal = match e.kind() {

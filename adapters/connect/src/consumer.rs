@@ -2,13 +2,14 @@
 //! declare, prefetch, consume; stop taking and close), and [`next_batch`]: wait for one
 //! message, then keep taking what is already there (or arrives within a short linger) up to a
 //! count and a byte budget, so that one transaction, one round of confirms and one
-//! `ack multiple` cover many messages.
+//! `ack multiple` cover many messages. And [`tap`]: a queue of one's own on an exchange, for
+//! what is only looked at (a subscriber's feed in `exhub tail`, heartbeats in the hub).
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use tokio::time::Instant;
@@ -16,6 +17,41 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, AmqpError};
 use crate::publisher::Declare;
+
+/// A server-named queue of this channel's own (exclusive, deleted with its connection, with
+/// `args`), bound to `exchange` with `key`, consumed without acknowledgements as `tag`: what is
+/// delivered is only looked at, and lost with the connection by design.
+pub async fn tap(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    args: FieldTable,
+    tag: &str,
+) -> Result<Consumer, AmqpError> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel.queue_declare("".into(), options, args).await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        exclusive: true,
+        ..Default::default()
+    };
+    Ok(channel
+        .basic_consume(queue.name().clone(), tag.into(), consume, FieldTable::default())
+        .await?)
+}
 
 /// One consumer of one queue on its own connection.
 pub struct Subscription {

@@ -17,6 +17,7 @@
 //!   delivery rules;
 //! - [`secret`]: URLs whose password comes from a file or the environment, never logged;
 //!   the one decoder of a URL's credentials;
+//! - [`status`]: heartbeats, what every source and sink says about itself to the hub;
 //! - [`runner`]: the one loop that drives every source: retries, snapshots, checkpoints;
 //! - [`checkpoint`]: a source's position, saved atomically.
 //!
@@ -34,6 +35,7 @@ pub mod runner;
 pub mod secret;
 pub mod sign;
 pub mod source;
+pub mod status;
 pub mod topology;
 pub mod wire;
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mapping::{RowPosition, SnapshotMode};
 use crate::outbox::{FLUSH_DOCS, Outbox};
 use crate::source::{KeyValue, Position, Source, SourceError, SourceResult, TableInfo};
+use crate::status::{Live, LogHealth, Role, SnapshotProgress, State};
 use crate::{Cell, CheckpointError, CheckpointStore, Publisher};
 
 /// Rows per snapshot chunk (one read, one publish, one checkpoint).
@@ -86,6 +87,7 @@ pub fn wants_snapshot(mode: SnapshotMode, has_position: bool, in_progress: bool)
 /// through [`Emit::boundary`], and [`Emit::tick`] publishes and checkpoints by the policy.
 pub struct Emit<'p, P> {
     out: Outbox<'p>,
+    live: &'p Live,
     tables: Vec<TableInfo>,
     store: CheckpointStore,
     state: Checkpoint<P>,
@@ -98,10 +100,17 @@ pub struct Emit<'p, P> {
 }
 
 impl<'p, P: Position> Emit<'p, P> {
-    fn new(out: Outbox<'p>, tables: Vec<TableInfo>, store: CheckpointStore, state: Checkpoint<P>) -> Self {
+    fn new(
+        out: Outbox<'p>,
+        live: &'p Live,
+        tables: Vec<TableInfo>,
+        store: CheckpointStore,
+        state: Checkpoint<P>,
+    ) -> Self {
         let confirmed = state.position.clone();
         Emit {
             out,
+            live,
             tables,
             store,
             state,
@@ -117,6 +126,7 @@ impl<'p, P: Position> Emit<'p, P> {
     pub fn row(&mut self, table: usize, op: Op, cell: impl FnMut(&str) -> Option<Cell>, position: &RowPosition) {
         if let Some(t) = self.tables.get(table) {
             self.out.row(&t.mapper, op, cell, position);
+            self.live.read_change(position.committed_micros);
         }
     }
 
@@ -142,6 +152,11 @@ impl<'p, P: Position> Emit<'p, P> {
         self.dirty = true;
     }
 
+    /// The change log's health on the server, for the heartbeat ([`crate::status`]).
+    pub fn log_health(&mut self, health: LogHealth) {
+        self.live.source(|f| f.log = Some(health));
+    }
+
     /// The checkpoint file.
     pub fn checkpoint_path(&self) -> &std::path::Path {
         self.store.path()
@@ -163,6 +178,7 @@ impl<'p, P: Position> Emit<'p, P> {
     /// filling its batches), then settles as [`Emit::tick`] does.
     pub async fn idle(&mut self, cancel: &CancellationToken) -> Result<Option<P>, EmitError> {
         self.out.flush(cancel).await?;
+        self.live.set_caught_up(true);
         Ok(self.settle(false)?)
     }
 
@@ -182,6 +198,8 @@ impl<'p, P: Position> Emit<'p, P> {
         if self.out.pending() == 0 && self.boundary != self.confirmed {
             self.confirmed = self.boundary.clone();
             newly = self.confirmed.clone();
+            let position = self.confirmed.as_ref().map(ToString::to_string);
+            self.live.source(|f| f.position = position);
         }
         let changed = self.dirty || self.state.position != self.confirmed;
         if changed && (force || self.saved_at.elapsed() >= SAVE_EVERY) {
@@ -217,11 +235,38 @@ impl<E: crate::source::DriverError> From<EmitError> for SourceError<E> {
 
 /// Runs `source` until `cancel` or an error that retrying cannot fix. Passing failures (the
 /// database or RabbitMQ restarting) are retried with backoff from the checkpoint.
+/// Its heartbeat ([`crate::status`]) reports beside it, on a connection of its own, until it
+/// stops.
 pub async fn run<S: Source>(source: &S, cancel: &CancellationToken) -> SourceResult<(), S::Error> {
+    let common = source.common();
+    let live = Live::new(&common.name, Role::Source, S::KIND, common.heartbeat);
+    let stopped = CancellationToken::new();
+    let work = async {
+        let result = run_loop(source, &live, cancel).await;
+        stopped.cancel();
+        result
+    };
+    let beat = crate::status::heartbeat(
+        common.amqp.expose(),
+        &common.topology,
+        &common.amqp_user,
+        common.heartbeat,
+        &live,
+        &stopped,
+    );
+    tokio::join!(work, beat).0
+}
+
+async fn run_loop<S: Source>(source: &S, live: &Live, cancel: &CancellationToken) -> SourceResult<(), S::Error> {
     let common = source.common();
     let mut retry = common.retry();
     loop {
-        let result = run_once(source, retry.publisher(), cancel).await;
+        let result = run_once(source, live, retry.publisher(), cancel).await;
+        if let Err(e) = &result
+            && e.is_passing()
+        {
+            live.state(State::Retrying, Some(e.to_string()));
+        }
         if !retry.again(&common.name, result, cancel).await? {
             tracing::info!(source = %common.name, "source stopped cleanly");
             return Ok(());
@@ -231,6 +276,7 @@ pub async fn run<S: Source>(source: &S, cancel: &CancellationToken) -> SourceRes
 
 async fn run_once<S: Source>(
     source: &S,
+    live: &Live,
     publisher: &mut Publisher,
     cancel: &CancellationToken,
 ) -> SourceResult<(), S::Error> {
@@ -266,8 +312,9 @@ async fn run_once<S: Source>(
         }
         store.save(&state)?;
     }
-    let mut emit = Emit::new(out, opened.tables, store, state);
+    let mut emit = Emit::new(out, live, opened.tables, store, state);
     if snapshot {
+        live.state(State::Snapshot, None);
         if !snapshot_tables(source, &mut session, &mut emit, cancel).await? {
             return Ok(());
         }
@@ -285,6 +332,11 @@ async fn run_once<S: Source>(
     emit.store.save(&emit.state)?;
     emit.boundary = Some(from.clone());
     emit.confirmed = Some(from.clone());
+    live.source(|f| {
+        f.snapshot = None;
+        f.position = Some(from.to_string());
+    });
+    live.state(State::Running, None);
     source.stream(session, from, &mut emit, cancel).await
 }
 
@@ -297,6 +349,7 @@ async fn snapshot_tables<S: Source>(
     cancel: &CancellationToken,
 ) -> SourceResult<bool, S::Error> {
     let name = &source.common().name;
+    let tables_total = emit.tables.len();
     for (i, table) in emit.tables.clone().iter().enumerate() {
         let t = table.mapper.table().to_owned();
         let Some(snap) = emit.state.snapshot.as_ref() else {
@@ -313,6 +366,15 @@ async fn snapshot_tables<S: Source>(
         let bar = crate::outbox::snapshot_progress(table.estimated_rows, &t);
         let columns: Vec<&str> = table.mapper.columns().collect();
         let (started, mut count) = (Instant::now(), 0u64);
+        let tables_done = emit.state.snapshot.as_ref().map_or(0, |s| s.done.len());
+        let progress = |rows_done| SnapshotProgress {
+            table: t.clone(),
+            rows_done,
+            rows_total: table.estimated_rows,
+            tables_done,
+            tables_total,
+        };
+        emit.live.source(|f| f.snapshot = Some(progress(0)));
         loop {
             if cancel.is_cancelled() {
                 return Ok(false);
@@ -349,6 +411,7 @@ async fn snapshot_tables<S: Source>(
             emit.store.save(&emit.state)?;
             count += n as u64;
             bar.inc(n as u64);
+            emit.live.source(|f| f.snapshot = Some(progress(count)));
             if n < CHUNK_ROWS {
                 break;
             }

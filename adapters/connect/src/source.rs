@@ -244,6 +244,8 @@ pub struct SourceCommon {
     /// The time zone of the database's zone-less date-times, seconds east of UTC (`None`:
     /// the kind's default — MySQL the server's, others UTC).
     pub offset_secs: Option<i32>,
+    /// How often it reports its status to the hub ([`crate::status`]).
+    pub heartbeat: std::time::Duration,
 }
 
 impl SourceCommon {

@@ -7,6 +7,7 @@
 //! <p>.out (direct, routing key = subscriber) ──▶ <p>.sub.<name>   quorum, delivery limit,
 //!                                                                 dead-letters to <p>.dlq.<name>
 //! <p>.dlx (direct) ──▶ <p>.dlq, <p>.dlq.<name>   quorum, no limit: what nobody could take
+//! <p>.status (fanout) ──▶ each hub process's own exclusive queue: heartbeats (transient)
 //! ```
 //!
 //! Dead-lettering is at-least-once (`x-dead-letter-strategy`, with `x-overflow =
@@ -84,6 +85,18 @@ impl Topology {
         format!("{}.dlq.{subscriber}", self.prefix)
     }
 
+    /// Where sources and sinks send their heartbeats ([`crate::status`]); each hub process
+    /// binds a queue of its own.
+    pub fn status_exchange(&self) -> String {
+        format!("{}.status", self.prefix)
+    }
+
+    /// The exclusive queue whose holder is the hub process that watches the alerts (it carries
+    /// no messages).
+    pub fn supervisor_queue(&self) -> String {
+        format!("{}.supervisor", self.prefix)
+    }
+
     /// Declares the ingress exchange and queue, and the hub DLQ the queue dead-letters to.
     async fn declare_ingress(&self, channel: &Channel) -> Result<(), AmqpError> {
         self.declare_exchange(channel, &self.dead_letter_exchange(), ExchangeKind::Direct)
@@ -108,8 +121,8 @@ impl Topology {
         }
     }
 
-    /// What an organisation's user may do: configure nothing, write only to the ingress
-    /// exchange, read only its own subscribers' queues and their DLQs.
+    /// What an organisation's user may do: configure nothing, write only to the ingress and
+    /// status exchanges, read only its own subscribers' queues and their DLQs.
     pub fn org_permissions<S: AsRef<str>>(&self, subscribers: &[S]) -> Permissions {
         let read = if subscribers.is_empty() {
             NOTHING.to_owned()
@@ -119,7 +132,11 @@ impl Topology {
         };
         Permissions {
             configure: NOTHING.to_owned(),
-            write: format!("^{}$", regex_escape(&self.ingress_exchange())),
+            write: format!(
+                "^({}|{})$",
+                regex_escape(&self.ingress_exchange()),
+                regex_escape(&self.status_exchange())
+            ),
             read,
         }
     }
@@ -143,9 +160,12 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares everything: ingress, the out exchange, and a queue and DLQ per subscriber.
+    /// Declares everything: ingress, the out exchange, a queue and DLQ per subscriber, and the
+    /// status exchange.
     pub async fn declare_all<S: AsRef<str>>(&self, channel: &Channel, subscribers: &[S]) -> Result<(), AmqpError> {
         self.declare_ingress(channel).await?;
+        self.declare_exchange(channel, &self.status_exchange(), ExchangeKind::Fanout)
+            .await?;
         self.declare_exchange(channel, &self.out_exchange(), ExchangeKind::Direct)
             .await?;
         for name in subscribers {
@@ -175,6 +195,7 @@ impl Topology {
             self.ingress_exchange(),
             self.out_exchange(),
             self.dead_letter_exchange(),
+            self.status_exchange(),
         ] {
             channel
                 .exchange_delete(exchange.as_str().into(), Default::default())
@@ -282,7 +303,7 @@ mod tests {
         let t = Topology::new("exhub");
         let p = t.org_permissions(&["tax-mirror", "a.b"]);
         assert_eq!(p.configure, "^$");
-        assert_eq!(p.write, "^exhub\\.in$");
+        assert_eq!(p.write, "^(exhub\\.in|exhub\\.status)$");
         assert_eq!(p.read, "^exhub\\.(sub|dlq)\\.(tax-mirror|a\\.b)$");
         assert_eq!(t.org_permissions::<&str>(&[]).read, "^$");
         assert_eq!(t.hub_permissions().configure, "^(exhub\\.|amq\\.gen-)");

@@ -30,6 +30,8 @@ use crate::cells::cell;
 
 /// The server sends a heartbeat after this long without events (so lag shows when idle).
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often the binlog's retention is read for the heartbeat.
+const LOG_HEALTH_EVERY: Duration = Duration::from_secs(30);
 
 /// One binlog event with the table map its rows need, or the error that ended the stream.
 type BinlogItem = Result<(Event, Option<TableMapEvent<'static>>), mysql_async::Error>;
@@ -66,6 +68,23 @@ pub struct BinlogPos {
     pub file: String,
     /// The offset in it.
     pub pos: u64,
+}
+
+/// Bytes of binlog from `at` to the end of the newest file, given the server's files (name,
+/// size) oldest first.
+fn retained_after(logs: &[(String, u64)], at: &BinlogPos) -> i64 {
+    let bytes: u64 = logs
+        .iter()
+        .filter(|(name, _)| name.as_str() >= at.file.as_str())
+        .map(|(name, size)| {
+            if *name == at.file {
+                size.saturating_sub(at.pos)
+            } else {
+                *size
+            }
+        })
+        .sum();
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 impl std::fmt::Display for BinlogPos {
@@ -441,6 +460,7 @@ impl MysqlSource {
         tracing::info!(source = %self.settings.common.name, position = %start, "streaming the binlog");
         let mut cursor = Cursor::new(start, checksummed == Some(1));
         let mut lag_logged = Instant::now();
+        let mut health_at: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 emit.finish(cancel).await?;
@@ -540,7 +560,45 @@ impl MysqlSource {
                 }
             }
             emit.tick(cancel).await?;
+            if health_at.is_none_or(|t| t.elapsed() >= LOG_HEALTH_EVERY) {
+                health_at = Some(Instant::now());
+                match self.binlog_health(&cursor.boundary).await {
+                    Ok(health) => emit.log_health(health),
+                    Err(e) => {
+                        tracing::debug!(source = %self.settings.common.name, error = %e, "binlog retention unavailable")
+                    }
+                }
+            }
         }
+    }
+
+    /// What the server keeps of the binlog for this source (from `at` to the end) and how long
+    /// it keeps binlogs, on a connection of its own (the stream holds the other).
+    async fn binlog_health(&self, at: &BinlogPos) -> Result<exhub_connect::status::LogHealth, SourceError> {
+        let mut conn = self.connect().await?;
+        let logs: Vec<(String, u64)> = conn
+            .query_map(crate::sql::BINARY_LOGS, |row: Row| {
+                (
+                    row.get::<String, _>(0).unwrap_or_default(),
+                    row.get::<u64, _>(1).unwrap_or(0),
+                )
+            })
+            .await
+            .map_err(|e| self.mysql(e))?;
+        let expiry = match conn.query_first::<u64, _>(crate::sql::EXPIRY_SECONDS).await {
+            Ok(seconds) => seconds,
+            Err(_) => conn
+                .query_first::<u64, _>(crate::sql::EXPIRY_DAYS)
+                .await
+                .map_err(|e| self.mysql(e))?
+                .map(|days| days * 86_400),
+        };
+        let _ = conn.disconnect().await;
+        Ok(exhub_connect::status::LogHealth {
+            retained_bytes: Some(retained_after(&logs, at)),
+            retention_seconds: expiry.filter(|&s| s > 0).and_then(|s| i64::try_from(s).ok()),
+            ..Default::default()
+        })
     }
 
     fn stream_error(&self, e: mysql_async::Error, at: &BinlogPos, checkpoint: &std::path::Path) -> SourceError {
@@ -711,6 +769,19 @@ fn binlog_name(raw: &[u8], checksummed: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retained_binlog_counts_from_the_position_to_the_end() {
+        let logs = [
+            ("mysql-bin.000001".to_owned(), 1000),
+            ("mysql-bin.000002".to_owned(), 500),
+            ("mysql-bin.000003".to_owned(), 300),
+        ];
+        let at = |file: &str, pos| BinlogPos { file: file.into(), pos };
+        assert_eq!(retained_after(&logs, &at("mysql-bin.000002", 200)), 300 + 300);
+        assert_eq!(retained_after(&logs, &at("mysql-bin.000003", 300)), 0);
+        assert_eq!(retained_after(&logs, &at("mysql-bin.000001", 4)), 996 + 500 + 300);
+    }
 
     #[test]
     fn binlog_names_lose_a_trailing_checksum() {

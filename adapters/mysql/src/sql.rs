@@ -17,6 +17,13 @@ pub const ROW_ESTIMATE: &str =
 /// A consistent snapshot's binlog position (MariaDB).
 pub const SNAPSHOT_POSITION: &str = "SHOW STATUS LIKE 'binlog_snapshot_%'";
 
+/// The binlog files the server keeps, oldest first: name, size (and more columns on MySQL 8).
+pub const BINARY_LOGS: &str = "SHOW BINARY LOGS";
+/// How long the server keeps binlogs, seconds (MySQL 8, MariaDB 10.6+; 0 = for ever).
+pub const EXPIRY_SECONDS: &str = "SELECT @@GLOBAL.binlog_expire_logs_seconds";
+/// The same on older servers, days.
+pub const EXPIRY_DAYS: &str = "SELECT @@GLOBAL.expire_logs_days";
+
 /// A quoted identifier.
 pub fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))

@@ -101,6 +101,10 @@ struct SlotReading {
     retained_bytes: i64,
     /// WAL not yet confirmed (current LSN − confirmed flush LSN), bytes.
     lag_bytes: i64,
+    /// WAL that may still be written before the slot is lost (`safe_wal_size`: only with
+    /// `max_slot_wal_keep_size`), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    safe_bytes: Option<i64>,
     /// When read, Unix micros.
     at_micros: i64,
 }
@@ -720,7 +724,15 @@ impl PostgresSource {
             if slot_at.is_none_or(|t| t.elapsed() >= SLOT_EVERY) {
                 slot_at = Some(Instant::now());
                 match self.read_slot(db).await {
-                    Ok(r) => emit.note("slot", serde_json::to_value(r).unwrap_or_default()),
+                    Ok(r) => {
+                        emit.log_health(exhub_connect::status::LogHealth {
+                            retained_bytes: Some(r.retained_bytes),
+                            unconfirmed_bytes: Some(r.lag_bytes),
+                            headroom_bytes: r.safe_bytes,
+                            ..Default::default()
+                        });
+                        emit.note("slot", serde_json::to_value(r).unwrap_or_default());
+                    }
                     Err(e) => tracing::warn!(source = %s.common.name, error = %e, "slot statistics unavailable"),
                 }
             }
@@ -737,9 +749,9 @@ impl PostgresSource {
     /// Reads the slot's retained WAL and lag, logs them, warns past the threshold.
     async fn read_slot(&self, db: &mut PgConnection) -> Result<SlotReading, SourceError> {
         let s = &self.settings;
-        let (retained, lag): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT (pg_current_wal_lsn() - restart_lsn)::int8, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 \
-             FROM pg_replication_slots WHERE slot_name = $1",
+        let (retained, lag, safe): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::int8, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
+             safe_wal_size FROM pg_replication_slots WHERE slot_name = $1",
         )
         .bind(&s.slot)
         .fetch_one(&mut *db)
@@ -748,6 +760,7 @@ impl PostgresSource {
         let reading = SlotReading {
             retained_bytes: retained.unwrap_or(0),
             lag_bytes: lag.unwrap_or(0),
+            safe_bytes: safe,
             at_micros: exhub_schemas::Timestamp::now().unix_micros(),
         };
         if reading.retained_bytes > s.lag_warn_bytes {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use exhub_connect::amqp::{AmqpError, Backoff};
 use exhub_connect::consumer::{BatchLimits, Subscription};
 use exhub_connect::publisher::Declare;
+use exhub_connect::status::{Live, Role, State};
 use exhub_connect::wire::{self, Reason};
 use exhub_connect::{Outgoing, Publisher, Topology};
 use exhub_schemas::{Document, Limits, Registry};
@@ -59,6 +60,10 @@ pub struct SinkSettings {
     pub hub_keys: exhub_connect::sign::Keyring,
     /// The subscriber's org's signing key: its receipts are signed with it when there is one.
     pub signer: Option<Arc<exhub_connect::sign::SigningKey>>,
+    /// The target database's kind (`postgres`, `mysql`, `mssql`), for its heartbeat.
+    pub kind: String,
+    /// How often it reports its status to the hub ([`exhub_connect::status`]).
+    pub heartbeat: Duration,
 }
 
 /// Why a sink stopped.
@@ -107,8 +112,23 @@ impl DbSink {
         }
     }
 
-    /// Consumes until `cancel`; retries passing failures.
+    /// Consumes until `cancel`; retries passing failures. Its heartbeat reports beside it until
+    /// it stops.
     pub async fn run(&self, cancel: &CancellationToken) -> Result<(), SinkError> {
+        let s = &self.settings;
+        let live = Live::new(&s.name, Role::Sink, &s.kind, s.heartbeat);
+        let stopped = CancellationToken::new();
+        let work = async {
+            let result = self.run_loop(&live, cancel).await;
+            stopped.cancel();
+            result
+        };
+        let beat =
+            exhub_connect::status::heartbeat(s.amqp.expose(), &s.topology, &s.amqp_user, s.heartbeat, &live, &stopped);
+        tokio::join!(work, beat).0
+    }
+
+    async fn run_loop(&self, live: &Live, cancel: &CancellationToken) -> Result<(), SinkError> {
         let name = format!("exhub-sink-{}-{}", self.settings.name, std::process::id());
         let mut publisher = Publisher::new(
             self.settings.amqp.expose().to_owned(),
@@ -117,15 +137,17 @@ impl DbSink {
         );
         let mut backoff = Backoff::default();
         loop {
-            match self.session(&name, &mut publisher, cancel).await {
+            match self.session(&name, live, &mut publisher, cancel).await {
                 Ok(()) => break,
                 Err(Failure::Amqp(AmqpError::Cancelled)) => break,
                 Err(Failure::Amqp(e)) if !e.is_passing() => return Err(e.into()),
                 Err(Failure::Amqp(e)) => {
                     tracing::warn!(sink = %self.settings.name, error = %e, "RabbitMQ connection lost; unacknowledged messages will be redelivered");
+                    live.state(State::Retrying, Some(e.to_string()));
                 }
                 Err(Failure::Db(e)) => {
                     tracing::warn!(sink = %self.settings.name, error = %e, "target database failed; the batch will be redelivered");
+                    live.state(State::Retrying, Some(e.to_string()));
                 }
             }
             if backoff.wait(cancel).await.is_err() {
@@ -136,7 +158,13 @@ impl DbSink {
         Ok(())
     }
 
-    async fn session(&self, name: &str, publisher: &mut Publisher, cancel: &CancellationToken) -> Result<(), Failure> {
+    async fn session(
+        &self,
+        name: &str,
+        live: &Live,
+        publisher: &mut Publisher,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failure> {
         let queue = self.settings.topology.subscriber_queue(&self.settings.name);
         // The hub declares the topology (a subscriber's login may not); until it has, consuming
         // fails as NOT_FOUND, a passing failure retried with backoff.
@@ -150,6 +178,7 @@ impl DbSink {
         )
         .await?;
         tracing::info!(sink = %self.settings.name, queue = %queue, "consuming");
+        live.state(State::Running, None);
         let limits = BatchLimits {
             messages: BATCH,
             bytes: BATCH_BYTES,
@@ -170,7 +199,7 @@ impl DbSink {
                     let Some(deliveries) = sub.next(limits, cancel).await? else {
                         return Ok::<_, Failure>(None);
                     };
-                    Ok(Some(self.apply(&deliveries).await?))
+                    Ok(Some(self.apply(&deliveries, live).await?))
                 },
                 async {
                     match pending.take() {
@@ -217,7 +246,7 @@ impl DbSink {
 
     /// Checks, decodes and applies one batch in one transaction: what remains is to send its
     /// dead letters and receipt to the hub, and acknowledge it.
-    async fn apply(&self, deliveries: &[Delivery]) -> Result<Applied, Failure> {
+    async fn apply(&self, deliveries: &[Delivery], live: &Live) -> Result<Applied, Failure> {
         let started = std::time::Instant::now();
         let limits = Limits::default();
         let mut docs: Vec<(Document, &[u8], &BasicProperties)> = Vec::new();
@@ -304,6 +333,16 @@ impl DbSink {
             .map(|(d, _, _)| d.header.id.to_string())
             .filter(|id| !refused.iter().any(|r| &r.id == id))
             .collect();
+        if !docs.is_empty() {
+            let now = exhub_schemas::time::unix_micros_now();
+            let newest = docs.iter().map(|(d, _, _)| d.header.created_at.unix_micros()).max();
+            live.sink(|f| {
+                f.applied += applied.len() as u64;
+                f.refused += refused.len() as u64;
+                f.last_applied_micros = Some(now);
+                f.applied_after_ms = newest.map(|t| u64::try_from((now - t).max(0) / 1000).unwrap_or(0));
+            });
+        }
         if !applied.is_empty() || !refused.is_empty() {
             let receipt = wire::Receipt {
                 subscriber: self.settings.name.clone(),

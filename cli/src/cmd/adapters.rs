@@ -214,6 +214,7 @@ fn build_source(loaded: &Loaded, entry: &SourceConfig) -> Result<Box<dyn AnySour
             .with_context(|| format!("{what}: the signing key of org {:?}", entry.org))?
             .map(Arc::new),
         offset_secs,
+        heartbeat: config.hub.heartbeat(),
     };
     kind.build(common, &entry.options, Arc::clone(&loaded.registry))
         .map_err(|e| anyhow!("{what}: {e}"))
@@ -258,6 +259,8 @@ async fn build_sink(loaded: &Loaded, entry: &SubscriberConfig) -> Result<DbSink>
             .org_signer(&entry.org, &loaded.base)
             .with_context(|| format!("{what}: the signing key of org {:?}", entry.org))?
             .map(Arc::new),
+        kind: entry.kind.clone(),
+        heartbeat: config.hub.heartbeat(),
     };
     Ok(DbSink::new(settings, target, Arc::clone(&loaded.registry)))
 }

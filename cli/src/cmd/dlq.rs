@@ -145,9 +145,8 @@ pub async fn retry(path: &Path, id: Option<&str>) -> Result<()> {
         if let Some(t) = p.kind() {
             props = props.with_type(t.clone());
         }
-        if let Some(original) = &original {
-            props = wire::with_header(props, header::USER, original);
-        }
+        // Always set, empty when unknown: a retried message must never pass for the hub's own.
+        props = wire::with_header(props, header::USER, original.as_deref().unwrap_or(""));
         // The sender's signature, when the hub kept it: the hub checks it again.
         if let Some(signature) = wire::header_str(p, exhub_connect::sign::HEADER) {
             props = wire::with_header(props, exhub_connect::sign::HEADER, &signature);

@@ -10,7 +10,6 @@ use exhub_connect::{amqp, wire};
 use exhub_hub::router::Router;
 use exhub_schemas::{Registry, decode};
 use futures_util::StreamExt as _;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 use super::{load, shutdown_on_signal};
@@ -34,34 +33,14 @@ pub async fn tail(path: &Path, subscriber: &str, count: Option<u64>, full: bool)
         .with_context(|| format!("connecting to {}", config.hub.amqp))?;
     let channel = conn.create_channel().await?;
     topology.declare_all(&channel, &router.subscribers()).await?;
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.out_exchange().as_str().into(),
-            subscriber.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let consume = BasicConsumeOptions {
-        no_ack: true,
-        exclusive: true,
-        ..Default::default()
-    };
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "exhub-tail".into(),
-            consume,
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = exhub_connect::consumer::tap(
+        &channel,
+        &topology.out_exchange(),
+        subscriber,
+        FieldTable::default(),
+        "exhub-tail",
+    )
+    .await?;
     eprintln!(
         "tailing {subscriber} (what the hub routes to {})",
         topology.subscriber_queue(subscriber)
