@@ -117,6 +117,10 @@ enum Command {
         /// The exchange description.
         #[arg(long, env = "EXHUB_CONFIG", default_value = "routes.toml")]
         config: PathBuf,
+        /// A source or database subscriber not to run here (it runs elsewhere: `exhub source`,
+        /// `exhub sink`); may be repeated.
+        #[arg(long, value_name = "NAME")]
+        except: Vec<String>,
     },
     /// Run one source (a legacy database's change feed) until Ctrl-C or SIGTERM.
     Source {
@@ -388,7 +392,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => cmd::keys::generate(&config, org.as_deref(), &alg, name.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Hub { config, workers } => block_on(cmd::serve::hub(&config, workers)),
-        Command::Run { config } => block_on(cmd::adapters::run(&config)),
+        Command::Run { config, except } => block_on(cmd::adapters::run(&config, &except)),
         Command::Source {
             config,
             name,

@@ -121,6 +121,21 @@ pub struct Hub {
     parts: Arc<Parts>,
     /// The early warning's thresholds.
     rules: Rules,
+    /// Fired once a worker has declared the topology: what reads the broker's queues and
+    /// exchanges waits for it (a passive declare of a queue not there yet closes its channel).
+    declared: CancellationToken,
+}
+
+/// Runs `task` once `declared` fires (unless `shutdown` comes first).
+async fn once_declared(
+    declared: CancellationToken,
+    shutdown: CancellationToken,
+    task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) {
+    tokio::select! {
+        () = declared.cancelled() => task.await,
+        () = shutdown.cancelled() => {}
+    }
 }
 
 /// The most `exhub_archived_after_seconds` counts one document as (seconds).
@@ -236,6 +251,7 @@ impl Hub {
             stages: Stages::default(),
             parts: Arc::new(Parts::new(config, Arc::clone(&metrics), Arc::clone(&readings))),
             rules: Rules::new(&config.alerts, config.hub.heartbeat()),
+            declared: CancellationToken::new(),
             metrics,
             readings,
             batch_items: config.hub.batch_limits().0,
@@ -286,20 +302,21 @@ impl Hub {
             Arc::clone(&self.readings),
             shutdown.clone(),
         ));
-        let queues = tokio::spawn(crate::queues::sample(
+        let declared = |task| once_declared(self.declared.clone(), shutdown.clone(), task);
+        let queues = tokio::spawn(declared(Box::pin(crate::queues::sample(
             self.amqp.expose().to_owned(),
             crate::queues::queues(&self.topology, &self.router.subscribers()),
             self.metrics(),
             Arc::clone(&self.readings),
             shutdown.clone(),
-        ));
-        let heartbeats = tokio::spawn(crate::parts::listen(
+        ))));
+        let heartbeats = tokio::spawn(declared(Box::pin(crate::parts::listen(
             self.amqp.expose().to_owned(),
             self.topology.clone(),
             self.parts(),
             shutdown.clone(),
-        ));
-        let watcher = tokio::spawn(crate::supervise::watch(
+        ))));
+        let watcher = tokio::spawn(declared(Box::pin(crate::supervise::watch(
             crate::supervise::Watcher {
                 url: self.amqp.expose().to_owned(),
                 topology: self.topology.clone(),
@@ -309,7 +326,7 @@ impl Hub {
                 metrics: self.metrics(),
             },
             shutdown.clone(),
-        ));
+        ))));
         let tracker = TaskTracker::new();
         let mut handles = Vec::new();
         for n in 0..workers.max(1) {
@@ -395,6 +412,7 @@ impl Hub {
         let declare = Declare::All(self.topology.clone(), self.router.subscribers());
         let queue = self.topology.ingress_queue();
         let mut sub = Subscription::open(self.amqp.expose(), name, &declare, &queue, prefetch, shutdown).await?;
+        self.declared.cancel();
         // Batch n is acknowledged on the channel while batch n + 1 is taken from the consumer.
         let channel = sub.channel().clone();
         tracing::info!(queue = %self.topology.ingress_queue(), prefetch, "consuming");

@@ -100,12 +100,21 @@ pub async fn sink(path: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs the hub, every database sink and every source in this process until a signal. The
-/// parts run side by side; the first that fails is logged with its cause and stops the others
+/// Runs the hub, every database sink and every source (but those in `except`) in this process
+/// until a signal. The parts run side by side; the first that fails is logged with its cause and stops the others
 /// (the exchange exits non-zero); a signal drains every part cleanly.
-pub async fn run(path: &Path) -> Result<()> {
+pub async fn run(path: &Path, except: &[String]) -> Result<()> {
     init_logging();
     let loaded = load(path)?;
+    let config = &loaded.config;
+    for name in except {
+        let known = config.sources.iter().any(|s| &s.name == name)
+            || config.subscribers.iter().any(|s| s.name() == name && s.is_database());
+        if !known {
+            bail!("--except {name}: no source or database subscriber of that name in routes.toml");
+        }
+    }
+    let runs = |name: &str| !except.iter().any(|e| e == name);
     let shutdown = shutdown_on_signal();
     let mut parts = Parts::default();
     let hub = Arc::new(super::serve::start(&loaded).await?);
@@ -117,13 +126,13 @@ pub async fn run(path: &Path) -> Result<()> {
     parts.spawn("hub".into(), async move {
         hub.run(workers, token).await.context("hub stopped")
     });
-    for entry in loaded.config.subscribers.iter().filter(|s| s.is_database()) {
+    for entry in config.subscribers.iter().filter(|s| s.is_database() && runs(s.name())) {
         let sink = build_sink(&loaded, entry).await?;
         let token = shutdown.clone();
         let name = format!("sink {}", entry.name);
         parts.spawn(name, async move { sink.run(&token).await.map_err(anyhow::Error::from) });
     }
-    for entry in &loaded.config.sources {
+    for entry in config.sources.iter().filter(|s| runs(&s.name)) {
         let source = build_source(&loaded, entry)?;
         let token = shutdown.clone();
         let name = format!("source {}", entry.name);
