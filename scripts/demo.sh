@@ -5,7 +5,10 @@
 # commerce bureau (PostgreSQL) and the tax bureau (MariaDB). Legacy rows change;
 # documents flow through the hub; the commerce bureau's mirror table and the social security
 # bureau's XML feed (`exhub tail`) show them arriving, masked as the routes say. A licence
-# published by hand reaches the tax bureau's mirror; a forged document lands in the DLQ.
+# published by hand reaches the tax bureau's mirror; a forged document lands in the DLQ. Then
+# supervision: the tax mirror's sink stops, a copy waits, the hub raises a yellow then a red
+# warning (supervision.alert documents, which the supervision office's feed receives), the sink
+# comes back and the warning clears.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
@@ -14,8 +17,10 @@ exhub=$PWD/target/debug/exhub
 tmp=$(mktemp -d)
 run_pid=
 tail_pid=
+sink_pid=
 cleanup() {
   [ -n "$tail_pid" ] && kill "$tail_pid" >/dev/null 2>&1
+  [ -n "$sink_pid" ] && kill -TERM "$sink_pid" 2>/dev/null && wait "$sink_pid" >/dev/null 2>&1
   [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" >/dev/null 2>&1
   rm -rf "$tmp"
 }
@@ -35,7 +40,7 @@ echo; echo "== signing keys (made once, in exhub-secrets/): the tax bureau SM2, 
 [ -f exhub-secrets/nanhai.social.signing-key ] || $exhub keys generate --org nanhai.social >/dev/null 2>&1
 cut -c1-60 exhub-secrets/*.pub | sed 's/$/…/'
 
-echo; echo "== exhub check (routes.toml: 4 departments, 3 sources, 3 subscribers, 3 routes)"
+echo; echo "== exhub check (routes.toml: 4 departments and the supervision office, 3 sources, 4 subscribers, 4 routes)"
 $exhub check
 
 echo; echo "== exhub provision: vhost exhub, the hub's user, one least-privilege user per department"
@@ -120,10 +125,40 @@ $exhub audit list --limit 4 | cut -c1-150
 echo; echo "== what the hub counted: GET http://127.0.0.1:8480/metrics ([hub] admin; Prometheus text)"
 curl -sf http://127.0.0.1:8480/metrics | grep -E '^exhub_(documents_received|documents_refused|copies_published)' || true
 
+echo; echo "== supervision (电子监察): every source and sink reports to the hub (GET /metrics, exhub_part_up)"
+wait_for 'curl -sf http://127.0.0.1:8480/metrics | grep -cE "^exhub_part_up.* 1$"' 5
+curl -sf http://127.0.0.1:8480/metrics | grep -E '^exhub_(part_up|source_lag_seconds|sink_documents)' || true
+
+echo; echo "== the tax mirror's sink stops (exhub run --except tax-mirror); the supervision office tails its alert feed"
+kill -TERM "$run_pid"; wait "$run_pid"; run_pid=
+$exhub tail supervision-office > "$tmp/office.out" 2> "$tmp/office.err" &
+tail_pid=$!
+for _ in $(seq 1 100); do grep -q tailing "$tmp/office.err" 2>/dev/null && break; sleep 0.1; done
+EXHUB_LOG=info $exhub run --except tax-mirror > "$tmp/run2.log" 2>&1 &
+run_pid=$!
+wait_for 'grep -c "this hub process watches the alerts" "$tmp/run2.log"' 1
+echo "the commerce bureau publishes another licence; it waits for the tax mirror, which the routes.toml rule"
+echo "expects within seconds (yellow 预警 after 5 s, red 告警 after 15 s; checked every 10 s):"
+sed -E "0,/<id>[^<]+<\/id>/s//<id>$(cat /proc/sys/kernel/random/uuid)<\/id>/" "$tmp/licence.xml" > "$tmp/licence2.xml"
+$exhub publish --as nanhai.commerce "$tmp/licence2.xml"
+alerts() { grep -E '预警 alert|告警 alert|alert cleared' "$tmp/run2.log" | grep -c "$1" || true; }
+for _ in $(seq 1 600); do [ "$(alerts '告警 alert')" -ge 1 ] && break; sleep 0.1; done
+curl -sf http://127.0.0.1:8480/metrics | grep -E '^exhub_(alert_level|unapplied_copies|part_up)' || true
+echo; echo "== the tax mirror's sink starts again (exhub sink tax-mirror): the copy is applied and the alert clears"
+EXHUB_LOG=info $exhub sink tax-mirror > "$tmp/sink.log" 2>&1 &
+sink_pid=$!
+for _ in $(seq 1 600); do [ "$(alerts 'alert cleared')" -ge 1 ] && break; sleep 0.1; done
+echo "the hub's log:"
+grep -E '预警 alert|告警 alert|alert cleared' "$tmp/run2.log" | sed -E 's/^[^ ]+ +//' | cut -c1-200
+kill "$tail_pid" 2>/dev/null || true; tail_pid=
+echo "what the supervision office received (supervision.alert documents, archived and routed like any other):"
+cat "$tmp/office.out"
+kill -TERM "$sink_pid"; wait "$sink_pid"; sink_pid=
+
 echo; echo "== exhub stats: today's statistics per department, then per subscriber (also --format csv|json, --by doc_type|day)"
 $exhub stats
 $exhub stats --by subscriber
 
 echo; echo "== stopping the exchange (SIGTERM: finish in-flight work, exit 0)"
 kill -TERM "$run_pid"; wait "$run_pid"; run_pid=
-tail -1 "$tmp/run.log"
+tail -1 "$tmp/run2.log"

@@ -10,7 +10,7 @@ fn check_accepts_the_demo_exchange() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("routes.toml: ok — 4 orgs, 3 sources, 3 subscribers, 3 routes, 5 doc types"),
+        text.contains("routes.toml: ok — 5 orgs, 3 sources, 4 subscribers, 4 routes, 6 doc types"),
         "{text}"
     );
 }

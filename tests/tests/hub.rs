@@ -640,17 +640,25 @@ async fn metrics_count_what_the_hub_did() {
     )
     .await;
     // The broker's depths: nobody consumes the subscribers' queues here; the hub's two workers
-    // consume the ingress.
-    let samples = wait_for_metrics(
-        &addr,
-        &[
-            (r#"exhub_queue_consumers{queue="ingress",subscriber=""}"#, 2.0),
-            (r#"exhub_queue_consumers{queue="subscriber",subscriber="all"}"#, 0.0),
-            (r#"exhub_queue_messages{queue="subscriber_dlq",subscriber="all"}"#, 0.0),
-        ],
-    )
-    .await;
-    let waiting = samples[r#"exhub_queue_messages{queue="subscriber",subscriber="all"}"#];
+    // consume the ingress. (A reading from before the copies arrived is waited out.)
+    let all_waiting = r#"exhub_queue_messages{queue="subscriber",subscriber="all"}"#;
+    let deadline = std::time::Instant::now() + WAIT;
+    let samples = loop {
+        let samples = wait_for_metrics(
+            &addr,
+            &[
+                (r#"exhub_queue_consumers{queue="ingress",subscriber=""}"#, 2.0),
+                (r#"exhub_queue_consumers{queue="subscriber",subscriber="all"}"#, 0.0),
+                (r#"exhub_queue_messages{queue="subscriber_dlq",subscriber="all"}"#, 0.0),
+            ],
+        )
+        .await;
+        if samples.get(all_waiting).is_some_and(|v| *v > 0.0) || std::time::Instant::now() > deadline {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let waiting = samples[all_waiting];
     assert!((1.0..=2.0).contains(&waiting), "{waiting} messages for `all`");
     // One archive write per hub batch; the refusal is audited with one.
     let writes = samples["exhub_archive_write_seconds_count"];
