@@ -126,6 +126,8 @@ echo; echo "== what the hub counted: GET http://127.0.0.1:8480/metrics ([hub] ad
 curl -sf http://127.0.0.1:8480/metrics | grep -E '^exhub_(documents_received|documents_refused|copies_published)' || true
 
 echo; echo "== supervision (电子监察): every source and sink reports to the hub (GET /metrics, exhub_part_up)"
+echo "   the console, while the demo runs: http://127.0.0.1:8480/console (login supervisor / demo-supervisor;"
+echo "   the tax bureau's operator: tax / demo-tax); the API: curl -u supervisor:demo-supervisor http://127.0.0.1:8480/api/v1/overview"
 wait_for 'curl -sf http://127.0.0.1:8480/metrics | grep -cE "^exhub_part_up.* 1$"' 5
 curl -sf http://127.0.0.1:8480/metrics | grep -E '^exhub_(part_up|source_lag_seconds|sink_documents)' || true
 
@@ -150,6 +152,9 @@ sink_pid=$!
 for _ in $(seq 1 600); do [ "$(alerts 'alert cleared')" -ge 1 ] && break; sleep 0.1; done
 echo "the hub's log:"
 grep -E '预警 alert|告警 alert|alert cleared' "$tmp/run2.log" | sed -E 's/^[^ ]+ +//' | cut -c1-200
+echo "the console's open alerts (GET /api/v1/overview as the hub's operator):"
+curl -sf -u supervisor:demo-supervisor http://127.0.0.1:8480/api/v1/overview \
+  | grep -oE '"alert":"[^"]+","metric":"[^"]+","scope":"[^"]+","level":"[^"]+"' || echo "(none open)"
 kill "$tail_pid" 2>/dev/null || true; tail_pid=
 echo "what the supervision office received (supervision.alert documents, archived and routed like any other):"
 cat "$tmp/office.out"

@@ -31,6 +31,14 @@ if ! command -v xmllint >/dev/null; then
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libxml2-utils >/dev/null; }
 fi
 
+# Debian's chromium (headless) and CJK fonts: the console's browser test renders its pages.
+if ! command -v chromium >/dev/null || ! [ -d /usr/share/fonts/opentype/noto ]; then
+  log "installing chromium and fonts-noto-cjk (the console's browser test)"
+  pkgs="chromium fonts-noto-cjk"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs >/dev/null; }
+fi
+
 # ---- TLS: a local CA and a server certificate -------------------------------------------
 # Made once. The CA's key stays here (root only) to sign more certificates; each server reads
 # its own copy of the server key, owned by the user it runs as.

@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, default_value = "org")]
         by: exhub_hub::stats::By,
         /// The time zone's offset from UTC that days are counted in, e.g. +08:00.
-        #[arg(long, default_value = "+00:00", value_parser = cmd::stats::parse_offset, allow_hyphen_values = true)]
+        #[arg(long, default_value = "+00:00", value_parser = exhub_hub::stats::parse_offset, allow_hyphen_values = true)]
         offset: i32,
         /// table, csv or json.
         #[arg(long, value_enum, default_value = "table")]
@@ -97,6 +97,11 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// The supervision console's operators.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
     },
     /// Signing keys of orgs and of the hub.
     Keys {
@@ -250,6 +255,13 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum OperatorCommand {
+    /// Reads a password (one line) from standard input and prints its Argon2id hash, for the
+    /// `password_hash` of an `[[operator]]` in routes.toml.
+    Hash,
+}
+
+#[derive(clap::Subcommand)]
 enum KeysCommand {
     /// Make a signing key: the private key goes to the org's (or the hub's) key file, mode
     /// 0600; the public key line to add to routes.toml is printed.
@@ -369,10 +381,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             offset,
             format,
         } => {
-            let at = |t: &str| cmd::stats::parse_time_at(t, offset).map_err(anyhow::Error::msg);
+            let at = |t: &str| exhub_hub::stats::parse_time_at(t, offset).map_err(anyhow::Error::msg);
             let since = match since {
                 Some(t) => at(&t)?,
-                None => cmd::stats::start_of_today(offset),
+                None => exhub_hub::stats::start_of_today(offset),
             };
             let until = until.map(|t| at(&t)).transpose()?;
             block_on(cmd::stats::stats(&config, since, until, by, offset, format))
@@ -381,6 +393,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             AuditCommand::Verify => block_on_code(cmd::audit::verify(&config)),
             AuditCommand::List { limit } => block_on_code(cmd::audit::list(&config, limit)),
         },
+        Command::Operator {
+            command: OperatorCommand::Hash,
+        } => operator_hash(),
         Command::Keys {
             command:
                 KeysCommand::Generate {
@@ -565,5 +580,18 @@ fn run_convert(to: Target, file: &Path, registry: &Registry) -> Result<ExitCode>
     std::io::stdout()
         .write_all(out.as_bytes())
         .context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `exhub operator hash`: the hash of the password on standard input.
+fn operator_hash() -> anyhow::Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("reading the password: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "an empty password");
+    let hash = exhub_hub::console::hash_password(password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
-//! The hub's admin HTTP server on `[hub] admin`: `GET /metrics` for a Prometheus scraper. The
-//! supervision console and its API will live here too (issue 16). The metrics are open as
+//! The hub's admin HTTP server on `[hub] admin`: `GET /metrics` for a Prometheus scraper, and
+//! the supervision console with its API ([`crate::console`]). The metrics are open as
 //! exporters' are, unless `[hub] metrics_token_file` names a token, which a scrape must then
 //! present as `Authorization: Bearer …`.
 //!
@@ -51,11 +51,15 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     token: Option<Secret>,
+    console: Option<Arc<crate::console::Console>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Arc::new(Admin { metrics, token }));
+    if let Some(console) = console {
+        app = app.merge(console.routes());
+    }
     let listener = Limited {
         listener,
         permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),

@@ -144,6 +144,32 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
     let fed = check_routes(c, config, &orgs);
     check_subscribers(c, config, &orgs, &fed);
     check_alerts(c, config);
+    check_operators(c, config);
+}
+
+/// `[[operator]]`: unique names, a password hash that is an Argon2 PHC string, an org that
+/// exists.
+fn check_operators(c: &mut Checker<'_>, config: &Config) {
+    c.duplicates("operator", config.operators.iter().map(|o| o.name.as_str()), "name");
+    for (i, op) in config.operators.iter().enumerate() {
+        let label = format!("operator {:?}", op.name);
+        if let Err(e) = crate::console::parse_hash(&op.password_hash) {
+            c.error(
+                &["operator".into(), i.into(), "password_hash".into()],
+                label.clone(),
+                format!("{e} (exhub operator hash prints one)"),
+            );
+        }
+        if let Some(org) = &op.org
+            && config.org(org).is_none()
+        {
+            c.error(
+                &["operator".into(), i.into(), "org".into()],
+                label,
+                format!("org {org:?} is not defined"),
+            );
+        }
+    }
 }
 
 /// `[[alert]]`: a known metric, a scope that exists and that the metric is read for, and

@@ -65,6 +65,23 @@ pub struct Config {
     /// Early-warning thresholds over the built-in ones ([`crate::alerts`]).
     #[serde(default, rename = "alert")]
     pub alerts: Vec<crate::alerts::AlertConfig>,
+    /// Who may log in to the supervision console ([`crate::console`]).
+    #[serde(default, rename = "operator")]
+    pub operators: Vec<OperatorConfig>,
+}
+
+/// `[[operator]]`: a login of the supervision console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The login name.
+    pub name: String,
+    /// The password's Argon2 hash (PHC string, `$argon2id$…`), as `exhub operator hash` prints
+    /// it; the password itself is never written down.
+    pub password_hash: String,
+    /// An org's operator sees only that org's flows, alerts and figures; without one, the
+    /// operator is the hub's and sees everything.
+    pub org: Option<String>,
 }
 
 /// `[hub]`

@@ -15,6 +15,7 @@ pub mod alerts;
 pub mod archive;
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod deliveries;
 pub mod filter;
 pub mod gate;

@@ -269,6 +269,11 @@ impl Hub {
         Arc::clone(&self.metrics)
     }
 
+    /// What the early warning weighs.
+    pub fn readings(&self) -> Arc<Readings> {
+        Arc::clone(&self.readings)
+    }
+
     /// The parts of the exchange as their heartbeats tell it.
     pub fn parts(&self) -> Arc<Parts> {
         Arc::clone(&self.parts)

@@ -1014,30 +1014,15 @@ async fn a_killed_source_goes_silent_yellow_then_red_and_clears_when_back() {
         "the binlog's retention is read"
     );
 
+    let source_is = async |up: f64, level: f64| {
+        let silence = r#"exhub_alert_level{metric="part_silent_seconds",scope="source:legacy"}"#;
+        let part_up = r#"exhub_part_up{part="legacy",role="source"}"#;
+        crate::hub::wait_for_metrics(&addr, &[(part_up, up), (silence, level)]).await;
+    };
     cdc.kill("source");
-    crate::hub::wait_for_metrics(
-        &addr,
-        &[
-            (r#"exhub_part_up{part="legacy",role="source"}"#, 0.0),
-            (
-                r#"exhub_alert_level{metric="part_silent_seconds",scope="source:legacy"}"#,
-                2.0,
-            ),
-        ],
-    )
-    .await;
+    source_is(0.0, 2.0).await;
     cdc.start("source", &["source", "legacy"], "streaming the binlog").await;
-    crate::hub::wait_for_metrics(
-        &addr,
-        &[
-            (r#"exhub_part_up{part="legacy",role="source"}"#, 1.0),
-            (
-                r#"exhub_alert_level{metric="part_silent_seconds",scope="source:legacy"}"#,
-                0.0,
-            ),
-        ],
-    )
-    .await;
+    source_is(1.0, 0.0).await;
     let levels = office_levels(&cdc, "part_silent_seconds@source:legacy", 3).await;
     assert_eq!(levels["part_silent_seconds@source:legacy"], ["yellow", "red", "clear"]);
     // The sink never fell silent.

@@ -825,26 +825,58 @@ pub fn admin_address(ex: &Exchange) -> String {
 
 /// A plain HTTP/1.1 GET, with a bearer token if given: status, content type and body.
 async fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let r = http(addr, "GET", path, &auth, "").await;
+    let content_type = r.header("content-type").unwrap_or_default();
+    (r.status, content_type, r.body)
+}
+
+/// An HTTP response as a test reads it.
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The header lines.
+    pub head: String,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header `name` (lower case), trimmed.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.eq_ignore_ascii_case(name)).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// One plain HTTP/1.1 request: `extra` header lines (each ending in CRLF) and a form body.
+pub async fn http(addr: &str, method: &str, path: &str, extra: &str, body: &str) -> HttpResponse {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let form = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}{form}Connection: close\r\n\r\n{body}");
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
+    HttpResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }
 
 /// `exhub stats` counts what the archive holds: per org, the documents and their copies as

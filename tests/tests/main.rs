@@ -5,6 +5,7 @@
 mod archive;
 mod cdc;
 mod cli;
+mod console;
 mod exchange;
 mod hub;
 mod recovery;

@@ -80,11 +80,13 @@ pub async fn admin(
     tracing::info!(
         address = %bound,
         token = token.is_some(),
-        "admin server listening: GET /metrics"
+        operators = loaded.config.operators.len(),
+        "admin server listening: GET /metrics, the console at /console"
     );
     let (metrics, shutdown) = (hub.metrics(), shutdown.clone());
+    let console = exhub_hub::console::Console::new(&loaded.config, hub.parts(), hub.readings(), hub.archive().clone());
     Ok(Some(async move {
-        exhub_hub::admin::serve(listener, metrics, token, shutdown)
+        exhub_hub::admin::serve(listener, metrics, token, Some(Arc::new(console)), shutdown)
             .await
             .context("admin server")
     }))
