@@ -26,6 +26,9 @@ pub const HUB_ORG: &str = "exhub.hub";
 pub const ALERT_DOC_TYPE: &str = "supervision.alert";
 /// Default margin a value must clear a threshold by before an alert goes down (10%).
 pub const HYSTERESIS: f64 = 0.1;
+/// The least time between two changes of one alert: a value made to flap (a department's own
+/// heartbeat figures, say) yields at most one change per this, not one per reading.
+pub const MIN_BETWEEN: Duration = Duration::from_secs(10);
 
 /// What is watched. Each has a scope kind, a unit, a direction and built-in thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -336,6 +339,8 @@ struct Track {
     level: Level,
     /// A level the value stands at, different from `level`, since when.
     heading: Option<(Level, Instant)>,
+    /// When the level last changed.
+    changed: Option<Instant>,
 }
 
 impl Alerts {
@@ -366,6 +371,7 @@ impl Alerts {
             let track = self.tracks.entry((*metric, scope.clone())).or_insert(Track {
                 level: Level::Clear,
                 heading: None,
+                changed: None,
             });
             let target = if t.enabled {
                 t.level_of(*metric, *value, track.level)
@@ -386,10 +392,14 @@ impl Alerts {
             if t.enabled && now.duration_since(since) < t.hold {
                 continue;
             }
+            if track.changed.is_some_and(|c| now.duration_since(c) < MIN_BETWEEN) {
+                continue;
+            }
             let from = track.level;
             let threshold = t.of(if worse { target } else { from }).unwrap_or(0.0);
             track.level = target;
             track.heading = None;
+            track.changed = Some(now);
             out.push(Transition {
                 metric: *metric,
                 scope: scope.clone(),
@@ -426,23 +436,26 @@ mod tests {
         let mut alerts = Alerts::new();
         let t0 = Instant::now();
         let q = |v: f64| vec![(Metric::QueueMessages, "subscriber:s".to_owned(), v)];
-        assert!(alerts.step(&q(5.0), &rules, t0).is_empty());
-        let up = alerts.step(&q(12.0), &rules, t0);
+        let at = |n: u32| t0 + MIN_BETWEEN * n;
+        assert!(alerts.step(&q(5.0), &rules, at(0)).is_empty());
+        let up = alerts.step(&q(12.0), &rules, at(0));
         assert_eq!(
             (up[0].from, up[0].to, up[0].threshold),
             (Level::Clear, Level::Yellow, 10.0)
         );
-        let up = alerts.step(&q(150.0), &rules, t0);
+        // Red at once is held back: one change per MIN_BETWEEN.
+        assert!(alerts.step(&q(150.0), &rules, at(0)).is_empty());
+        let up = alerts.step(&q(150.0), &rules, at(1));
         assert_eq!(
             (up[0].from, up[0].to, up[0].threshold),
             (Level::Yellow, Level::Red, 100.0)
         );
         // Within the margin (95 ≥ 100 − 10%): still red.
-        assert!(alerts.step(&q(95.0), &rules, t0).is_empty());
-        let down = alerts.step(&q(50.0), &rules, t0);
+        assert!(alerts.step(&q(95.0), &rules, at(2)).is_empty());
+        let down = alerts.step(&q(50.0), &rules, at(3));
         assert_eq!((down[0].from, down[0].to), (Level::Red, Level::Yellow));
-        assert!(alerts.step(&q(9.5), &rules, t0).is_empty(), "9.5 ≥ 10 − 10%");
-        let clear = alerts.step(&q(0.0), &rules, t0);
+        assert!(alerts.step(&q(9.5), &rules, at(4)).is_empty(), "9.5 ≥ 10 − 10%");
+        let clear = alerts.step(&q(0.0), &rules, at(5));
         assert_eq!((clear[0].to, clear[0].threshold), (Level::Clear, 10.0));
         assert!(clear[0].message().contains("cleared"), "{}", clear[0].message());
         assert!(alerts.open().is_empty());

@@ -261,6 +261,22 @@ fn check_hub(c: &mut Checker<'_>, config: &Config) {
                 "hub.admin".into(),
                 format!("{admin:?} is not an address like 127.0.0.1:8480"),
             ),
+            // Departments' operators reach a console on other machines: the metrics beside it
+            // would show them every org's figures.
+            Ok(addr)
+                if !addr.ip().is_loopback()
+                    && config.hub.metrics_token_file.is_none()
+                    && config.operators.iter().any(|o| o.org.is_some()) =>
+            {
+                c.error(
+                    &["hub".into(), "admin".into()],
+                    "hub.admin".into(),
+                    format!(
+                        "{admin:?} serves the console to departments' operators on other machines: set \
+                         metrics_token_file, or the metrics beside it show every org's figures to them"
+                    ),
+                )
+            }
             Ok(addr) if !addr.ip().is_loopback() && config.hub.metrics_token_file.is_none() => c.warn(
                 &["hub".into(), "admin".into()],
                 "hub.admin".into(),
@@ -294,6 +310,13 @@ fn check_orgs<'a>(c: &mut Checker<'_>, config: &'a Config) -> BTreeMap<&'a str, 
             );
         }
         for (j, doc_type) in org.publishes.iter().enumerate() {
+            if doc_type == crate::alerts::ALERT_DOC_TYPE {
+                c.error(
+                    &["org".into(), i.into(), "publishes".into(), j.into()],
+                    format!("org {:?} → publishes[{j}]", org.id),
+                    "supervision.alert is the hub's own (org exhub.hub): no org may publish it".into(),
+                );
+            }
             c.schema(
                 doc_type,
                 None,

@@ -130,7 +130,10 @@ impl Gate {
                 ));
             }
         }
-        if !org.publishes.contains(&h.doc_type) {
+        // Only the hub speaks as the hub: its alerts come from no one else, whatever an
+        // `[[org]]`'s `publishes` says (`exhub check` refuses that too).
+        let hub_only = (h.doc_type == crate::alerts::ALERT_DOC_TYPE) != (h.sender.org == crate::alerts::HUB_ORG);
+        if hub_only || !org.publishes.contains(&h.doc_type) {
             return Err(Rejection::new(
                 Reason::Unauthorized,
                 format!("org {:?} may not publish {:?}", h.sender.org, excerpt(&h.doc_type, 64)),

@@ -17,6 +17,7 @@ pub mod check;
 pub mod config;
 pub mod console;
 pub mod deliveries;
+pub mod dlq;
 pub mod filter;
 pub mod gate;
 pub mod metrics;

@@ -325,6 +325,7 @@ async fn listen_once(
     let channel = conn.create_channel().await.map_err(AmqpError::from)?;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
+    args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(16 << 20));
     args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(60_000));
     let mut consumer = exhub_connect::consumer::tap(&channel, &topology.status_exchange(), "", args, name).await?;
     *backoff = Backoff::default();

@@ -42,8 +42,9 @@ password_hash = "{commerce}"
 }
 
 /// An exchange with a console, one registration routed to both feeds and one malformed message
-/// in the hub's DLQ; returns it with its admin address once the DLQ's alert is open.
-async fn exchange(tag: &str) -> (Exchange, String) {
+/// in the hub's DLQ; returns it with its admin address and the registration's id once the
+/// DLQ's alert is open.
+async fn exchange(tag: &str) -> (Exchange, String, String) {
     let mut ex = Exchange::new(tag, ArchiveKind::Sqlite, "admin = \"127.0.0.1:0\"", &graph());
     ex.start_hub().await;
     let addr = admin_address(&ex);
@@ -61,7 +62,7 @@ async fn exchange(tag: &str) -> (Exchange, String) {
         assert!(Instant::now() < deadline, "no alert: {}", r.body);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    (ex, addr)
+    (ex, addr, id)
 }
 
 fn basic(name: &str, password: &str) -> String {
@@ -75,7 +76,7 @@ fn basic(name: &str, password: &str) -> String {
 /// come as CSV; logging out ends the session.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_needs_a_login_and_shows_each_org_its_own() {
-    let (ex, addr) = exchange("console").await;
+    let (ex, addr, id) = exchange("console").await;
     // Without a login: the pages send to the login form, the API refuses.
     let r = http(&addr, "GET", "/console", "", "").await;
     assert_eq!((r.status, r.header("location").as_deref()), (303, Some("/login")));
@@ -130,10 +131,20 @@ async fn the_console_needs_a_login_and_shows_each_org_its_own() {
     assert_eq!(r.body, "[]");
 
     // Statistics: the registration went to both feeds; the commerce bureau sees its copy only.
+    let yesterday = exhub_schemas::Timestamp::from_unix_micros(exhub_schemas::time::unix_micros_now() - 86_400_000_000)
+        .to_string()[..10]
+        .to_owned();
     let stats = |who: String| {
-        let addr = addr.clone();
+        let (addr, yesterday) = (addr.clone(), yesterday.clone());
         async move {
-            let r = http(&addr, "GET", "/api/v1/stats?by=org&since=2000-01-01", &who, "").await;
+            let r = http(
+                &addr,
+                "GET",
+                &format!("/api/v1/stats?by=org&since={yesterday}"),
+                &who,
+                "",
+            )
+            .await;
             assert_eq!(r.status, 200, "{}", r.body);
             serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
         }
@@ -165,7 +176,7 @@ async fn the_console_needs_a_login_and_shows_each_org_its_own() {
     let r = http(
         &addr,
         "GET",
-        "/api/v1/stats?by=org&since=2000-01-01&format=csv",
+        &format!("/api/v1/stats?by=org&since={yesterday}&format=csv"),
         &cookie,
         "",
     )
@@ -177,8 +188,68 @@ async fn the_console_needs_a_login_and_shows_each_org_its_own() {
         Some("key,documents,refused,routed,applied,refused_by_subscribers,applied_p50_ms,applied_p95_ms")
     );
     assert!(lines.any(|l| l.starts_with("nanhai.tax,1,")), "{}", r.body);
-    let r = http(&addr, "GET", "/console/stats?since=2000-01-01", &cookie, "").await;
+    let r = http(&addr, "GET", &format!("/console/stats?since={yesterday}"), &cookie, "").await;
     assert!(r.status == 200 && r.body.contains("<table id=stats>") && r.body.contains("nanhai.tax"));
+
+    // Dead letters: the hub's operator sees the hub's DLQ and may send it back; the commerce
+    // bureau's sees only its own feed's DLQ and may not.
+    let r = http(&addr, "GET", "/console/dead-letters", &cookie, "").await;
+    assert!(
+        r.status == 200 && r.body.contains("class=dead-letter") && r.body.contains("malformed"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("id=retry-all"), "{}", r.body);
+    let r = http(&addr, "GET", "/console/dead-letters?queue=hub", &commerce, "").await;
+    assert_eq!(r.status, 403);
+    let r = http(&addr, "GET", "/api/v1/dead-letters?queue=commerce-feed", &commerce, "").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    let r = http(&addr, "POST", "/api/v1/dead-letters/retry", &commerce, "id=m1").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let chief = basic("chief", "chief-password");
+    let r = http(&addr, "POST", "/api/v1/dead-letters/retry", &chief, "id=m1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(done["sent"][0][0], "m1", "{done}");
+
+    // The archive: the hub's operator reads the registration whole, JSON and XML, with its
+    // chain; the commerce bureau, whose feed got a copy, sees its own part of the chain but not
+    // the content; an alert of the hub's is not there for it at all.
+    let r = http(&addr, "GET", "/console/archive?since=2000-01-01", &cookie, "").await;
+    assert!(r.body.contains(&id), "{}", r.body);
+    let doc = format!("/console/archive/{id}");
+    let r = http(&addr, "GET", &doc, &cookie, "").await;
+    assert!(
+        r.status == 200 && r.body.contains("<pre id=json>") && r.body.contains("<pre id=xml>"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("commerce-feed") && r.body.contains("tax-feed"),
+        "{}",
+        r.body
+    );
+    let r = http(&addr, "GET", &doc, &commerce, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        !r.body.contains("<pre id=json>") && r.body.contains("commerce-feed"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("tax-feed"), "another org's subscriber: {}", r.body);
+    let search = "/console/archive?doc_type=supervision.alert&since=2000-01-01";
+    let r = http(&addr, "GET", search, &cookie, "").await;
+    let alert_id = r
+        .body
+        .split("/console/archive/")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = http(&addr, "GET", &format!("/console/archive/{alert_id}"), &commerce, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
 
     // Logging out ends the session.
     let r = http(&addr, "POST", "/logout", &cookie, "").await;
@@ -193,6 +264,7 @@ async fn the_console_needs_a_login_and_shows_each_org_its_own() {
         audit.contains("console-login-refused") && audit.contains("console-login\t"),
         "{audit}"
     );
+    assert!(audit.contains("operator:chief\tdlq-retried"), "{audit}");
     let log = ex.hub_log(0);
     assert!(!log.contains("chief-password") && !audit.contains("chief-password"));
 }
@@ -201,7 +273,7 @@ async fn the_console_needs_a_login_and_shows_each_org_its_own() {
 /// page and takes a screenshot; the rendered DOM shows the exchange's flows and the open alert.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_renders_the_overview_with_flows_and_an_alert() {
-    let (ex, addr) = exchange("console-browser").await;
+    let (ex, addr, _) = exchange("console-browser").await;
     let login = ex.dir.join("login.html");
     std::fs::write(
         &login,

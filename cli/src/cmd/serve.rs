@@ -84,7 +84,13 @@ pub async fn admin(
         "admin server listening: GET /metrics, the console at /console"
     );
     let (metrics, shutdown) = (hub.metrics(), shutdown.clone());
-    let console = exhub_hub::console::Console::new(&loaded.config, hub.parts(), hub.readings(), hub.archive().clone());
+    let console = exhub_hub::console::Console::new(
+        &loaded.config,
+        Arc::clone(&loaded.registry),
+        hub.parts(),
+        hub.readings(),
+        hub.archive().clone(),
+    );
     Ok(Some(async move {
         exhub_hub::admin::serve(listener, metrics, token, Some(Arc::new(console)), shutdown)
             .await

@@ -9,7 +9,8 @@
 //!   Logins, failed or not, are recorded in the audit log.
 //! - **Pages.** `/console` (the overview: departments → hub → subscribers, each part's state and
 //!   figures, open alerts; `?screen=big` for the supervision office's wall, refreshing every 5
-//!   s), `/console/alerts` (open and past), `/console/stats` (统计, with a CSV download).
+//!   s), `/console/alerts` (open and past), `/console/stats` (统计, with a CSV download),
+//!   `/console/dead-letters` and `/console/archive` ([`records`]).
 //! - **Figures.** Parts from their heartbeats ([`crate::parts`]), queue depths and overdue
 //!   copies from the readings ([`crate::alerts::Readings`]), alerts and statistics from the
 //!   archive (the one truth every hub process shares), on a connection of the console's own so
@@ -36,12 +37,24 @@ use crate::config::Config;
 use crate::parts::{PartView, Parts};
 use crate::stats::By;
 
+mod records;
+
 /// How long a console session lasts.
 pub const SESSION: Duration = Duration::from_secs(8 * 3600);
 /// Most sessions held at once (the oldest goes first).
 pub const MAX_SESSIONS: usize = 1000;
 /// How far back the alerts page looks.
 pub const ALERT_DAYS: i64 = 30;
+/// Most sessions of one operator (its oldest goes first).
+pub const SESSIONS_PER_OPERATOR: usize = 20;
+/// Failed logins of one name before its logins are refused unchecked …
+pub const MAX_FAILURES: u32 = 5;
+/// … for this long.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Most statistics days one console request reads.
+pub const MAX_STATS_DAYS: i64 = 92;
+/// Most alert changes the console reads (the newest are dropped past it; the archive has all).
+pub const MAX_ALERT_ROWS: usize = 20_000;
 /// The session cookie's name.
 const COOKIE: &str = "exhub_console";
 
@@ -77,6 +90,15 @@ fn verify(hash: &str, password: &str) -> bool {
 /// A hash no password matches, checked for unknown names so that they take as long.
 const NOBODY: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$5bM2QkKhKmdG9IX0ll2gUFcVg3C0M5p/Ow4cXJKpAqo";
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Wrong name or password.
+    Wrong,
+    /// Too many failures for the name just now.
+    Throttled,
+}
 
 struct Operator {
     hash: String,
@@ -170,16 +192,33 @@ pub struct Console {
     archive_url: String,
     reader: tokio::sync::OnceCell<Archive>,
     orgs: Vec<(String, String)>,
-    /// Source or subscriber name → org.
+    /// Source name → org.
+    source_orgs: HashMap<String, String>,
+    /// Subscriber name → org.
     owners: HashMap<String, String>,
     subscribers: Vec<(String, String, String)>,
     hub_dlq: String,
     orgs_by_user: HashMap<String, String>,
+    /// The hub's AMQP URL, for the dead letters.
+    amqp_url: String,
+    topology: exhub_connect::Topology,
+    hub_user: String,
+    registry: Arc<exhub_schemas::Registry>,
+    /// Recent failed logins per name: (failures, since).
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Argon2 checks at once (each takes 19 MiB and some milliseconds).
+    checking: tokio::sync::Semaphore,
 }
 
 impl Console {
     /// The console of `config`, showing `parts` and `readings`, auditing into `audit`.
-    pub fn new(config: &Config, parts: Arc<Parts>, readings: Arc<Readings>, audit: Archive) -> Console {
+    pub fn new(
+        config: &Config,
+        registry: Arc<exhub_schemas::Registry>,
+        parts: Arc<Parts>,
+        readings: Arc<Readings>,
+        audit: Archive,
+    ) -> Console {
         let operators = config
             .operators
             .iter()
@@ -191,16 +230,11 @@ impl Console {
                 (o.name.clone(), op)
             })
             .collect();
+        let source_orgs = config.sources.iter().map(|s| (s.name.clone(), s.org.clone())).collect();
         let owners = config
-            .sources
+            .subscribers
             .iter()
-            .map(|s| (s.name.clone(), s.org.clone()))
-            .chain(
-                config
-                    .subscribers
-                    .iter()
-                    .map(|s| (s.name().to_owned(), s.org().to_owned())),
-            )
+            .map(|s| (s.name().to_owned(), s.org().to_owned()))
             .collect();
         Console {
             operators,
@@ -211,7 +245,14 @@ impl Console {
             archive_url: config.hub.archive.expose().to_owned(),
             reader: tokio::sync::OnceCell::new(),
             orgs: config.orgs.iter().map(|o| (o.id.clone(), o.name.clone())).collect(),
+            source_orgs,
             owners,
+            amqp_url: config.hub.amqp.expose().to_owned(),
+            topology: config.hub.topology(),
+            hub_user: config.hub.user(),
+            registry,
+            failures: Mutex::new(HashMap::new()),
+            checking: tokio::sync::Semaphore::new(2),
             subscribers: config
                 .subscribers
                 .iter()
@@ -234,11 +275,55 @@ impl Console {
             .route("/api/v1/overview", get(overview_api))
             .route("/api/v1/alerts", get(alerts_api))
             .route("/api/v1/stats", get(stats_api))
+            .route("/console/dead-letters", get(records::dead_letters_page))
+            .route("/console/dead-letters/retry", post(records::retry_page))
+            .route("/console/archive", get(records::archive_page))
+            .route("/console/archive/{id}", get(records::document_page))
+            .route("/api/v1/dead-letters", get(records::dead_letters_api))
+            .route("/api/v1/dead-letters/retry", post(records::retry_api))
             .with_state(self)
     }
 
-    /// The operator `name` if `password` is theirs (Argon2, off the async threads).
-    async fn check(&self, name: &str, password: &str) -> Option<Viewer> {
+    /// The operator `name` if `password` is theirs (Argon2, off the async threads, two at a
+    /// time). After [`MAX_FAILURES`] failures for a name within [`FAILURE_WINDOW`], its logins
+    /// are refused unchecked until the window passes.
+    async fn check(&self, name: &str, password: &str) -> Result<Viewer, Refused> {
+        if self.throttled(name) {
+            return Err(Refused::Throttled);
+        }
+        let Ok(_permit) = self.checking.acquire().await else {
+            return Err(Refused::Wrong);
+        };
+        let viewer = self.verify_password(name, password).await;
+        if viewer.is_none() {
+            self.failed(name);
+        }
+        viewer.ok_or(Refused::Wrong)
+    }
+
+    fn throttled(&self, name: &str) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        failures
+            .get(name)
+            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+    }
+
+    fn failed(&self, name: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failures.len() >= MAX_SESSIONS {
+            failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        if failures.len() >= MAX_SESSIONS {
+            return;
+        }
+        let entry = failures.entry(name.to_owned()).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    async fn verify_password(&self, name: &str, password: &str) -> Option<Viewer> {
         let (hash, org) = match self.operators.get(name) {
             Some(op) => (op.hash.clone(), op.org.clone()),
             None => (NOBODY.to_owned(), None),
@@ -275,7 +360,7 @@ impl Console {
         let decoded = base64::engine::general_purpose::STANDARD.decode(basic.trim()).ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (name, password) = text.split_once(':')?;
-        self.check(name, password).await
+        self.check(name, password).await.ok()
     }
 
     /// A new session for `viewer`; its token.
@@ -286,10 +371,19 @@ impl Console {
         let mut sessions = self.lock();
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
+        // One operator's many logins evict only its own sessions.
+        let own = sessions.values().filter(|s| s.viewer.name == viewer.name).count();
+        if own >= SESSIONS_PER_OPERATOR
+            && let Some(oldest) = sessions
+                .iter()
+                .filter(|(_, s)| s.viewer.name == viewer.name)
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
         {
             sessions.remove(&oldest);
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            return None;
         }
         sessions.insert(
             digest(&token),
@@ -319,8 +413,11 @@ impl Console {
 
     /// The org of a scope (`source:<name>`, `sink:<name>`, `subscriber:<name>`); none for `hub`.
     fn scope_org(&self, scope: &str) -> Option<&str> {
-        let (_, name) = scope.split_once(':')?;
-        self.owners.get(name).map(String::as_str)
+        match scope.split_once(':')? {
+            ("source", name) => self.source_orgs.get(name),
+            (_, name) => self.owners.get(name),
+        }
+        .map(String::as_str)
     }
 
     fn sees_scope(&self, viewer: &Viewer, scope: &str) -> bool {
@@ -336,6 +433,7 @@ impl Console {
         let since = exhub_schemas::time::unix_micros_now() - ALERT_DAYS * 86_400_000_000;
         let q = crate::archive::Query {
             doc_type: Some(ALERT_DOC_TYPE.to_owned()),
+            org: Some(crate::alerts::HUB_ORG.to_owned()),
             since: Some(since),
             ..Default::default()
         };
@@ -346,6 +444,9 @@ impl Console {
                 .search(&q, after.as_ref().map(|(t, i)| (*t, i.as_str())), 1000)
                 .await?;
             let Some(last) = page.last() else { break };
+            if out.len() >= MAX_ALERT_ROWS {
+                break;
+            }
             after = Some((last.received_at, last.id.clone()));
             for r in page {
                 let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&r.raw) else {
@@ -406,6 +507,11 @@ impl Console {
             Some(t) => crate::stats::parse_time_at(t, offset)?,
             None => exhub_schemas::time::unix_micros_now() + 1,
         };
+        if until - since > MAX_STATS_DAYS * 86_400_000_000 {
+            return Err(format!(
+                "at most {MAX_STATS_DAYS} days at a time in the console (exhub stats reads any period)"
+            ));
+        }
         let by: By = q.by.as_deref().unwrap_or("org").parse()?;
         let archive = self.reader().await.map_err(|e| e.to_string())?;
         let mut facts = archive
@@ -460,7 +566,7 @@ async fn login_page() -> Html<String> {
 async fn login(State(c): Shared, Form(form): Form<LoginForm>) -> Response {
     let name = exhub_connect::wire::excerpt(&form.name, 100).into_owned();
     match c.check(&name, &form.password).await {
-        Some(viewer) => {
+        Ok(viewer) => {
             c.audit(
                 &format!("operator:{name}"),
                 "console-login",
@@ -478,7 +584,14 @@ async fn login(State(c): Shared, Form(form): Form<LoginForm>) -> Response {
             );
             ([(header::SET_COOKIE, cookie)], Redirect::to("/console")).into_response()
         }
-        None => {
+        Err(Refused::Throttled) => {
+            let body = login_form(Some(
+                "Too many failed logins: wait a minute. 登录失败次数过多，请稍后再试。",
+            ));
+            (StatusCode::TOO_MANY_REQUESTS, page("登录 Log in", None, body, None)).into_response()
+        }
+        Err(Refused::Wrong) => {
+            // Audited until the name is throttled: a guesser cannot grow the log without bound.
             c.audit(
                 &format!("operator:{name}"),
                 "console-login-refused",
@@ -663,7 +776,8 @@ fn page(title: &str, viewer: Option<&Viewer>, body: String, refresh: Option<u32>
     let nav = match viewer {
         Some(v) => format!(
             "<a href=/console>总览 Overview</a><a href=/console/alerts>预警 Alerts</a>\
-             <a href=/console/stats>统计 Statistics</a><a href=/console?screen=big>大屏 Big screen</a>\
+             <a href=/console/stats>统计 Statistics</a><a href=/console/dead-letters>死信 Dead letters</a>\
+             <a href=/console/archive>档案 Archive</a><a href=/console?screen=big>大屏 Big screen</a>\
              <span class=who>{} ({})</span><form method=post action=/logout><button>退出 Log out</button></form>",
             esc(&v.name),
             esc(v.org.as_deref().unwrap_or("hub"))
