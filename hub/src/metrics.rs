@@ -89,6 +89,15 @@ pub struct AlertLabels {
     pub scope: String,
 }
 
+/// A route and one of its subscribers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's name in routes.toml.
+    pub route: String,
+    /// The subscriber it sent the document to.
+    pub subscriber: String,
+}
+
 /// A gauge of a fractional value.
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -115,6 +124,9 @@ pub struct Metrics {
     /// `exhub_documents_refused_total{org, reason}`: documents and messages sent to the hub's
     /// DLQ.
     pub refused: Family<RefusedLabels, Counter>,
+    /// `exhub_documents_routed_total{route, subscriber}`: new documents each route sent to each
+    /// of its subscribers.
+    pub routed: Family<RouteLabels, Counter>,
     /// `exhub_copies_published_total{subscriber}`: copies the broker confirmed in a
     /// subscriber's queue.
     pub published: Family<SubscriberLabels, Counter>,
@@ -183,6 +195,7 @@ impl Metrics {
         let duplicates = Family::<DocLabels, Counter>::default();
         let refused = Family::<RefusedLabels, Counter>::default();
         let published = Family::<SubscriberLabels, Counter>::default();
+        let routed = Family::<RouteLabels, Counter>::default();
         let receipts = Family::<ReceiptLabels, Counter>::default();
         let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         let queue_messages = Family::<QueueLabels, Gauge>::default();
@@ -220,6 +233,11 @@ impl Metrics {
             "documents_refused",
             "Documents and messages the hub sent to its dead-letter queue",
             refused.clone(),
+        );
+        registry.register(
+            "documents_routed",
+            "New documents each route sent to each of its subscribers",
+            routed.clone(),
         );
         registry.register(
             "copies_published",
@@ -341,6 +359,7 @@ impl Metrics {
             received,
             duplicates,
             refused,
+            routed,
             published,
             receipts,
             dead_letters,
@@ -462,6 +481,12 @@ mod tests {
             .inc();
         m.published
             .get_or_create(&SubscriberLabels { subscriber: "s".into() })
+            .inc();
+        m.routed
+            .get_or_create(&RouteLabels {
+                route: "r".into(),
+                subscriber: "s".into(),
+            })
             .inc();
         m.receipts
             .get_or_create(&ReceiptLabels {

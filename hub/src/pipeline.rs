@@ -32,7 +32,9 @@ use crate::alerts::{Readings, Rules};
 use crate::archive::{AuditEntry, Proof, ReceiptRow};
 use crate::config::Config;
 use crate::gate::{Admitted, Gate, Rejection};
-use crate::metrics::{DeadLetterLabels, DocLabels, Metrics, ReceiptLabels, RefusedLabels, SubscriberLabels};
+use crate::metrics::{
+    DeadLetterLabels, DocLabels, Metrics, ReceiptLabels, RefusedLabels, RouteLabels, SubscriberLabels,
+};
 use crate::parts::Parts;
 use crate::router::{Router, RouterError, Target};
 use crate::secret::SecretUrl;
@@ -594,12 +596,18 @@ impl Hub {
         // (and two label strings) per document.
         let mut new: HashMap<(&str, &str), u64> = HashMap::new();
         let mut seen: HashMap<(&str, &str), u64> = HashMap::new();
-        for ((_, a, _), s) in admitted.iter().zip(&stored.entries) {
+        let mut routed: HashMap<(&str, &str), u64> = HashMap::new();
+        for ((_, a, targets), s) in admitted.iter().zip(&stored.entries) {
             let h = &a.doc.header;
             let labels = (h.sender.org.as_str(), h.doc_type.as_str());
             match s {
                 Stored::New => {
                     *new.entry(labels).or_default() += 1;
+                    for t in targets {
+                        for r in &t.routes {
+                            *routed.entry((r, t.subscriber.as_str())).or_default() += 1;
+                        }
+                    }
                     // The sender sets created_at: a document from a wrong clock, or one that
                     // waited in a DLQ, counts as at most an hour, so that it cannot swamp the sum.
                     let after = (now - h.created_at.unix_micros()) as f64 / 1e6;
@@ -622,6 +630,13 @@ impl Hub {
         }
         for (key, n) in seen {
             self.metrics.duplicates.get_or_create(&labels(key)).inc_by(n);
+        }
+        for ((route, subscriber), n) in routed {
+            let labels = RouteLabels {
+                route: route.to_owned(),
+                subscriber: subscriber.to_owned(),
+            };
+            self.metrics.routed.get_or_create(&labels).inc_by(n);
         }
         let mut receipts: HashMap<(&str, &str), u64> = HashMap::new();
         for (subscriber, outcome) in &stored.receipts {
@@ -1268,6 +1283,7 @@ mod tests {
             format: Encoding::Json,
             mask: Default::default(),
             batch,
+            routes: Vec::new(),
         }
     }
 

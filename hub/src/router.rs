@@ -8,6 +8,7 @@
 //! mask is a grant of the whole document.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use exhub_schemas::{Document, Encoding};
 
@@ -25,9 +26,12 @@ pub struct Target {
     pub mask: BTreeSet<String>,
     /// Whether its copies may travel as batches (else one document per message).
     pub batch: bool,
+    /// The routes that sent it there, in routes.toml's order.
+    pub routes: Vec<Arc<str>>,
 }
 
 struct Rule {
+    name: Arc<str>,
     from: Option<Vec<String>>,
     filter: Option<Filter>,
     to: Vec<(String, BTreeSet<String>)>,
@@ -93,6 +97,7 @@ impl Router {
             }
             for t in &r.doc_types {
                 by_type.entry(t.clone()).or_default().push(Rule {
+                    name: Arc::from(r.name.as_str()),
                     from: r.from.clone(),
                     filter: filter.clone(),
                     to: to.clone(),
@@ -111,7 +116,7 @@ impl Router {
 
     /// The copies to make of `doc`, in subscriber-name order.
     pub fn route(&self, doc: &Document) -> Vec<Target> {
-        let mut masks: HashMap<&str, BTreeSet<String>> = HashMap::new();
+        let mut masks: HashMap<&str, (BTreeSet<String>, Vec<Arc<str>>)> = HashMap::new();
         for rule in self.by_type.get(&doc.header.doc_type).into_iter().flatten() {
             if rule.from.as_ref().is_some_and(|f| !f.contains(&doc.header.sender.org)) {
                 continue;
@@ -120,21 +125,21 @@ impl Router {
                 continue;
             }
             for (s, mask) in &rule.to {
-                masks
-                    .entry(s)
-                    .and_modify(|m| m.retain(|f| mask.contains(f)))
-                    .or_insert_with(|| mask.clone());
+                let (m, routes) = masks.entry(s).or_insert_with(|| (mask.clone(), Vec::new()));
+                m.retain(|f| mask.contains(f));
+                routes.push(Arc::clone(&rule.name));
             }
         }
         let mut targets: Vec<Target> = masks
             .into_iter()
-            .map(|(s, mask)| {
+            .map(|(s, (mask, routes))| {
                 let (format, batch) = self.formats.get(s).copied().unwrap_or((Encoding::Json, false));
                 Target {
                     subscriber: s.to_owned(),
                     format,
                     mask,
                     batch,
+                    routes,
                 }
             })
             .collect();

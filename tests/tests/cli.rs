@@ -334,7 +334,10 @@ fn check_guards_the_metrics_endpoint() {
     let dir = scratch("check-admin");
     let cfg = dir.join("routes.toml");
     let demo = std::fs::read_to_string(root().join("routes.toml")).unwrap();
-    let check = |admin: &str, token: Option<&str>| {
+    // Without the tax bureau's console operator (see below for with it).
+    let hub_operators_only = demo.replace("org = \"nanhai.tax\"\npassword_hash", "password_hash");
+    assert_ne!(hub_operators_only, demo);
+    let check_with = |demo: &str, admin: &str, token: Option<&str>| {
         let mut hub = format!("admin = \"{admin}\"");
         if let Some(t) = token {
             hub.push_str(&format!("\nmetrics_token_file = \"{t}\""));
@@ -349,6 +352,11 @@ fn check_guards_the_metrics_endpoint() {
             .unwrap();
         (out.status.code(), stdout(&out))
     };
+    let check = |admin: &str, token: Option<&str>| check_with(&hub_operators_only, admin, token);
+    // A department's operator would read every org's metrics beside its console: refused.
+    let (code, text) = check_with(&demo, "0.0.0.0:8480", None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("serves the console to departments' operators"), "{text}");
     let (code, text) = check("0.0.0.0:8480", None);
     assert_eq!(code, Some(0), "a warning alone passes: {text}");
     assert!(

@@ -636,6 +636,14 @@ async fn metrics_count_what_the_hub_did() {
             (published_all, 2.0),
             (published_xml, 1.0),
             ("exhub_archived_after_seconds_count", 2.0),
+            (
+                r#"exhub_documents_routed_total{route="everything",subscriber="all"}"#,
+                2.0,
+            ),
+            (
+                r#"exhub_documents_routed_total{route="nanhai-only",subscriber="nanhai-xml"}"#,
+                1.0,
+            ),
         ],
     )
     .await;

@@ -766,6 +766,9 @@ th{background:#e9eef3}.num{text-align:right}
 .badge{display:inline-block;padding:0 8px;border-radius:8px;color:#fff;font-size:12px}
 .b-green{background:#2e9d48}.b-yellow{background:#e0a800}.b-red{background:#d0312d}.b-grey{background:#9aa5b1}
 .err{color:#d0312d}.muted{color:#66788a;font-size:12px}
+.chart{background:#fff;border:1px solid #d5dbe1;padding:8px}.bar-row{display:flex;align-items:center;gap:8px;margin:4px 0}
+.bar-key{width:220px;font-size:13px;overflow:hidden}.bars{flex:1;display:flex;flex-direction:column;gap:2px}
+.bar{display:block;height:10px;min-width:1px}.docs{background:#0f3057}.applied{background:#2e9d48}.legend{display:inline-block;width:16px}
 .big{font-size:22px}.big td,.big th{font-size:20px}.big h2{font-size:26px}
 "#;
 
@@ -1004,6 +1007,25 @@ fn render_stats(rows: &[crate::stats::Row], q: &StatsQuery) -> String {
         s.push_str("</tr>");
     }
     s.push_str("</table>");
+    // A chart of the same rows: documents, and what the subscribers applied of their copies.
+    let most = rows.iter().map(|r| r.documents.max(r.routed)).max().unwrap_or(0).max(1) as f64;
+    s.push_str("<h2>图表 Chart</h2><div id=chart class=chart>");
+    for r in rows {
+        let width = |n: u64| format!("{:.1}%", n as f64 / most * 100.0);
+        let _ = write!(
+            s,
+            "<div class=bar-row><span class=bar-key>{}</span><span class=bars>\
+             <span class='bar docs' style='width:{}' title='documents {}'></span>\
+             <span class='bar applied' style='width:{}' title='applied {} of {} routed'></span></span></div>",
+            esc(&r.key),
+            width(r.documents),
+            r.documents,
+            width(r.applied),
+            r.applied,
+            r.routed
+        );
+    }
+    s.push_str("</div><p class=muted><span class='bar docs legend'></span> documents <span class='bar applied legend'></span> copies applied</p>");
     s
 }
 
