@@ -129,6 +129,7 @@ echo; echo "== supervision (电子监察): every source and sink reports to the 
 echo "   the console, while the demo runs: http://127.0.0.1:8480/console (login supervisor / demo-supervisor;"
 echo "   the tax bureau's operator: tax / demo-tax); the API: curl -u supervisor:demo-supervisor http://127.0.0.1:8480/api/v1/overview"
 wait_for 'curl -sf http://127.0.0.1:8480/metrics | grep -cE "^exhub_part_up.* 1$"' 5
+wait_for 'curl -sf http://127.0.0.1:8480/metrics | grep -cE "^exhub_sink_documents.subscriber=.commerce-mirror.,outcome=.applied.. [1-9]"' 1
 curl -sf http://127.0.0.1:8480/metrics | grep -E '^exhub_(part_up|source_lag_seconds|sink_documents)' || true
 
 echo; echo "== the tax mirror's sink stops (exhub run --except tax-mirror); the supervision office tails its alert feed"
