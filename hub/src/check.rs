@@ -145,6 +145,26 @@ fn check_config(c: &mut Checker<'_>, config: &Config) {
     check_subscribers(c, config, &orgs, &fed);
     check_alerts(c, config);
     check_operators(c, config);
+    check_processes(c, config);
+}
+
+/// `[[process]]` and `[calendar]`: unique names, what [`crate::process::Process::compile`]
+/// finds wrong, a start doc type with a schema.
+fn check_processes(c: &mut Checker<'_>, config: &Config) {
+    c.duplicates("process", config.processes.iter().map(|p| p.name.as_str()), "name");
+    if let Err(e) = crate::process::Calendar::new(&config.calendar) {
+        c.error(&["calendar".into()], "calendar".into(), e);
+    }
+    for (i, p) in config.processes.iter().enumerate() {
+        let label = format!("process {:?}", p.name);
+        let start = p.start.as_deref().unwrap_or(crate::process::REQUEST_DOC_TYPE);
+        c.schema(start, None, &["process".into(), i.into(), "start".into()], &label);
+        if let Err(problems) = crate::process::Process::compile(p, config) {
+            for (field, message) in problems {
+                c.error(&["process".into(), i.into()], format!("{label} → {field}"), message);
+            }
+        }
+    }
 }
 
 /// `[[operator]]`: unique names, a password hash that is an Argon2 PHC string, an org that
@@ -560,7 +580,16 @@ fn check_subscribers(
             );
         }
         let routed = fed.get(sub.name());
-        if routed.is_none() {
+        // A process feeds its applicants' reply subscribers and its approvers' inboxes.
+        let by_process = config.processes.iter().any(|p| {
+            p.applicant_reply_to.as_deref() == Some(sub.name())
+                || p.inboxes.values().any(|i| i == sub.name())
+                || p.stages
+                    .iter()
+                    .flat_map(|st| &st.approvers)
+                    .any(|a| a == sub.org() && !p.inboxes.contains_key(a))
+        });
+        if routed.is_none() && !by_process {
             c.warn(
                 &here(&["name".into()]),
                 label.clone(),

@@ -68,6 +68,12 @@ pub struct Config {
     /// Who may log in to the supervision console ([`crate::console`]).
     #[serde(default, rename = "operator")]
     pub operators: Vec<OperatorConfig>,
+    /// Approval flows ([`crate::process`]).
+    #[serde(default, rename = "process")]
+    pub processes: Vec<crate::process::ProcessConfig>,
+    /// Working days, for approval deadlines.
+    #[serde(default)]
+    pub calendar: crate::process::CalendarConfig,
 }
 
 /// `[[operator]]`: a login of the supervision console.

@@ -23,6 +23,7 @@ pub mod gate;
 pub mod metrics;
 pub mod parts;
 pub mod pipeline;
+pub mod process;
 pub mod provision;
 pub mod queues;
 pub mod router;

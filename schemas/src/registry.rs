@@ -29,6 +29,7 @@ const BUILTIN: &[(&str, &str)] = &[
         "approval.decision.v1.json",
         include_str!("../approval.decision.v1.json"),
     ),
+    ("approval.outcome.v1.json", include_str!("../approval.outcome.v1.json")),
     (
         "supervision.alert.v1.json",
         include_str!("../supervision.alert.v1.json"),

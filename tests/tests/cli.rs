@@ -381,3 +381,42 @@ fn check_guards_the_metrics_endpoint() {
     assert!(!text.contains("hub.admin") && !text.contains("metrics_token"), "{text}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// An approval flow checks, and each way to get one wrong is reported with its place.
+#[test]
+fn check_knows_approval_flows() {
+    let out = exhub(&["check", "--config", "examples/config/approvals.toml"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let good = std::fs::read_to_string(root().join("examples/config/approvals.toml")).unwrap();
+    let broken = good
+        .replace("\"2026-10-07\"]", "\"2026-10-32\"]")
+        .replace(
+            "approvers = [\"nanhai.ip\", \"nanhai.info\"]",
+            "approvers = [\"nanhai.ip\", \"nanhai.portal\", \"nanhai.nobody\"]",
+        )
+        .replace("join = \"all\"", "join = \"4\"")
+        .replace("deadline = \"3d\"", "deadline = \"3 days\"")
+        .replace("name = \"decision\"", "name = \"acceptance\"")
+        .replace(
+            "applicant_reply_to = \"portal-feed\"",
+            "applicant_reply_to = \"portal\"",
+        );
+    let dir = scratch("check-approvals");
+    let config = dir.join("routes.toml");
+    std::fs::write(&config, broken).unwrap();
+    let out = exhub(&["check", "--config", config.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "calendar: \"2026-10-32\" is not a date",
+        "process \"rd_centre\" → stage[1].approvers: org \"nanhai.portal\" may not publish approval.decision",
+        "process \"rd_centre\" → stage[1].approvers: org \"nanhai.nobody\" is not defined",
+        "process \"rd_centre\" → stage[1].join: 4 approvals of 3 approvers",
+        "process \"rd_centre\" → stage[2].deadline: \"3 days\" is not a deadline",
+        "process \"rd_centre\" → stage[2].name: stage \"acceptance\" twice",
+        "process \"rd_centre\" → applicant_reply_to: subscriber \"portal\" is not defined",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
