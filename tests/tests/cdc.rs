@@ -662,9 +662,12 @@ async fn postgres_idle_source_advances_its_slot_and_reports_lag() {
     let mut cdc = Cdc::from_postgres("pgcdc-idle");
     let text = std::fs::read_to_string(&cdc.exchange.config).unwrap();
     let marker = format!("publication = \"{}\"", cdc.legacy);
+    // And an early warning on any retained WAL at all: the slot's reading reaches the hub in
+    // the source's heartbeat.
+    let alert = "\n[[alert]]\nmetric = \"log_retained_bytes\"\nyellow = 1\nred = 1e15\n";
     std::fs::write(
         &cdc.exchange.config,
-        text.replace(&marker, &format!("{marker}\nlag_warn_mb = 0")),
+        text.replace(&marker, &format!("{marker}\nlag_warn_mb = 0")) + alert,
     )
     .unwrap();
     // The hub declares the topology; a source alone waits for it.
@@ -697,6 +700,11 @@ async fn postgres_idle_source_advances_its_slot_and_reports_lag() {
         state["slot"]["retained_bytes"].as_i64().is_some_and(|b| b > 0),
         "{checkpoint}"
     );
+    let addr = crate::hub::admin_address(&cdc.exchange);
+    let level = r#"exhub_alert_level{metric="log_retained_bytes",scope="source:legacy"}"#;
+    let samples = crate::hub::wait_for_metrics(&addr, &[(level, 1.0)]).await;
+    let retained = samples[r#"exhub_source_log_retained_bytes{source="legacy"}"#];
+    assert!(retained > 0.0, "{retained}");
 }
 
 /// Kills the source (SIGKILL) while its snapshot of 30,000 rows is under way, restarts it: the
