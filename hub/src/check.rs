@@ -179,6 +179,14 @@ fn check_operators(c: &mut Checker<'_>, config: &Config) {
                 label.clone(),
                 format!("{e} (exhub operator hash prints one)"),
             );
+        } else if !crate::console::has_default_params(&op.password_hash) {
+            c.warn(
+                &["operator".into(), i.into(), "password_hash".into()],
+                label.clone(),
+                "other Argon2 parameters than exhub operator hash uses: a login's time may tell \
+                 whether a name exists (make the hash with exhub operator hash)"
+                    .into(),
+            );
         }
         if let Some(org) = &op.org
             && config.org(org).is_none()

@@ -67,6 +67,15 @@ pub fn parse_hash(text: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `hash` has the Argon2 parameters `exhub operator hash` uses (those of the hash
+/// checked for unknown names, so that a login's time does not tell whether a name exists).
+pub fn has_default_params(hash: &str) -> bool {
+    let (Ok(ours), Ok(theirs)) = (PasswordHash::new(NOBODY), PasswordHash::new(hash)) else {
+        return false;
+    };
+    ours.algorithm == theirs.algorithm && ours.params == theirs.params
+}
+
 /// An Argon2id hash of `password` with a fresh random salt (`exhub operator hash`).
 pub fn hash_password(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
@@ -1042,6 +1051,9 @@ mod tests {
     fn a_hash_made_here_verifies_and_nothing_else_does() {
         let hash = hash_password("correct horse").unwrap();
         assert!(parse_hash(&hash).is_ok());
+        assert!(has_default_params(&hash));
+        let other = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHRzb21lc2FsdA$5bM2QkKhKmdG9IX0ll2gUFcVg3C0M5p/Ow4cXJKpAqo";
+        assert!(parse_hash(other).is_ok() && !has_default_params(other));
         assert!(verify(&hash, "correct horse"));
         assert!(!verify(&hash, "Correct horse"));
         assert!(!verify(NOBODY, ""));
