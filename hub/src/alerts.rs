@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{Archive, ArchiveError};
 
 /// The org id under which the hub publishes its own documents (`supervision.alert`); no
 /// `[[org]]` may take it, and only the hub's AMQP user may send as it.
@@ -173,6 +175,16 @@ pub enum Level {
 }
 
 impl Level {
+    /// The level named `text`.
+    pub fn parse(text: &str) -> Option<Level> {
+        match text {
+            "clear" => Some(Level::Clear),
+            "yellow" => Some(Level::Yellow),
+            "red" => Some(Level::Red),
+            _ => None,
+        }
+    }
+
     /// `clear`, `yellow`, `red`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -285,6 +297,67 @@ impl Readings {
     }
 }
 
+/// One change of an alert's level, as its `supervision.alert` document says it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertRow {
+    /// `<metric>@<scope>`.
+    pub alert: String,
+    /// The metric.
+    pub metric: String,
+    /// What it is about.
+    pub scope: String,
+    /// `yellow`, `red` or `clear`.
+    pub level: String,
+    /// The level before.
+    pub previous: String,
+    /// The value that made it.
+    pub value: String,
+    /// The threshold crossed.
+    pub threshold: Option<String>,
+    /// When.
+    pub at: String,
+    /// For people.
+    pub message: String,
+}
+
+/// The alert changes archived since `since` (Unix µs), oldest first, at most `limit` of them
+/// (the hub's own documents only).
+pub async fn history(archive: &Archive, since: i64, limit: usize) -> Result<Vec<AlertRow>, ArchiveError> {
+    let q = crate::archive::Query {
+        doc_type: Some(ALERT_DOC_TYPE.to_owned()),
+        org: Some(HUB_ORG.to_owned()),
+        since: Some(since),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut after: Option<(i64, String)> = None;
+    while out.len() < limit {
+        let page = archive
+            .search(&q, after.as_ref().map(|(t, i)| (*t, i.as_str())), 1000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.received_at, last.id.clone()));
+        for r in page {
+            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&r.raw) else {
+                continue;
+            };
+            if let Ok(row) = serde_json::from_value::<AlertRow>(doc["body"].clone()) {
+                out.push(row);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The alerts whose latest change in `rows` (oldest first) left them open.
+pub fn open(rows: Vec<AlertRow>) -> Vec<AlertRow> {
+    let mut latest: BTreeMap<String, AlertRow> = BTreeMap::new();
+    for row in rows {
+        latest.insert(row.alert.clone(), row);
+    }
+    latest.into_values().filter(|r| r.level != "clear").collect()
+}
+
 /// A change of an alert's level.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -347,6 +420,20 @@ impl Alerts {
     /// Nothing raised yet.
     pub fn new() -> Alerts {
         Alerts::default()
+    }
+
+    /// Takes `level` as the alert's level (as the archive last said it), so that a new watcher
+    /// goes on from there: what is still wrong is not raised again, what was put right is
+    /// cleared.
+    pub fn seed(&mut self, metric: Metric, scope: &str, level: Level) {
+        self.tracks.insert(
+            (metric, scope.to_owned()),
+            Track {
+                level,
+                heading: None,
+                changed: None,
+            },
+        );
     }
 
     /// Every alert not clear: (metric, scope, level).
@@ -529,6 +616,27 @@ mod tests {
         assert!(alerts.step(&dl, &rules, now).is_empty(), "switched off");
         let silent = rules.for_scope(Metric::PartSilentSeconds, "sink:x");
         assert_eq!((silent.yellow, silent.red), (15.0, 60.0));
+    }
+
+    #[test]
+    fn a_new_watcher_goes_on_from_the_levels_it_is_given() {
+        let rules = Rules::new(&[rule("queue_messages", None, 10.0, 100.0, 0)], Duration::from_secs(5));
+        let mut alerts = Alerts::new();
+        alerts.seed(Metric::QueueMessages, "subscriber:a", Level::Red);
+        alerts.seed(Metric::QueueMessages, "subscriber:b", Level::Yellow);
+        let now = Instant::now();
+        let readings = vec![
+            (Metric::QueueMessages, "subscriber:a".to_owned(), 500.0),
+            (Metric::QueueMessages, "subscriber:b".to_owned(), 0.0),
+        ];
+        let changes = alerts.step(&readings, &rules, now);
+        assert_eq!(changes.len(), 1, "a is still red: not raised again; {changes:?}");
+        assert_eq!(
+            (changes[0].scope.as_str(), changes[0].to),
+            ("subscriber:b", Level::Clear)
+        );
+        assert_eq!(Level::parse("red"), Some(Level::Red));
+        assert_eq!(Level::parse("orange"), None);
     }
 
     #[test]

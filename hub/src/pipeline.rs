@@ -331,6 +331,7 @@ impl Hub {
                 rules: self.rules.clone(),
                 readings: Arc::clone(&self.readings),
                 metrics: self.metrics(),
+                archive_url: self.archive_url.expose().to_owned(),
             },
             shutdown.clone(),
         ))));

@@ -7,8 +7,9 @@
 //! Each change is logged, set in `exhub_alert_level`, and published to the hub's own ingress as a
 //! `supervision.alert` document of org [`HUB_ORG`] with the broker's confirm: the hub archives
 //! and audits it and routes it like any other document (to the supervision office's feed, a
-//! database, a webhook gateway). The levels live in the watcher's memory: a new watcher starts
-//! from clear, so an alert still open when the watcher changed is raised once more.
+//! database, a webhook gateway). A new watcher starts from the levels those documents left in
+//! the archive (the last 30 days), so a change of watcher neither repeats an open alert nor
+//! leaves one open whose cause was put right meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::{ALERT_DOC_TYPE, Alerts, HUB_ORG, Level, Readings, Rules, Transition};
+use crate::alerts::{ALERT_DOC_TYPE, Alerts, HUB_ORG, Level, Metric, Readings, Rules, Transition};
 use crate::metrics::{AlertLabels, Metrics};
 
 /// How often the readings are weighed.
@@ -43,6 +44,8 @@ pub struct Watcher {
     pub readings: Arc<Readings>,
     /// `exhub_alert_level`.
     pub metrics: Arc<Metrics>,
+    /// The archive, where a new watcher reads the levels its predecessor left.
+    pub archive_url: String,
 }
 
 /// Why this process is not (or no longer) the watcher.
@@ -116,6 +119,7 @@ async fn watch_once(w: &Watcher, name: &str, shutdown: &CancellationToken) -> Re
     tracing::info!("this hub process watches the alerts");
     let mut publisher = Publisher::new(w.url.clone(), format!("{name}-alerts"), Declare::Nothing);
     let mut alerts = Alerts::new();
+    seed(&mut alerts, w).await;
     let mut ticks = tokio::time::interval(EVERY);
     let result = loop {
         tokio::select! {
@@ -145,6 +149,29 @@ async fn watch_once(w: &Watcher, name: &str, shutdown: &CancellationToken) -> Re
     };
     let _ = conn.close(200, "done".into()).await;
     result
+}
+
+/// Takes the open alerts' levels from the archive (the last 30 days), so that a new watcher
+/// neither raises again what is still open nor leaves open what was put right meanwhile. An
+/// archive that cannot be read leaves every alert clear (what is wrong is raised again).
+async fn seed(alerts: &mut Alerts, w: &Watcher) {
+    let since = exhub_schemas::time::unix_micros_now() - 30 * 86_400_000_000;
+    let read = async {
+        let archive = crate::archive::Archive::open(&w.archive_url).await?;
+        let rows = crate::alerts::history(&archive, since, 100_000).await;
+        archive.close().await;
+        rows
+    };
+    match read.await {
+        Ok(rows) => {
+            for row in crate::alerts::open(rows) {
+                if let (Some(metric), Some(level)) = (Metric::parse(&row.metric), Level::parse(&row.level)) {
+                    alerts.seed(metric, &row.scope, level);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "the open alerts cannot be read; they start clear"),
+    }
 }
 
 /// Logs a change: red as an error, yellow as a warning, a clearing as information.

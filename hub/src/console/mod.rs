@@ -16,7 +16,7 @@
 //!   archive (the one truth every hub process shares), on a connection of the console's own so
 //!   that a page never waits behind the workers' writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::alerts::{ALERT_DOC_TYPE, Metric, Readings};
+use crate::alerts::{AlertRow, Metric, Readings};
 use crate::archive::{Archive, ArchiveError, AuditEntry};
 use crate::config::Config;
 use crate::parts::{PartView, Parts};
@@ -149,29 +149,6 @@ pub struct SubscriberView {
     pub dead_letters: Option<f64>,
     /// Age of its oldest copy without a receipt, seconds (database subscribers).
     pub overdue_seconds: Option<f64>,
-}
-
-/// One change of an alert's level, from its `supervision.alert` document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AlertRow {
-    /// `<metric>@<scope>`.
-    pub alert: String,
-    /// The metric.
-    pub metric: String,
-    /// What it is about.
-    pub scope: String,
-    /// `yellow`, `red` or `clear`.
-    pub level: String,
-    /// The level before.
-    pub previous: String,
-    /// The value that made it.
-    pub value: String,
-    /// The threshold crossed.
-    pub threshold: Option<String>,
-    /// When.
-    pub at: String,
-    /// For people.
-    pub message: String,
 }
 
 /// The overview's figures (`GET /api/v1/overview`).
@@ -440,45 +417,14 @@ impl Console {
     async fn alert_history(&self, viewer: &Viewer) -> Result<Vec<AlertRow>, ArchiveError> {
         let archive = self.reader().await?;
         let since = exhub_schemas::time::unix_micros_now() - ALERT_DAYS * 86_400_000_000;
-        let q = crate::archive::Query {
-            doc_type: Some(ALERT_DOC_TYPE.to_owned()),
-            org: Some(crate::alerts::HUB_ORG.to_owned()),
-            since: Some(since),
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        let mut after: Option<(i64, String)> = None;
-        loop {
-            let page = archive
-                .search(&q, after.as_ref().map(|(t, i)| (*t, i.as_str())), 1000)
-                .await?;
-            let Some(last) = page.last() else { break };
-            if out.len() >= MAX_ALERT_ROWS {
-                break;
-            }
-            after = Some((last.received_at, last.id.clone()));
-            for r in page {
-                let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&r.raw) else {
-                    continue;
-                };
-                if let Ok(row) = serde_json::from_value::<AlertRow>(doc["body"].clone())
-                    && self.sees_scope(viewer, &row.scope)
-                {
-                    out.push(row);
-                }
-            }
-        }
-        Ok(out)
+        let mut rows = crate::alerts::history(archive, since, MAX_ALERT_ROWS).await?;
+        rows.retain(|row| self.sees_scope(viewer, &row.scope));
+        Ok(rows)
     }
 
     /// The overview's figures for `viewer`.
     async fn overview(&self, viewer: Viewer) -> Result<Overview, ArchiveError> {
-        let history = self.alert_history(&viewer).await?;
-        let mut latest: BTreeMap<String, AlertRow> = BTreeMap::new();
-        for row in history {
-            latest.insert(row.alert.clone(), row);
-        }
-        let mut open_alerts: Vec<AlertRow> = latest.into_values().filter(|r| r.level != "clear").collect();
+        let mut open_alerts = crate::alerts::open(self.alert_history(&viewer).await?);
         open_alerts.sort_by(|a, b| b.at.cmp(&a.at));
         let readings: HashMap<(Metric, String), f64> =
             self.readings.all().into_iter().map(|(m, s, v)| ((m, s), v)).collect();
