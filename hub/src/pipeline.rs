@@ -128,18 +128,6 @@ pub struct Hub {
     declared: CancellationToken,
 }
 
-/// Runs `task` once `declared` fires (unless `shutdown` comes first).
-async fn once_declared(
-    declared: CancellationToken,
-    shutdown: CancellationToken,
-    task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
-) {
-    tokio::select! {
-        () = declared.cancelled() => task.await,
-        () = shutdown.cancelled() => {}
-    }
-}
-
 /// The most `exhub_archived_after_seconds` counts one document as (seconds).
 const ARCHIVED_AFTER_MAX: f64 = 3600.0;
 
@@ -276,6 +264,21 @@ impl Hub {
         Arc::clone(&self.readings)
     }
 
+    /// `task`, run once a worker has declared the topology (unless `shutdown` comes first).
+    fn once_declared(
+        &self,
+        shutdown: &CancellationToken,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (declared, shutdown) = (self.declared.clone(), shutdown.clone());
+        async move {
+            tokio::select! {
+                () = declared.cancelled() => task.await,
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
     /// The parts of the exchange as their heartbeats tell it.
     pub fn parts(&self) -> Arc<Parts> {
         Arc::clone(&self.parts)
@@ -309,32 +312,40 @@ impl Hub {
             Arc::clone(&self.readings),
             shutdown.clone(),
         ));
-        let declared = |task| once_declared(self.declared.clone(), shutdown.clone(), task);
-        let queues = tokio::spawn(declared(Box::pin(crate::queues::sample(
-            self.amqp.expose().to_owned(),
-            crate::queues::queues(&self.topology, &self.router.subscribers()),
-            self.metrics(),
-            Arc::clone(&self.readings),
-            shutdown.clone(),
-        ))));
-        let heartbeats = tokio::spawn(declared(Box::pin(crate::parts::listen(
-            self.amqp.expose().to_owned(),
-            self.topology.clone(),
-            self.parts(),
-            shutdown.clone(),
-        ))));
-        let watcher = tokio::spawn(declared(Box::pin(crate::supervise::watch(
-            crate::supervise::Watcher {
-                url: self.amqp.expose().to_owned(),
-                topology: self.topology.clone(),
-                user: self.user.clone(),
-                rules: self.rules.clone(),
-                readings: Arc::clone(&self.readings),
-                metrics: self.metrics(),
-                archive_url: self.archive_url.expose().to_owned(),
-            },
-            shutdown.clone(),
-        ))));
+        let queues = tokio::spawn(self.once_declared(
+            &shutdown,
+            crate::queues::sample(
+                self.amqp.expose().to_owned(),
+                crate::queues::queues(&self.topology, &self.router.subscribers()),
+                self.metrics(),
+                Arc::clone(&self.readings),
+                shutdown.clone(),
+            ),
+        ));
+        let heartbeats = tokio::spawn(self.once_declared(
+            &shutdown,
+            crate::parts::listen(
+                self.amqp.expose().to_owned(),
+                self.topology.clone(),
+                self.parts(),
+                shutdown.clone(),
+            ),
+        ));
+        let watcher = tokio::spawn(self.once_declared(
+            &shutdown,
+            crate::supervise::watch(
+                crate::supervise::Watcher {
+                    url: self.amqp.expose().to_owned(),
+                    topology: self.topology.clone(),
+                    user: self.user.clone(),
+                    rules: self.rules.clone(),
+                    readings: Arc::clone(&self.readings),
+                    metrics: self.metrics(),
+                    archive_url: self.archive_url.expose().to_owned(),
+                },
+                shutdown.clone(),
+            ),
+        ));
         let tracker = TaskTracker::new();
         let mut handles = Vec::new();
         for n in 0..workers.max(1) {

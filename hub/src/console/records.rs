@@ -63,23 +63,27 @@ impl Console {
         exhub_connect::amqp::connect(&self.amqp_url, &format!("exhub-hub-{}-console", std::process::id())).await
     }
 
-    /// Whether `viewer` may see archived document `id` sent by `sender` and its content: the
-    /// hub's operator all; an org's operator its own org's documents (content too) and those
-    /// routed to its subscribers (not their content: a route may mask it for them).
-    async fn may_see(&self, viewer: &Viewer, id: &str, sender: &str) -> (bool, bool) {
+    /// Whether `viewer` may see an archived document sent by `sender` and routed to
+    /// `deliveries` (subscriber, status), and its content: the hub's operator all; an org's
+    /// operator its own org's documents (content too) and those routed to its subscribers (not
+    /// their content: a route may mask it for them).
+    fn may_see(&self, viewer: &Viewer, sender: &str, deliveries: Option<&Vec<(String, String)>>) -> (bool, bool) {
         if viewer.sees(sender) {
             return (true, true);
         }
-        let Ok(archive) = self.reader().await else {
-            return (false, false);
-        };
-        let routed = archive.deliveries(&[id.to_owned()]).await.unwrap_or_default();
-        let mine = routed
-            .get(id)
+        let mine = deliveries
             .into_iter()
             .flatten()
             .any(|(s, _)| self.owners.get(s).is_some_and(|o| viewer.sees(o)));
         (mine, false)
+    }
+
+    /// Up to [`DEAD_LETTERS`] dead letters of `queue`, left in it, on a connection of their own.
+    async fn dead_letters(&self, queue: &str) -> Result<Vec<crate::dlq::DeadLetter>, exhub_connect::AmqpError> {
+        let conn = self.amqp().await?;
+        let letters = crate::dlq::list(&conn, queue, DEAD_LETTERS).await;
+        let _ = conn.close(200, "listed".into()).await;
+        letters
     }
 }
 
@@ -94,15 +98,7 @@ pub(super) async fn dead_letters_page(State(c): Shared, headers: HeaderMap, Quer
     }) else {
         return (StatusCode::FORBIDDEN, "not a DLQ this operator may see").into_response();
     };
-    let letters = match c.amqp().await {
-        Ok(conn) => {
-            let letters = crate::dlq::list(&conn, &queue, DEAD_LETTERS).await;
-            let _ = conn.close(200, "listed".into()).await;
-            letters
-        }
-        Err(e) => Err(e),
-    };
-    let letters = match letters {
+    let letters = match c.dead_letters(&queue).await {
         Ok(l) => l,
         Err(e) => return super::unavailable(&viewer, &format!("RabbitMQ: {e}")),
     };
@@ -164,13 +160,7 @@ pub(super) async fn dead_letters_api(State(c): Shared, headers: HeaderMap, Query
     let Some((_, queue)) = queues.iter().find(|(l, _)| l == want) else {
         return (StatusCode::FORBIDDEN, "not a DLQ this operator may see").into_response();
     };
-    let conn = match c.amqp().await {
-        Ok(conn) => conn,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    };
-    let letters = crate::dlq::list(&conn, queue, DEAD_LETTERS).await;
-    let _ = conn.close(200, "listed".into()).await;
-    match letters {
+    match c.dead_letters(queue).await {
         Ok(l) => axum::Json(l).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
@@ -290,13 +280,20 @@ pub(super) async fn archive_page(State(c): Shared, headers: HeaderMap, Query(q):
         Ok(r) => r,
         Err(e) => return super::unavailable(&viewer, &e.to_string()),
     };
+    // Whom the page's documents went to, in one read (the hub's operators see all anyway).
+    let routed = if viewer.org.is_some() {
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        archive.deliveries(&ids).await.unwrap_or_default()
+    } else {
+        Default::default()
+    };
     s.push_str("<table id=documents><tr><th>received</th><th>id</th><th>doc type</th><th>op</th><th>sender</th><th>key</th></tr>");
     let mut shown = 0;
     for r in records {
         if shown == DOCUMENTS {
             break;
         }
-        if !c.may_see(&viewer, &r.id, &r.sender_org).await.0 {
+        if !c.may_see(&viewer, &r.sender_org, routed.get(&r.id)).0 {
             continue;
         }
         shown += 1;
@@ -334,15 +331,15 @@ pub(super) async fn document_page(State(c): Shared, headers: HeaderMap, Path(id)
     let Ok(Some((r, user))) = archive.get(&id).await else {
         return not_found();
     };
-    let (visible, content) = c.may_see(&viewer, &r.id, &r.sender_org).await;
-    if !visible {
-        // Not told apart from a document that does not exist.
-        return not_found();
-    }
     let deliveries = archive
         .deliveries(std::slice::from_ref(&r.id))
         .await
         .unwrap_or_default();
+    let (visible, content) = c.may_see(&viewer, &r.sender_org, deliveries.get(&r.id));
+    if !visible {
+        // Not told apart from a document that does not exist.
+        return not_found();
+    }
     let receipts = archive.receipts(&r.id).await.unwrap_or_default();
     let mut s = format!(
         "<table id=document><tr><th>id</th><td>{}</td></tr><tr><th>doc type</th><td>{}</td></tr><tr><th>op</th><td>{}</td></tr>\

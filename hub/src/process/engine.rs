@@ -431,6 +431,14 @@ mod tests {
         }
     }
 
+    /// The state the first effect announces, if it is an outcome.
+    fn outcome(effects: &[Effect]) -> Option<State> {
+        match effects.first()? {
+            Effect::Outcome { state, .. } => Some(*state),
+            Effect::SendRequest { .. } => None,
+        }
+    }
+
     fn sent_to(effects: &[Effect]) -> Vec<String> {
         effects
             .iter()
@@ -494,16 +502,7 @@ mod tests {
         let (mut i, _) = Instance::start(&p, "c1", "r1", "applicant", 0);
         i.decide(&p, &d("science", "acceptance", Verdict::Approved), 0).unwrap();
         let e = i.decide(&p, &d("info", "review", Verdict::Rejected), 0).unwrap();
-        assert!(
-            matches!(
-                &e[0],
-                Effect::Outcome {
-                    state: State::Rejected,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(outcome(&e), Some(State::Rejected), "{e:?}");
 
         // Any: one rejection leaves two who may still approve; one approval passes.
         let p = rd_centre(Join::Any);
@@ -528,16 +527,7 @@ mod tests {
                 .is_empty()
         );
         let e = i.decide(&p, &d("tax", "review", Verdict::Rejected), 0).unwrap();
-        assert!(
-            matches!(
-                &e[0],
-                Effect::Outcome {
-                    state: State::Rejected,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(outcome(&e), Some(State::Rejected), "{e:?}");
     }
 
     #[test]
@@ -575,13 +565,7 @@ mod tests {
         let e = i
             .decide(&p, &d("science", "acceptance", Verdict::Returned), SEC)
             .unwrap();
-        assert!(matches!(
-            &e[0],
-            Effect::Outcome {
-                state: State::Returned,
-                ..
-            }
-        ));
+        assert_eq!(outcome(&e), Some(State::Returned), "{e:?}");
         assert_eq!(
             i.decide(&p, &d("science", "acceptance", Verdict::Approved), SEC),
             Err(Refusal::Returned)
