@@ -87,6 +87,19 @@ async fn the_console_needs_a_login_and_shows_each_org_its_own() {
     }
     let r = http(&addr, "GET", "/api/v1/overview", &basic("chief", "wrong"), "").await;
     assert_eq!(r.status, 401);
+    // Malformed and oversized logins are refused without a session, and nothing else stops.
+    let r = http(&addr, "POST", "/login", "", "name=chief").await;
+    assert!(
+        (400..500).contains(&r.status) && r.header("set-cookie").is_none(),
+        "{}",
+        r.status
+    );
+    let huge = format!("name=chief&password={}", "x".repeat(3 << 20));
+    let r = http(&addr, "POST", "/login", "", &huge).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = http(&addr, "GET", "/api/v1/overview", &basic(&"x".repeat(10_000), "y"), "").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(http(&addr, "GET", "/login", "", "").await.status, 200);
     let r = http(&addr, "POST", "/login", "", "name=chief&password=wrong").await;
     assert_eq!(r.status, 401);
     assert!(r.header("set-cookie").is_none());

@@ -988,6 +988,31 @@ to = ["commerce-feed"]
         .await;
     assert_eq!(feed.docs, 0, "a forged alert reached the feed");
 
+    // Oversized and malformed heartbeats, even from the right org: dropped and counted.
+    let (_c, ch) = channel(&ex.url_of("tax")).await;
+    let huge = vec![b' '; exhub_connect::status::MAX_BYTES + 1];
+    publish(&ch, &t.status_exchange(), "", &huge, heartbeat(&ex.user("tax")))
+        .await
+        .unwrap();
+    publish(
+        &ch,
+        &t.status_exchange(),
+        "",
+        b"{\"part\": 1",
+        heartbeat(&ex.user("tax")),
+    )
+    .await
+    .unwrap();
+    crate::hub::wait_for_metrics(
+        &addr,
+        &[
+            (r#"exhub_status_refused_total{reason="too_large"}"#, 1.0),
+            (r#"exhub_status_refused_total{reason="malformed"}"#, 1.0),
+            (r#"exhub_part_up{part="ctais",role="source"}"#, 0.0),
+        ],
+    )
+    .await;
+
     // The tax bureau's own heartbeat: the source is up.
     let (_c, ch) = channel(&ex.url_of("tax")).await;
     publish(&ch, &t.status_exchange(), "", &body, heartbeat(&ex.user("tax")))

@@ -29,7 +29,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::alerts::{AlertRow, Metric, Readings};
 use crate::archive::{Archive, ArchiveError, AuditEntry};
@@ -57,6 +56,12 @@ pub const MAX_STATS_DAYS: i64 = 92;
 pub const MAX_ALERT_ROWS: usize = 20_000;
 /// The session cookie's name.
 const COOKIE: &str = "exhub_console";
+
+/// The key failed logins of `name` are counted under: at most 100 bytes, so that names sent
+/// to be refused cannot make the count large.
+fn failure_key(name: &str) -> std::borrow::Cow<'_, str> {
+    exhub_connect::wire::excerpt(name, 100)
+}
 
 /// Whether `text` is an Argon2 password hash the console can check.
 pub fn parse_hash(text: &str) -> Result<(), String> {
@@ -290,7 +295,7 @@ impl Console {
     fn throttled(&self, name: &str) -> bool {
         let failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         failures
-            .get(name)
+            .get(failure_key(name).as_ref())
             .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
     }
 
@@ -302,7 +307,9 @@ impl Console {
         if failures.len() >= MAX_SESSIONS {
             return;
         }
-        let entry = failures.entry(name.to_owned()).or_insert((0, Instant::now()));
+        let entry = failures
+            .entry(failure_key(name).into_owned())
+            .or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
@@ -684,10 +691,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    exhub_connect::sign::digest(token.as_bytes())
 }
 
 /// `text` safe inside HTML.
